@@ -1,0 +1,173 @@
+"""Snapshot and activation assets, one dynamic partition per sync, and each activation's sync job.
+
+``snapshots/A`` stores the rows the sync will deliver (with their row hash) in ``dinmo_delta_storage``;
+``activations/A`` computes the change set against A's last successful snapshot, writes the files, and
+only then promotes the snapshot to A's baseline. The plain-Python work is in ``dinmo_dagster.sync``.
+"""
+
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from dinmo_dagster import sync
+from dinmo_dagster.assets.models import model_key, segment_key
+from dinmo_dagster.config import Project
+from dinmo_dagster.resources import destination_key, source_key
+
+
+class SyncConfig(dg.Config):
+    """Run options of one sync."""
+
+    full_refresh: bool = Field(
+        default=False, description="Ignore the baseline and export every record (the baseline is replaced).")
+
+
+def snapshot_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["snapshots", name])
+
+
+def activation_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["activations", name])
+
+
+def partitions_name(activation: str) -> str:
+    return f"sync_{activation}"
+
+
+def job_name(activation: str) -> str:
+    return f"sync_{activation}"
+
+
+def pool_name(activation: str) -> str:
+    return f"dinmo_activation_{activation}"
+
+
+def sync_target(project: Project, name: str, resources: Any) -> sync.SyncTarget:
+    a = project.activations[name]
+    seg = project.segments[a.segment]
+    model = project.models[seg.model]
+    return sync.SyncTarget(
+        name=name, activation=a, model_name=seg.model, model=model, segment_name=a.segment,
+        warehouse=getattr(resources, source_key(model.source)),
+        destination=getattr(resources, destination_key(a.destination)),
+        schemas=project.sources[model.source].helper_schemas,
+    )
+
+
+def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
+    md: dict[str, Any] = {
+        "dagster/row_count": dg.MetadataValue.int(r.rows_written),
+        "sync_type": r.sync_type,
+        "run_type": a.effective_run_type,
+        "sync_mode": a.sync_mode,
+        "rows_added": dg.MetadataValue.int(r.counts.added),
+        "rows_updated": dg.MetadataValue.int(r.counts.updated),
+        "rows_removed": dg.MetadataValue.int(r.counts.removed),
+        "rows_unchanged": dg.MetadataValue.int(r.counts.unchanged),
+        "files_written": dg.MetadataValue.int(len(r.files)),
+        "bytes_written": dg.MetadataValue.int(r.bytes),
+        "duration_s": dg.MetadataValue.float(round(r.duration_s, 3)),
+        "files": dg.MetadataValue.md("\n".join(f"- {u}" for u in r.files) or "(no file: nothing to write)"),
+    }
+    for i, uri in enumerate(r.files[:20]):
+        md[f"file_{i + 1}"] = dg.MetadataValue.url(uri) if uri.startswith("gs://") else dg.MetadataValue.path(uri)
+    if r.recovered:
+        md["recovered"] = "\n".join(r.recovered)
+    return md
+
+
+def _activation_assets(project: Project, name: str) -> list[Any]:
+    a = project.activations[name]
+    seg = project.segments[a.segment]
+    model = project.models[seg.model]
+    parts = dg.DynamicPartitionsDefinition(name=partitions_name(name))
+    src_kind = project.sources[model.source].type
+    dest_kind = project.destinations[a.destination].type
+    resource_keys = {source_key(model.source), destination_key(a.destination)}
+    desc = a.description or f"Sync segment '{a.segment}' to destination '{a.destination}' as {a.format} " \
+                            f"({a.sync_mode}, {a.effective_run_type})"
+
+    @dg.asset(
+        key=snapshot_key(name), group_name=f"activation_{name}", partitions_def=parts,
+        deps=[segment_key(a.segment)], required_resource_keys={source_key(model.source)},
+        kinds={src_kind, "snapshot"}, pool=pool_name(name),
+        description=f"Rows delivered by each sync of activation '{name}', with their row hash",
+    )
+    def _snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        t = sync_target(project, name, _Resources(context, source_key(model.source)))
+        snap = sync.take_snapshot(t, context.partition_key)
+        if snap.null_keys:
+            context.log.warning(f"{snap.null_keys} row(s) of segment '{a.segment}' have a NULL "
+                                f"'{model.primary_key}' and are not synced")
+        if snap.duplicates_dropped:
+            context.log.warning(f"{snap.duplicates_dropped} duplicate row(s) on '{model.primary_key}' dropped "
+                                "(one row kept per key)")
+        if snap.rows == 0:
+            context.log.warning(f"segment '{a.segment}' is empty")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": dg.MetadataValue.int(snap.rows),
+            "null_keys_excluded": dg.MetadataValue.int(snap.null_keys),
+            "duplicates_dropped": dg.MetadataValue.int(snap.duplicates_dropped),
+            "dagster/relation_identifier": snap.table,
+            "columns": ", ".join(snap.columns),
+        })
+
+    @dg.asset(
+        key=activation_key(name), group_name=f"activation_{name}", partitions_def=parts,
+        deps=[snapshot_key(name)], required_resource_keys=resource_keys,
+        kinds={dest_kind, a.format}, pool=pool_name(name), description=desc,
+        tags={"dinmo/sync_mode": a.sync_mode, "dinmo/run_type": a.effective_run_type},
+    )
+    def _activation(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
+        t = sync_target(project, name, context.resources)
+        try:
+            result = sync.deliver(t, context.partition_key, run_id=context.run_id,
+                                  force_full=config.full_refresh, on_log=context.log.info)
+        except sync.SyncError as exc:
+            raise dg.Failure(str(exc)) from exc
+        for key in result.dropped_partitions:
+            if context.instance.has_dynamic_partition(partitions_name(name), key):
+                context.instance.delete_dynamic_partition(partitions_name(name), key)
+        if not result.files:
+            context.log.info("nothing to write: no file")
+        return dg.MaterializeResult(metadata=_metadata(a, result))
+
+    return [_snapshot, _activation]
+
+
+class _Resources:
+    """Gives ``sync_target`` the one resource a snapshot has (it needs no destination)."""
+
+    def __init__(self, context: dg.AssetExecutionContext, key: str):
+        self._context, self._key = context, key
+
+    def __getattr__(self, item: str) -> Any:
+        if item == self._key:
+            return getattr(self._context.resources, item)
+        return None
+
+
+def sync_job(project: Project, name: str) -> Any:
+    """Models, segments (with their blocking checks), snapshot and activation, in one run."""
+    a = project.activations[name]
+    selection = dg.AssetSelection.assets(activation_key(name)).upstream().materializable()
+    return dg.define_asset_job(
+        job_name(name), selection=selection, partitions_def=dg.DynamicPartitionsDefinition(
+            name=partitions_name(name)),
+        description=f"Sync activation '{name}': refresh segment '{a.segment}', snapshot it, deliver the changes",
+        tags={"dinmo/activation": name},
+    )
+
+
+def defs(project: Project) -> dg.Definitions:
+    assets: list[Any] = []
+    jobs = []
+    for name in project.activations:
+        assets += _activation_assets(project, name)
+        jobs.append(sync_job(project, name))
+    return dg.Definitions(assets=assets, jobs=jobs)
+
+
+__all__ = ["defs", "sync_job", "activation_key", "snapshot_key", "model_key", "segment_key"]

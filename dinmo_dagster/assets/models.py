@@ -1,0 +1,342 @@
+"""Model and segment assets: views in ``dinmo_segments``, primary-key checks, segment statistics.
+
+``models/M`` creates or replaces the view ``dinmo_segments.model_M`` (a table when ``materialized``);
+``segments/S`` creates or replaces ``dinmo_segments.segment_S``. Both carry a blocking primary-key
+check: 100% unique passes, up to ``max_duplicate_pct`` duplicates warns (the sync keeps one row per
+key), above it the check fails with ERROR and the downstream sync stops in the same run.
+"""
+
+
+from typing import Any
+
+import dagster as dg
+import sqlglot
+from sqlglot import exp
+
+from dinmo_dagster import delta, stats
+from dinmo_dagster.config import Model, Project, Segment
+from dinmo_dagster.resources import source_key
+
+
+def model_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["models", name])
+
+
+def segment_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["segments", name])
+
+
+def source_table_key(source: str, table: str) -> dg.AssetKey:
+    return dg.AssetKey(["sources", source, *table.split(".")])
+
+
+def model_relation(wh: Any, project: Project, name: str) -> exp.Table:
+    schemas = project.sources[project.models[name].source].helper_schemas
+    return wh.qualify(schemas.segments, f"model_{name}")
+
+
+def segment_relation(wh: Any, project: Project, name: str) -> exp.Table:
+    model = project.models[project.segments[name].model]
+    return wh.qualify(project.sources[model.source].helper_schemas.segments, f"segment_{name}")
+
+
+def _kinds(project: Project, source: str) -> set[str]:
+    return {project.sources[source].type}
+
+
+def _columns_metadata(wh: Any, relation: exp.Table, model: Model) -> dg.TableSchema:
+    cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
+    roles = {model.primary_key: "primary key"}
+    roles.update({c: "identifier" for c in model.identifiers})
+    roles.update({c: "categorical" for c in model.categorical})
+    if model.time_column:
+        roles[model.time_column] = "event time"
+    roles.update({f.name: f"calculated ({f.type})" for f in model.calculated_fields})
+    roles.update({f.name: "custom attribute" for f in model.custom_attributes})
+    return dg.TableSchema(columns=[dg.TableColumn(name=c, type="", description=roles.get(c)) for c in cols])
+
+
+def _create_relation(relation: exp.Table, select: exp.Expression, materialized: bool, dialect: str) -> list[str]:
+    if materialized:
+        return [delta.drop_table_sql(relation, dialect),
+                delta.render(exp.Create(this=relation.copy(), kind="TABLE", expression=select), dialect)]
+    return [delta.render(exp.Create(this=relation.copy(), kind="VIEW", replace=True, expression=select), dialect)]
+
+
+def _parse_select(sql: str, dialect: str, where: str) -> exp.Expression:
+    try:
+        parsed = sqlglot.parse_one(sql, read=dialect)
+    except sqlglot.errors.ParseError as exc:
+        raise dg.Failure(f"{where}: the SQL does not parse in the {dialect} dialect: {str(exc).splitlines()[0]}")
+    if not isinstance(parsed, exp.Query):
+        raise dg.Failure(f"{where}: must be a SELECT query")
+    return parsed
+
+
+def model_select(wh: Any, project: Project, name: str) -> exp.Expression:
+    """The SELECT behind a model's view: its table or SQL, plus calculated fields and custom attributes."""
+    m = project.models[name]
+    dialect = wh.dialect
+    if m.table is not None:
+        base: exp.Expression = exp.select(exp.Star()).from_(exp.to_table(m.table, dialect=dialect))
+    else:
+        base = _parse_select(m.sql or "", dialect, f"models.{name}.sql")
+    if not m.calculated_fields and not m.custom_attributes:
+        return base
+    from dinmo_dagster import filters
+
+    info = filters_model_infos(wh, project, exclude=name)
+    this = filters.ModelInfo(
+        name=name, relation=model_relation(wh, project, name), primary_key=m.primary_key,
+        columns=tuple(wh.query_columns(delta.render(base, dialect))),
+        relationships={r.name: filters.Relationship(r.name, r.model, r.type, dict(r.on)) for r in m.relationships},
+        time_column=m.time_column,
+    )
+    info[name] = this
+    sql = filters.compile_model_select(
+        base, this, [f.model_dump(exclude_none=True) for f in m.calculated_fields],
+        [f.model_dump() for f in m.custom_attributes], info, dialect)
+    return sqlglot.parse_one(sql, read=dialect)
+
+
+def filters_model_infos(wh: Any, project: Project, exclude: str | None = None) -> dict[str, Any]:
+    """What the filter compiler needs about every model of the same source whose view exists."""
+    from dinmo_dagster import filters
+
+    out: dict[str, Any] = {}
+    for name, m in project.models.items():
+        if name == exclude:
+            continue
+        rel = model_relation(wh, project, name)
+        try:
+            cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(rel.copy()), wh.dialect))
+        except Exception:
+            cols = []  # not materialized yet (or another source): the compiler reports it if used
+        out[name] = filters.ModelInfo(
+            name=name, relation=rel, primary_key=m.primary_key, columns=tuple(cols),
+            relationships={r.name: filters.Relationship(r.name, r.model, r.type, dict(r.on))
+                           for r in m.relationships},
+            time_column=m.time_column,
+        )
+    return out
+
+
+def segment_select(wh: Any, project: Project, name: str) -> exp.Expression:
+    """The SELECT behind a segment's view: its SQL over ``{{ model }}``, or its compiled filter."""
+    s: Segment = project.segments[name]
+    dialect = wh.dialect
+    if s.sql is not None:
+        model_sql = model_relation(wh, project, s.model).sql(dialect=dialect)
+        text = s.sql.replace("{{ model }}", model_sql).replace("{{model}}", model_sql)
+        return _parse_select(text, dialect, f"segments.{name}.sql")
+    from dinmo_dagster import filters
+
+    infos = filters_model_infos(wh, project)
+    seg_rel = {n: segment_relation(wh, project, n) for n, other in project.segments.items()
+               if other.model == s.model and n != name}
+    try:
+        sql = filters.compile_segment_filter(s.filter or {}, s.model, infos, seg_rel, dialect)
+    except filters.FilterError as exc:
+        raise dg.Failure(f"segments.{name}.{exc}") from exc
+    return sqlglot.parse_one(sql, read=dialect)
+
+
+def refresh_model(wh: Any, project: Project, name: str) -> exp.Table:
+    """Create or replace the model's view (or table when ``materialized``)."""
+    m = project.models[name]
+    wh.ensure_schema(project.sources[m.source].helper_schemas.segments)
+    relation = model_relation(wh, project, name)
+    wh.execute(_create_relation(relation, model_select(wh, project, name), m.materialized, wh.dialect))
+    return relation
+
+
+def refresh_segment(wh: Any, project: Project, name: str) -> tuple[exp.Table, str]:
+    """Create or replace the segment's view; fails when it does not return the model's primary key."""
+    s = project.segments[name]
+    m = project.models[s.model]
+    wh.ensure_schema(project.sources[m.source].helper_schemas.segments)
+    relation = segment_relation(wh, project, name)
+    select = segment_select(wh, project, name)
+    wh.execute(_create_relation(relation, select, False, wh.dialect))
+    cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
+    if m.primary_key not in cols:
+        raise dg.Failure(f"segments.{name}: the segment does not return the primary key '{m.primary_key}' "
+                         f"of model '{s.model}'; columns: {', '.join(cols)}")
+    return relation, select.sql(dialect=wh.dialect)
+
+
+def refresh_upstream(project: Project, activation: str, resources: Any) -> str:
+    """Refresh the views an activation reads (its segment, the segment's model and related models).
+
+    Returns the segment's compiled SQL.
+    """
+    s = project.segments[project.activations[activation].segment]
+    m = project.models[s.model]
+    wh = getattr(resources, source_key(m.source))
+    for rel in m.relationships:
+        refresh_model(wh, project, rel.model)
+    refresh_model(wh, project, s.model)
+    for other in _referenced_segments(s.filter or {}):
+        refresh_segment(wh, project, other)
+    return refresh_segment(wh, project, project.activations[activation].segment)[1]
+
+
+def key_check(wh: Any, relation: exp.Table, pk: str, max_pct: float, what: str) -> dg.AssetCheckResult:
+    """Primary-key uniqueness: count(distinct key) / count(key); NULL keys are counted apart."""
+    total, with_key, distinct = (int(v) for v in wh.query(delta.key_stats_sql(relation, pk, wh.dialect))[0])
+    null_keys = total - with_key
+    dup_rows = with_key - distinct
+    uniqueness = 100.0 if with_key == 0 else 100.0 * distinct / with_key
+    dup_pct = 100.0 - uniqueness
+    sample: list[str] = []
+    if dup_rows:
+        q = (exp.select(delta.col(pk)).from_(relation.copy()).where(
+            exp.Not(this=exp.Is(this=delta.col(pk), expression=exp.Null())))
+            .group_by(delta.col(pk)).having(exp.GT(this=exp.Count(this=exp.Star()), expression=delta.lit(1)))
+            .order_by(delta.col(pk)).limit(10))
+        sample = [str(r[0]) for r in wh.query(delta.render(q, wh.dialect))]
+    metadata: dict[str, Any] = {
+        "uniqueness_pct": dg.MetadataValue.float(round(uniqueness, 4)),
+        "rows": dg.MetadataValue.int(total),
+        "duplicate_rows": dg.MetadataValue.int(dup_rows),
+        "null_keys": dg.MetadataValue.int(null_keys),
+        "max_duplicate_pct": dg.MetadataValue.float(max_pct),
+        "sample_duplicate_keys": dg.MetadataValue.text(", ".join(sample) or "(none)"),
+    }
+    if dup_rows == 0 and null_keys == 0:
+        return dg.AssetCheckResult(passed=True, metadata=metadata,
+                                   description=f"primary key '{pk}' of {what} is unique")
+    parts = []
+    if dup_rows:
+        parts.append(f"{dup_rows} duplicate row(s) on primary key '{pk}' of {what} "
+                     f"({dup_pct:.2f}% of keyed rows, uniqueness {uniqueness:.2f}%)")
+    if null_keys:
+        parts.append(f"{null_keys} row(s) with a NULL '{pk}' are never synced")
+    blocking = dup_pct > max_pct
+    if blocking:
+        parts.append(f"above max_duplicate_pct {max_pct:g}%: syncs are blocked; sample keys: {', '.join(sample)}")
+    elif dup_rows:
+        parts.append("the sync keeps one row per key")
+    return dg.AssetCheckResult(
+        passed=False, metadata=metadata, description="; ".join(parts),
+        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
+    )
+
+
+def _model_assets(project: Project, name: str) -> list[Any]:
+    m = project.models[name]
+    rkey = source_key(m.source)
+    deps: list[dg.AssetKey] = []
+    if m.table:
+        deps.append(source_table_key(m.source, m.table))
+    for rel in m.relationships:
+        if any(f.relation == rel.name for f in m.calculated_fields if f.type == "aggregate"):
+            deps.append(model_key(rel.model))
+    desc = m.description or f"Model '{name}' ({m.kind}{', ' + m.class_ if m.class_ else ''}) over " + (
+        m.table or "SQL")
+
+    @dg.asset(
+        key=model_key(name), group_name=name, description=desc, deps=deps,
+        required_resource_keys={rkey}, kinds=_kinds(project, m.source) | {"view" if not m.materialized else "table"},
+        tags={"dinmo/model_kind": m.kind},
+    )
+    def _model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        wh = getattr(context.resources, rkey)
+        relation = refresh_model(wh, project, name)
+        rows = int(wh.query(delta.count_sql(relation, wh.dialect))[0][0])
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": dg.MetadataValue.int(rows),
+            "dagster/column_schema": _columns_metadata(wh, relation, m),
+            "dagster/relation_identifier": relation.sql(dialect=wh.dialect),
+            "materialized": m.materialized,
+        })
+
+    @dg.asset_check(asset=model_key(name), name="primary_key_unique", blocking=True,
+                    required_resource_keys={rkey},
+                    description=f"count(distinct {m.primary_key}) / count({m.primary_key}) = 100%")
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        wh = getattr(context.resources, rkey)
+        return key_check(wh, model_relation(wh, project, name), m.primary_key, m.max_duplicate_pct,
+                         f"model '{name}'")
+
+    return [_model, _check]
+
+
+def _segment_assets(project: Project, name: str) -> list[Any]:
+    s = project.segments[name]
+    m = project.models[s.model]
+    rkey = source_key(m.source)
+    deps = [model_key(s.model), *(model_key(r.model) for r in m.relationships)]
+    if s.filter:
+        deps += [segment_key(n) for n in _referenced_segments(s.filter)]
+    desc = s.description or f"Segment '{name}' of model '{s.model}'"
+
+    @dg.asset(
+        key=segment_key(name), group_name=s.model, description=desc, deps=list(dict.fromkeys(deps)),
+        required_resource_keys={rkey}, kinds=_kinds(project, m.source) | {"segment"},
+    )
+    def _segment(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        wh = getattr(context.resources, rkey)
+        schemas = project.sources[m.source].helper_schemas
+        relation, _sql = refresh_segment(wh, project, name)
+        cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
+        st = stats.record_segment_stats(wh, schemas.stats, name, relation, model_relation(wh, project, s.model),
+                                        [c for c in m.categorical if c in cols])
+        if st.size == 0:
+            context.log.warning(f"segment '{name}' is empty")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": dg.MetadataValue.int(st.size),
+            "share_of_model_pct": dg.MetadataValue.float(st.share_pct),
+            "model_rows": dg.MetadataValue.int(st.model_size),
+            "dagster/column_schema": _columns_metadata(wh, relation, m),
+            "dagster/relation_identifier": relation.sql(dialect=wh.dialect),
+            **({"breakdowns": dg.MetadataValue.md(st.breakdown_markdown)} if st.breakdown_markdown else {}),
+        })
+
+    @dg.asset_check(asset=segment_key(name), name="primary_key_unique", blocking=True,
+                    required_resource_keys={rkey},
+                    description=f"count(distinct {m.primary_key}) / count({m.primary_key}) = 100%")
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        wh = getattr(context.resources, rkey)
+        return key_check(wh, segment_relation(wh, project, name), m.primary_key, m.max_duplicate_pct,
+                         f"segment '{name}'")
+
+    return [_segment, _check]
+
+
+def _referenced_segments(node: Any) -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("segment"), str):
+            found.append(node["segment"])
+        for v in node.values():
+            found += _referenced_segments(v)
+    elif isinstance(node, list):
+        for v in node:
+            found += _referenced_segments(v)
+    return found
+
+
+def source_table_specs(project: Project) -> list[dg.AssetSpec]:
+    """Source tables as external assets, so lineage starts at the warehouse."""
+    seen: dict[dg.AssetKey, dg.AssetSpec] = {}
+    for m in project.models.values():
+        if m.table:
+            key = source_table_key(m.source, m.table)
+            seen[key] = dg.AssetSpec(key=key, group_name="sources", kinds=_kinds(project, m.source),
+                                     description=f"Table {m.table} in source '{m.source}'")
+    return list(seen.values())
+
+
+def defs(project: Project) -> dg.Definitions:
+    assets: list[Any] = []
+    checks: list[Any] = []
+    for name in project.models:
+        a, c = _model_assets(project, name)
+        assets.append(a)
+        checks.append(c)
+    for name in project.segments:
+        a, c = _segment_assets(project, name)
+        assets.append(a)
+        checks.append(c)
+    return dg.Definitions(assets=[*source_table_specs(project), *assets], asset_checks=checks)

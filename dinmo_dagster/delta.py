@@ -1,0 +1,247 @@
+"""The delta engine's SQL: snapshots with NULL-safe row hashes, change sets, and the state tables.
+
+Everything is built as sqlglot expressions and rendered for the warehouse's dialect; identifiers are
+quoted and values are literals, never pasted text. No Dagster imports: this module can be read and
+tested alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+HASH_COL = "_dinmo_row_hash"
+CHANGE_COL = "_dinmo_change"
+ADDED, UPDATED, REMOVED = "added", "updated", "removed"
+
+
+def ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def col(name: str, table: str | None = None) -> exp.Column:
+    return exp.column(ident(name), table=exp.to_identifier(table) if table else None)
+
+
+def lit(value: object) -> exp.Expression:
+    return exp.convert(value)
+
+
+def render(expression: exp.Expression, dialect: str) -> str:
+    return expression.sql(dialect=dialect)
+
+
+def row_hash(columns: Sequence[str], dialect: str, table: str | None = None) -> exp.Expression:
+    """A NULL-safe, unambiguous row hash over ``columns``.
+
+    Each value becomes ``'~'`` when NULL, else ``'v' || length(text) || ':' || text``, so NULL, the empty
+    string and the string 'NULL' differ, and no value can bleed into its neighbour. DuckDB hashes the
+    same encoding with its native 64-bit ``hash`` (fast); the others use MD5.
+    """
+    parts: list[exp.Expression] = []
+    for c in columns:
+        value = exp.cast(col(c, table), exp.DataType.build("text"))
+        encoded = exp.Concat(
+            expressions=[
+                exp.Literal.string("v"),
+                exp.cast(exp.Length(this=value.copy()), exp.DataType.build("text")),
+                exp.Literal.string(":"),
+                value,
+            ],
+            safe=False,
+        )
+        parts.append(
+            exp.Case(ifs=[exp.If(this=exp.Is(this=col(c, table), expression=exp.Null()),
+                                 true=exp.Literal.string("~"))], default=encoded)
+        )
+    joined = exp.Concat(expressions=parts or [exp.Literal.string("")], safe=False)
+    if dialect == "duckdb":
+        return exp.Anonymous(this="hash", expressions=[joined])
+    return exp.MD5(this=joined)
+
+
+def key_stats_sql(source: exp.Table, pk: str, dialect: str) -> str:
+    """Total rows, rows with a key, distinct keys: one scan of the segment."""
+    q = exp.select(
+        exp.Count(this=exp.Star()),
+        exp.Count(this=col(pk)),
+        exp.Count(this=exp.Distinct(expressions=[col(pk)])),
+    ).from_(source.copy())
+    return render(q, dialect)
+
+
+def create_snapshot_sql(
+    source: exp.Table,
+    target: exp.Table,
+    pk: str,
+    exported: Sequence[str],
+    dialect: str,
+    dedupe: bool,
+    order_by: str | None = None,
+) -> list[str]:
+    """Create the snapshot table: the stored columns plus the row hash, NULL keys left out.
+
+    With ``dedupe`` one row per key is kept: the highest ``order_by`` value, then the highest row hash,
+    so the choice is the same on every run.
+    """
+    stored = list(exported) + ([pk] if pk not in exported else [])
+    extra = [col(order_by)] if dedupe and order_by and order_by not in stored else []
+    inner = exp.select(*[col(c) for c in stored], *extra, row_hash(exported, dialect).as_(HASH_COL, quoted=True))
+    inner = inner.from_(source.copy()).where(exp.Not(this=exp.Is(this=col(pk), expression=exp.Null())))
+    if dedupe:
+        order = [exp.Ordered(this=col(order_by), desc=True, nulls_first=False)] if order_by else []
+        order.append(exp.Ordered(this=col(HASH_COL), desc=True))
+        rn = exp.Window(this=exp.RowNumber(), partition_by=[col(pk)], order=exp.Order(expressions=order))
+        ranked = exp.select(exp.Star(), rn.as_("_dinmo_rn")).from_(inner.subquery("s"))
+        inner = exp.select(*[col(c) for c in stored], col(HASH_COL)).from_(ranked.subquery("r")).where(
+            exp.EQ(this=col("_dinmo_rn"), expression=lit(1)))
+    create = exp.Create(this=target.copy(), kind="TABLE", expression=inner)
+    return [render(exp.Drop(tables=[target.copy()], kind="TABLE", exists=True), dialect), render(create, dialect)]
+
+
+def create_changes_sql(
+    current: exp.Table, baseline: exp.Table, target: exp.Table, pk: str, stored: Sequence[str], dialect: str
+) -> list[str]:
+    """One full outer join on the key: the changed rows with their kind; removed rows keep baseline values."""
+    n_pk, b_pk = col(pk, "n"), col(pk, "b")
+    kind = exp.Case(
+        ifs=[
+            exp.If(this=exp.Is(this=b_pk.copy(), expression=exp.Null()), true=exp.Literal.string(ADDED)),
+            exp.If(this=exp.Is(this=n_pk.copy(), expression=exp.Null()), true=exp.Literal.string(REMOVED)),
+        ],
+        default=exp.Literal.string(UPDATED),
+    )
+    values = [
+        exp.Case(ifs=[exp.If(this=exp.Is(this=n_pk.copy(), expression=exp.Null()), true=col(c, "b"))],
+                 default=col(c, "n")).as_(c, quoted=True)
+        for c in stored
+    ]
+    changed = exp.or_(
+        exp.Is(this=n_pk.copy(), expression=exp.Null()),
+        exp.Is(this=b_pk.copy(), expression=exp.Null()),
+        exp.NEQ(this=col(HASH_COL, "n"), expression=col(HASH_COL, "b")),
+    )
+    select = (
+        exp.select(kind.as_(CHANGE_COL, quoted=True), *values)
+        .from_(current.copy().as_("n"))
+        .join(baseline.copy().as_("b"), on=exp.EQ(this=n_pk.copy(), expression=b_pk.copy()), join_type="FULL OUTER")
+        .where(changed)
+    )
+    create = exp.Create(this=target.copy(), kind="TABLE", expression=select)
+    return [render(exp.Drop(tables=[target.copy()], kind="TABLE", exists=True), dialect), render(create, dialect)]
+
+
+def change_counts_sql(changes: exp.Table, dialect: str) -> str:
+    q = (
+        exp.select(col(CHANGE_COL), exp.Count(this=exp.Star()))
+        .from_(changes.copy())
+        .group_by(col(CHANGE_COL))
+    )
+    return render(q, dialect)
+
+
+def export_sql(
+    table: exp.Table, mapping: Sequence[tuple[str, str]], dialect: str, change: str | None = None,
+    where_false: bool = False,
+) -> str:
+    """SELECT the exported columns renamed as the mapping says, optionally one kind of change."""
+    q = exp.select(*[col(src).as_(dst, quoted=True) for src, dst in mapping]).from_(table.copy())
+    if change is not None:
+        q = q.where(exp.EQ(this=col(CHANGE_COL), expression=exp.Literal.string(change)))
+    if where_false:
+        q = q.where(exp.EQ(this=lit(1), expression=lit(0)))
+    return render(q, dialect)
+
+
+def count_sql(table: exp.Table, dialect: str) -> str:
+    return render(exp.select(exp.Count(this=exp.Star())).from_(table.copy()), dialect)
+
+
+def drop_table_sql(table: exp.Table, dialect: str) -> str:
+    return render(exp.Drop(tables=[table.copy()], kind="TABLE", exists=True), dialect)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# State tables. They hold no customer data: names, keys, counts and timestamps.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateTable:
+    name: str
+    columns: tuple[tuple[str, str], ...]
+
+
+BASELINES = StateTable("dinmo_baselines", (
+    ("activation", "text"), ("partition_key", "text"), ("snapshot_table", "text"), ("row_count", "bigint"),
+    ("promoted_at", "timestamp"),
+))
+SNAPSHOTS = StateTable("dinmo_snapshots", (
+    ("activation", "text"), ("partition_key", "text"), ("snapshot_table", "text"), ("row_count", "bigint"),
+    ("created_at", "timestamp"),
+))
+JOURNAL = StateTable("dinmo_sync_journal", (
+    ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("state", "text"),
+    ("files", "text"), ("updated_at", "timestamp"),
+))
+SYNC_HISTORY = StateTable("sync_history", (
+    ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("status", "text"),
+    ("sync_type", "text"), ("run_type", "text"), ("sync_mode", "text"), ("rows_added", "bigint"),
+    ("rows_updated", "bigint"), ("rows_removed", "bigint"), ("rows_unchanged", "bigint"),
+    ("rows_written", "bigint"), ("files", "bigint"), ("bytes", "bigint"), ("started_at", "timestamp"),
+    ("finished_at", "timestamp"), ("error", "text"),
+))
+
+
+def create_state_table_sql(table: exp.Table, spec: StateTable, dialect: str) -> str:
+    schema = exp.Schema(
+        this=table.copy(),
+        expressions=[exp.ColumnDef(this=ident(n), kind=exp.DataType.build(t)) for n, t in spec.columns],
+    )
+    return render(exp.Create(this=schema, kind="TABLE", exists=True), dialect)
+
+
+def _value(v: object) -> exp.Expression:
+    if v is None:
+        return exp.Null()
+    if hasattr(v, "isoformat"):
+        return exp.cast(exp.Literal.string(v.isoformat(sep=" ")), exp.DataType.build("timestamp"))  # type: ignore[call-arg]
+    return lit(v)
+
+
+def insert_sql(table: exp.Table, spec: StateTable, row: dict[str, object], dialect: str) -> str:
+    names = [n for n, _ in spec.columns if n in row]
+    ins = exp.Insert(
+        this=exp.Schema(this=table.copy(), expressions=[ident(n) for n in names]),
+        expression=exp.Values(expressions=[exp.Tuple(expressions=[_value(row[n]) for n in names])]),
+    )
+    return render(ins, dialect)
+
+
+def _where(filters: dict[str, object]) -> exp.Expression:
+    return exp.and_(*[exp.EQ(this=col(k), expression=_value(v)) for k, v in filters.items()])
+
+
+def delete_sql(table: exp.Table, filters: dict[str, object], dialect: str) -> str:
+    return render(exp.Delete(this=table.copy(), where=exp.Where(this=_where(filters))), dialect)
+
+
+def update_sql(table: exp.Table, values: dict[str, object], filters: dict[str, object], dialect: str) -> str:
+    upd = exp.Update(
+        this=table.copy(),
+        expressions=[exp.EQ(this=col(k), expression=_value(v)) for k, v in values.items()],
+        where=exp.Where(this=_where(filters)),
+    )
+    return render(upd, dialect)
+
+
+def select_sql(
+    table: exp.Table, columns: Sequence[str], filters: dict[str, object], dialect: str,
+    order_by: str | None = None, desc: bool = False,
+) -> str:
+    q = exp.select(*[col(c) for c in columns]).from_(table.copy()).where(_where(filters))
+    if order_by:
+        q = q.order_by(exp.Ordered(this=col(order_by), desc=desc))
+    return render(q, dialect)

@@ -1,0 +1,100 @@
+"""Segment statistics in ``dinmo_stats``: size history, share of the model, categorical breakdowns,
+pairwise overlaps. Computed in the warehouse; only counts come back to Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlglot import exp
+
+from dinmo_dagster import delta
+
+SEGMENT_SIZES = delta.StateTable("segment_sizes", (
+    ("segment", "text"), ("measured_at", "timestamp"), ("size", "bigint"), ("model_size", "bigint"),
+    ("share_pct", "double"),
+))
+SEGMENT_BREAKDOWNS = delta.StateTable("segment_breakdowns", (
+    ("segment", "text"), ("measured_at", "timestamp"), ("property", "text"), ("value", "text"),
+    ("size", "bigint"), ("pct", "double"),
+))
+SEGMENT_OVERLAPS = delta.StateTable("segment_overlaps", (
+    ("model", "text"), ("measured_at", "timestamp"), ("segment_a", "text"), ("segment_b", "text"),
+    ("overlap", "bigint"),
+))
+
+
+@dataclass
+class SegmentStats:
+    size: int
+    model_size: int
+    share_pct: float
+    breakdowns: dict[str, list[tuple[str | None, int, float]]]
+
+    @property
+    def breakdown_markdown(self) -> str:
+        lines: list[str] = []
+        for prop, rows in self.breakdowns.items():
+            lines += [f"**{prop}**", "", "| value | size | % |", "|---|---:|---:|"]
+            lines += [f"| {'(null)' if v is None else v} | {n} | {p:.1f} |" for v, n, p in rows]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _ensure(wh: Any, schema: str, spec: delta.StateTable) -> exp.Table:
+    table = wh.qualify(schema, spec.name)
+    wh.execute([delta.create_state_table_sql(table, spec, wh.dialect)])
+    return table
+
+
+def record_segment_stats(
+    wh: Any, stats_schema: str, segment: str, relation: exp.Table, model_relation: exp.Table,
+    categorical: list[str], top: int = 20,
+) -> SegmentStats:
+    """Measure a segment and append the figures to the stats tables."""
+    wh.ensure_schema(stats_schema)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    size = int(wh.query(delta.count_sql(relation, wh.dialect))[0][0])
+    model_size = int(wh.query(delta.count_sql(model_relation, wh.dialect))[0][0])
+    share = round(100.0 * size / model_size, 4) if model_size else 0.0
+    sizes = _ensure(wh, stats_schema, SEGMENT_SIZES)
+    statements = [delta.insert_sql(sizes, SEGMENT_SIZES, {
+        "segment": segment, "measured_at": now, "size": size, "model_size": model_size, "share_pct": share},
+        wh.dialect)]
+    breakdowns: dict[str, list[tuple[str | None, int, float]]] = {}
+    if categorical:
+        bd = _ensure(wh, stats_schema, SEGMENT_BREAKDOWNS)
+        for prop in categorical:
+            q = (exp.select(exp.cast(delta.col(prop), exp.DataType.build("text")).as_("v"),
+                            exp.Count(this=exp.Star()).as_("n"))
+                 .from_(relation.copy()).group_by(exp.cast(delta.col(prop), exp.DataType.build("text")))
+                 .order_by(exp.Ordered(this=exp.column("n"), desc=True)).limit(top))
+            rows = [(v, int(n), round(100.0 * int(n) / size, 4) if size else 0.0)
+                    for v, n in wh.query(delta.render(q, wh.dialect))]
+            breakdowns[prop] = rows
+            statements += [delta.insert_sql(bd, SEGMENT_BREAKDOWNS, {
+                "segment": segment, "measured_at": now, "property": prop, "value": v, "size": n, "pct": p},
+                wh.dialect) for v, n, p in rows]
+    wh.execute(statements)
+    return SegmentStats(size, model_size, share, breakdowns)
+
+
+def record_overlaps(wh: Any, stats_schema: str, model: str, segments: dict[str, exp.Table], pk: str) -> list[
+        tuple[str, str, int]]:
+    """Pairwise intersections (by primary key) between the segments of one model."""
+    names = sorted(segments)
+    out: list[tuple[str, str, int]] = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            q = exp.select(exp.Count(this=exp.Star())).from_(segments[a].copy().as_("a")).join(
+                segments[b].copy().as_("b"), on=exp.EQ(this=delta.col(pk, "a"), expression=delta.col(pk, "b")))
+            out.append((a, b, int(wh.query(delta.render(q, wh.dialect))[0][0])))
+    if out:
+        table = _ensure(wh, stats_schema, SEGMENT_OVERLAPS)
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        wh.execute([delta.insert_sql(table, SEGMENT_OVERLAPS, {
+            "model": model, "measured_at": now, "segment_a": a, "segment_b": b, "overlap": n}, wh.dialect)
+            for a, b, n in out])
+    return out

@@ -1,0 +1,496 @@
+"""One activation's sync, end to end, with no Dagster imports.
+
+The way of a row: warehouse query -> Arrow batches -> mapping (in the SELECT) -> FileWriter parts ->
+Destination upload -> baseline promotion. The Dagster assets in ``assets/`` call ``take_snapshot`` and
+``deliver``; the CLI's ``preview`` calls ``preview``.
+
+Guarantees (SPEC section 10):
+- the baseline moves only after every file of the sync is in the destination;
+- before its first upload a sync journals what it is about to write; a later sync removes what a dead
+  one left behind, or, when all of it landed, promotes it without sending it twice;
+- a sync that fails in-process deletes the files it had already uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlglot import exp
+
+from dinmo_dagster import delta, naming, writers
+from dinmo_dagster.config import Activation, HelperSchemas, Model
+
+PARTITION_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+DIFFERENCE_SUFFIXES = (delta.ADDED, delta.UPDATED, delta.REMOVED)
+
+log = logging.getLogger("dinmo_dagster.sync")
+
+
+class SyncError(Exception):
+    """A sync refused to run or failed; the message is meant for the user."""
+
+
+def new_partition_key(now: datetime | None = None) -> str:
+    """A sortable partition key from the sync's start time in UTC, e.g. ``20250414T090507.042000Z``."""
+    now = now or datetime.now(timezone.utc)
+    return now.astimezone(timezone.utc).strftime(PARTITION_FORMAT)
+
+
+def partition_time(partition_key: str) -> datetime:
+    """The sync's start time encoded in its partition key (UTC); all files of a sync share it."""
+    try:
+        return datetime.strptime(partition_key, PARTITION_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        # Partitions added by hand in the UI may have any name: fall back to "now".
+        return datetime.now(timezone.utc)
+
+
+def _table_suffix(partition_key: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in partition_key).lower()
+
+
+@dataclass
+class SyncTarget:
+    """Everything a sync of one activation needs: its config, the warehouse and the destination."""
+
+    name: str
+    activation: Activation
+    model_name: str
+    model: Model
+    segment_name: str
+    warehouse: Any  # dinmo_dagster.resources.warehouses.Warehouse
+    destination: Any  # dinmo_dagster.resources.destinations.Destination
+    schemas: HelperSchemas
+
+    @property
+    def dialect(self) -> str:
+        return self.warehouse.dialect
+
+    def segment_relation(self) -> exp.Table:
+        return self.warehouse.qualify(self.schemas.segments, f"segment_{self.segment_name}")
+
+    def state(self, spec: delta.StateTable) -> exp.Table:
+        schema = self.schemas.stats if spec is delta.SYNC_HISTORY else self.schemas.delta_storage
+        return self.warehouse.qualify(schema, spec.name)
+
+    def snapshot_table(self, partition_key: str) -> exp.Table:
+        return self.warehouse.qualify(self.schemas.delta_storage, f"snap__{self.name}__{_table_suffix(partition_key)}")
+
+    def changes_table(self, partition_key: str) -> exp.Table:
+        return self.warehouse.qualify(self.schemas.delta_storage, f"chg__{self.name}__{_table_suffix(partition_key)}")
+
+    def sync_time(self, partition_key: str) -> datetime:
+        """The sync's start time in the schedule's time zone (UTC without one)."""
+        tz = self.activation.schedule.timezone if self.activation.schedule else "UTC"
+        return partition_time(partition_key).astimezone(ZoneInfo(tz))
+
+
+@dataclass
+class SnapshotResult:
+    table: str
+    rows: int
+    null_keys: int
+    duplicates_dropped: int
+    columns: list[str]
+
+
+@dataclass
+class ChangeCounts:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class SyncResult:
+    """What a sync did: what the asset's metadata and the CLI show."""
+
+    sync_type: str  # "full" | "delta"
+    counts: ChangeCounts
+    rows_written: int = 0
+    files: list[str] = field(default_factory=list)  # URIs
+    bytes: int = 0
+    duration_s: float = 0.0
+    baseline_rows: int | None = None
+    dropped_partitions: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Setup and state
+# ---------------------------------------------------------------------------------------------------------
+
+
+def ensure_state(t: SyncTarget) -> None:
+    """Create the helper schemas and the state tables on first use."""
+    wh = t.warehouse
+    wh.ensure_schema(t.schemas.delta_storage)
+    wh.ensure_schema(t.schemas.stats)
+    wh.execute([delta.create_state_table_sql(t.state(s), s, t.dialect)
+                for s in (delta.BASELINES, delta.SNAPSHOTS, delta.JOURNAL, delta.SYNC_HISTORY)])
+
+
+def exported_columns(t: SyncTarget, segment_columns: list[str]) -> list[tuple[str, str]]:
+    """(source column, destination name) pairs: the mapping in its order, or every segment column."""
+    pk = t.model.primary_key
+    if pk not in segment_columns:
+        raise SyncError(f"segment '{t.segment_name}' does not return the primary key '{pk}' of model "
+                        f"'{t.model_name}'; columns: {', '.join(segment_columns)}")
+    if t.activation.mapping is None:
+        return [(c, c) for c in segment_columns]
+    missing = [c for c in t.activation.mapping if c not in segment_columns]
+    if missing:
+        raise SyncError(f"activations.{t.name}.mapping: column '{missing[0]}' is not in segment "
+                        f"'{t.segment_name}'; available: {', '.join(segment_columns)}")
+    return list(t.activation.mapping.items())
+
+
+def baseline(t: SyncTarget) -> tuple[str, str, int] | None:
+    """(partition_key, snapshot_table, row_count) of the activation's last successful sync."""
+    rows = t.warehouse.query(delta.select_sql(
+        t.state(delta.BASELINES), ["partition_key", "snapshot_table", "row_count"],
+        {"activation": t.name}, t.dialect))
+    return (rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
+
+
+def _promote(t: SyncTarget, partition_key: str, rows: int) -> list[str]:
+    """Make this partition's snapshot the baseline: delete + insert in one transaction."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    table = t.state(delta.BASELINES)
+    return [
+        delta.delete_sql(table, {"activation": t.name}, t.dialect),
+        delta.insert_sql(table, delta.BASELINES, {
+            "activation": t.name, "partition_key": partition_key,
+            "snapshot_table": t.snapshot_table(partition_key).name, "row_count": rows, "promoted_at": now,
+        }, t.dialect),
+    ]
+
+
+def _journal(t: SyncTarget, partition_key: str, run_id: str, state: str, files: list[str]) -> None:
+    table = t.state(delta.JOURNAL)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    t.warehouse.execute([
+        delta.delete_sql(table, {"activation": t.name, "partition_key": partition_key}, t.dialect),
+        delta.insert_sql(table, delta.JOURNAL, {
+            "activation": t.name, "partition_key": partition_key, "run_id": run_id, "state": state,
+            "files": json.dumps(files), "updated_at": now}, t.dialect),
+    ])
+
+
+def full_refresh(t: SyncTarget) -> None:
+    """Forget the baseline: the next sync exports everything (``dinmo sync --full-refresh``)."""
+    ensure_state(t)
+    t.warehouse.execute([delta.delete_sql(t.state(delta.BASELINES), {"activation": t.name}, t.dialect)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Snapshot
+# ---------------------------------------------------------------------------------------------------------
+
+
+def take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
+    """Store the rows this sync will deliver, with their row hash, in the delta storage schema."""
+    ensure_state(t)
+    base = baseline(t)
+    if base and base[0] == partition_key:
+        raise SyncError(f"partition '{partition_key}' of activation '{t.name}' was already delivered; "
+                        "start a new sync instead of re-running it")
+    wh, dialect, pk = t.warehouse, t.dialect, t.model.primary_key
+    seg = t.segment_relation()
+    seg_columns = wh.query_columns(delta.render(exp.select(exp.Star()).from_(seg.copy()), dialect))
+    mapping = exported_columns(t, seg_columns)
+    exported = [src for src, _ in mapping]
+    total, with_key, distinct = wh.query(delta.key_stats_sql(seg, pk, dialect))[0]
+    total, with_key, distinct = int(total), int(with_key), int(distinct)
+    dedupe = distinct < with_key
+    order_by = t.model.order_by if t.model.order_by in seg_columns else None
+    target = t.snapshot_table(partition_key)
+    wh.execute(delta.create_snapshot_sql(seg, target, pk, exported, dialect, dedupe=dedupe, order_by=order_by))
+    snaps = t.state(delta.SNAPSHOTS)
+    wh.execute([
+        delta.delete_sql(snaps, {"activation": t.name, "partition_key": partition_key}, dialect),
+        delta.insert_sql(snaps, delta.SNAPSHOTS, {
+            "activation": t.name, "partition_key": partition_key, "snapshot_table": target.name,
+            "row_count": distinct, "created_at": datetime.now(timezone.utc).replace(tzinfo=None)}, dialect),
+    ])
+    return SnapshotResult(table=target.sql(dialect=dialect), rows=distinct, null_keys=total - with_key,
+                          duplicates_dropped=with_key - distinct, columns=exported)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Delivery
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _format_options(a: Activation) -> writers.FormatOptions:
+    return writers.FormatOptions(
+        format=a.format, csv_delimiter=a.csv.delimiter, csv_header=a.csv.header, json_lines=a.json_.lines,
+        xml_root=a.xml.root, xml_record=a.xml.record, compression=a.compression,
+        parquet_compression=a.parquet.compression,
+    )
+
+
+def _object_path(folder: str, name: str) -> str:
+    return f"{folder.strip('/')}/{name}" if folder.strip("/") else name
+
+
+def _counts(t: SyncTarget, changes: exp.Table, new_rows: int) -> ChangeCounts:
+    got = {k: int(v) for k, v in t.warehouse.query(delta.change_counts_sql(changes, t.dialect))}
+    c = ChangeCounts(added=got.get(delta.ADDED, 0), updated=got.get(delta.UPDATED, 0),
+                     removed=got.get(delta.REMOVED, 0))
+    c.unchanged = new_rows - c.added - c.updated
+    return c
+
+
+@dataclass
+class _Plan:
+    """The files one sync writes: (base name, SELECT) pairs, in order."""
+
+    sync_type: str
+    counts: ChangeCounts
+    files: list[tuple[str, str]]
+    changes_table: exp.Table | None
+    baseline_rows: int | None
+
+
+def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
+    """Decide full or delta, compute the change set in the warehouse, and list the files to write."""
+    a, dialect = t.activation, t.dialect
+    snap = t.snapshot_table(partition_key)
+    snaps = t.warehouse.query(delta.select_sql(t.state(delta.SNAPSHOTS), ["row_count"],
+                                               {"activation": t.name, "partition_key": partition_key}, dialect))
+    if not snaps:
+        raise SyncError(f"no snapshot for partition '{partition_key}' of activation '{t.name}': "
+                        f"materialize snapshots/{t.name} for this partition first")
+    new_rows = int(snaps[0][0])
+    seg_cols = t.warehouse.query_columns(delta.render(exp.select(exp.Star()).from_(snap.copy()), dialect))
+    mapping = exported_columns(t, [c for c in seg_cols if c != delta.HASH_COL])
+    stored = [c for c in seg_cols if c != delta.HASH_COL]
+    base = baseline(t)
+    changes = None
+    counts = ChangeCounts(added=new_rows)
+    if base is not None:
+        changes = t.changes_table(partition_key)
+        t.warehouse.execute(delta.create_changes_sql(snap, t.snapshot_table(base[0]), changes,
+                                                     t.model.primary_key, stored, dialect))
+        counts = _counts(t, changes, new_rows)
+    full = force_full or base is None or a.effective_run_type == "full_only"
+    stem = naming.render_template(a.file_name, t.sync_time(partition_key))
+    files: list[tuple[str, str]] = []
+    if a.sync_mode == "difference":
+        for kind in DIFFERENCE_SUFFIXES:
+            if full:
+                sql = delta.export_sql(snap, mapping, dialect, where_false=kind != delta.ADDED)
+            else:
+                sql = delta.export_sql(changes, mapping, dialect, change=kind)  # type: ignore[arg-type]
+            files.append((f"{stem}_{kind}", sql))
+    elif full or a.sync_mode == "snapshot":
+        files.append((stem, delta.export_sql(snap, mapping, dialect)))
+    elif a.sync_mode == "upsert":
+        if counts.added + counts.updated:
+            files.append((stem, _kinds_sql(changes, mapping, dialect, (delta.ADDED, delta.UPDATED))))  # type: ignore[arg-type]
+    elif a.sync_mode == "insert":
+        if counts.added:
+            files.append((stem, delta.export_sql(changes, mapping, dialect, change=delta.ADDED)))  # type: ignore[arg-type]
+    return _Plan("full" if full else "delta", counts, files, changes, base[2] if base else None)
+
+
+def _kinds_sql(changes: exp.Table, mapping: list[tuple[str, str]], dialect: str, kinds: tuple[str, ...]) -> str:
+    q = exp.select(*[delta.col(s).as_(d, quoted=True) for s, d in mapping]).from_(changes.copy()).where(
+        exp.In(this=delta.col(delta.CHANGE_COL), expressions=[exp.Literal.string(k) for k in kinds]))
+    return delta.render(q, dialect)
+
+
+def _removal_guard(t: SyncTarget, p: _Plan) -> None:
+    """Refuse a sync that would remove more than max_removed_pct of the destination's records."""
+    a = t.activation
+    removes = a.sync_mode in ("difference", "snapshot")
+    if not removes or not p.baseline_rows or p.counts.removed == 0:
+        return
+    pct = 100.0 * p.counts.removed / p.baseline_rows
+    if pct > a.max_removed_pct:
+        raise SyncError(
+            f"activation '{t.name}' would remove {p.counts.removed} of {p.baseline_rows} records "
+            f"({pct:.1f}%), more than max_removed_pct {a.max_removed_pct:g}%; nothing was written. "
+            f"If this is expected, raise activations.{t.name}.max_removed_pct or run "
+            f"`dinmo sync {t.name} --full-refresh`")
+
+
+def recover(t: SyncTarget) -> list[str]:
+    """Clean up after syncs that died: remove their files, or promote them when all files landed."""
+    rows = t.warehouse.query(delta.select_sql(
+        t.state(delta.JOURNAL), ["partition_key", "state", "files"], {"activation": t.name}, t.dialect,
+        order_by="partition_key"))
+    notes: list[str] = []
+    base = baseline(t)
+    for partition_key, state, files_json in rows:
+        files = json.loads(files_json or "[]")
+        if state == "writing":
+            t.destination.delete(files)
+            _journal(t, partition_key, "", "abandoned", files)
+            notes.append(f"removed {len(files)} file(s) left by the dead sync {partition_key}")
+        elif state == "written":
+            newer = base is None or partition_key > base[0]
+            if newer:
+                snaps = t.warehouse.query(delta.select_sql(
+                    t.state(delta.SNAPSHOTS), ["row_count"],
+                    {"activation": t.name, "partition_key": partition_key}, t.dialect))
+                t.warehouse.execute(_promote(t, partition_key, int(snaps[0][0]) if snaps else 0))
+                base = (partition_key, "", 0)
+                notes.append(f"completed the sync {partition_key}: all its files had landed; "
+                             "promoted its snapshot to baseline")
+            _journal(t, partition_key, "", "done", files)
+    return notes
+
+
+def deliver(
+    t: SyncTarget,
+    partition_key: str,
+    run_id: str = "",
+    force_full: bool = False,
+    on_log: Callable[[str], None] = log.info,
+) -> SyncResult:
+    """Compute the change set against the baseline, write the files, then promote the baseline."""
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    a = t.activation
+    ensure_state(t)
+    recovered = recover(t)
+    for note in recovered:
+        on_log(note)
+    p = plan(t, partition_key, force_full=force_full)
+    _removal_guard(t, p)
+    options = _format_options(a)
+    max_bytes = int(a.max_file_size_mb * 1024 * 1024) if a.max_file_size_mb else None
+    result = SyncResult(sync_type=p.sync_type, counts=p.counts, baseline_rows=p.baseline_rows,
+                        recovered=recovered)
+    uploaded: list[str] = []
+    _journal(t, partition_key, run_id, "writing", uploaded)
+    workdir = Path(tempfile.mkdtemp(prefix="dinmo-sync-"))
+    try:
+        for stem, sql in p.files:
+            def upload(part: writers.PartFile) -> None:
+                path = _object_path(a.folder, part.name)
+                uploaded.append(path)
+                # Journal before the upload, so a kill mid-upload still knows what to remove.
+                _journal(t, partition_key, run_id, "writing", uploaded)
+                result.bytes += t.destination.upload(part.path, path)
+                result.rows_written += part.rows
+                result.files.append(t.destination.uri(path))
+                part.path.unlink(missing_ok=True)
+                on_log(f"wrote {t.destination.uri(path)} ({part.rows} rows, {part.bytes} bytes)")
+
+            with t.warehouse.stream(sql) as reader:
+                writers.write_parts(_batches(reader), reader.schema, options, stem, max_bytes, workdir, upload)
+        _journal(t, partition_key, run_id, "written", uploaded)
+    except BaseException as exc:
+        try:
+            t.destination.delete(uploaded)
+            _journal(t, partition_key, run_id, "failed", [])
+        except Exception as cleanup_exc:  # keep the journal entry: the next sync cleans up
+            on_log(f"could not remove the files of the failed sync yet: {cleanup_exc}")
+        _history(t, partition_key, run_id, "failed", result, a, started_at, str(exc)[:500])
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    t.warehouse.execute(_promote(t, partition_key, _snapshot_rows(t, partition_key)))
+    _journal(t, partition_key, run_id, "done", uploaded)
+    if p.changes_table is not None:
+        t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
+    result.dropped_partitions = apply_retention(t)
+    result.duration_s = time.monotonic() - started
+    _history(t, partition_key, run_id, "success", result, a, started_at, None)
+    return result
+
+
+def _batches(reader: Any) -> Iterator[Any]:
+    yield from reader
+
+
+def _snapshot_rows(t: SyncTarget, partition_key: str) -> int:
+    rows = t.warehouse.query(delta.select_sql(t.state(delta.SNAPSHOTS), ["row_count"],
+                                              {"activation": t.name, "partition_key": partition_key}, t.dialect))
+    return int(rows[0][0]) if rows else 0
+
+
+def _history(t: SyncTarget, partition_key: str, run_id: str, status: str, r: SyncResult, a: Activation,
+             started_at: datetime, error: str | None) -> None:
+    row = {
+        "activation": t.name, "partition_key": partition_key, "run_id": run_id, "status": status,
+        "sync_type": r.sync_type, "run_type": a.effective_run_type, "sync_mode": a.sync_mode,
+        "rows_added": r.counts.added, "rows_updated": r.counts.updated, "rows_removed": r.counts.removed,
+        "rows_unchanged": r.counts.unchanged, "rows_written": r.rows_written, "files": len(r.files),
+        "bytes": r.bytes, "started_at": started_at,
+        "finished_at": datetime.now(timezone.utc).replace(tzinfo=None), "error": error,
+    }
+    try:
+        t.warehouse.execute([delta.insert_sql(t.state(delta.SYNC_HISTORY), delta.SYNC_HISTORY, row, t.dialect)])
+    except Exception as exc:  # history is informative; never mask the sync's own outcome
+        log.warning("could not record sync history: %s", exc)
+
+
+def apply_retention(t: SyncTarget) -> list[str]:
+    """Keep the baseline and the newest N snapshots; drop older tables. Returns dropped partition keys."""
+    rows = t.warehouse.query(delta.select_sql(t.state(delta.SNAPSHOTS), ["partition_key", "snapshot_table"],
+                                              {"activation": t.name}, t.dialect, order_by="partition_key",
+                                              desc=True))
+    base = baseline(t)
+    keep = {r[0] for r in rows[: t.activation.keep_snapshots]} | ({base[0]} if base else set())
+    dropped: list[str] = []
+    for partition_key, _table in rows:
+        if partition_key in keep:
+            continue
+        t.warehouse.execute([
+            delta.drop_table_sql(t.snapshot_table(partition_key), t.dialect),
+            delta.drop_table_sql(t.changes_table(partition_key), t.dialect),
+            delta.delete_sql(t.state(delta.SNAPSHOTS), {"activation": t.name, "partition_key": partition_key},
+                             t.dialect),
+        ])
+        dropped.append(partition_key)
+    return dropped
+
+
+@dataclass
+class Preview:
+    sync_type: str
+    counts: ChangeCounts
+    files: list[str]
+    samples: dict[str, list[dict[str, Any]]]
+
+
+def preview(t: SyncTarget, partition_key: str, sample_rows: int = 5) -> Preview:
+    """Change counts and sample rows of each kind; writes no file and leaves the baseline alone.
+
+    The caller takes a snapshot under a throwaway partition key and drops it afterwards.
+    """
+    p = plan(t, partition_key)
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for stem, sql in p.files:
+        limited = delta.render(exp.select(exp.Star()).from_(exp.maybe_parse(sql, dialect=t.dialect).subquery("p"))
+                               .limit(sample_rows), t.dialect)
+        with t.warehouse.stream(limited) as reader:
+            samples[stem] = reader.read_all().to_pylist()
+    if p.changes_table is not None:
+        t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
+    ext = _format_options(t.activation).extension
+    return Preview(p.sync_type, p.counts, [f"{stem}.{ext}" for stem, _ in p.files], samples)
+
+
+def drop_snapshot(t: SyncTarget, partition_key: str) -> None:
+    t.warehouse.execute([
+        delta.drop_table_sql(t.snapshot_table(partition_key), t.dialect),
+        delta.delete_sql(t.state(delta.SNAPSHOTS), {"activation": t.name, "partition_key": partition_key},
+                         t.dialect),
+    ])

@@ -1,0 +1,112 @@
+"""Connection and entity validation (``dinmo validate --connect`` and the validation sensor).
+
+Checks every source connection and every related entity: each model's table and columns, calculated
+fields and segments (by compiling and running them with LIMIT 0), the activation mappings, and each
+destination. Returns problems as ``(culprit, message)`` so callers can pause what depends on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlglot import exp
+
+from dinmo_dagster import delta
+from dinmo_dagster.config import Project
+
+
+@dataclass(frozen=True)
+class Problem:
+    culprit: str  # "sources.warehouse", "models.customers", "segments.vip", "destinations.exports"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.culprit}: {self.message}"
+
+
+def check_project(project: Project, resources: Any) -> list[Problem]:
+    """Connect to everything the project uses and report what is broken."""
+    from dinmo_dagster.assets.models import model_select, segment_select
+    from dinmo_dagster.resources import destination_key, source_key
+
+    problems: list[Problem] = []
+    broken_sources: set[str] = set()
+    for name in project.sources:
+        try:
+            getattr(resources, source_key(name)).check_connection()
+        except Exception as exc:
+            broken_sources.add(name)
+            problems.append(Problem(f"sources.{name}", _short(exc)))
+    for name, m in project.models.items():
+        if m.source in broken_sources:
+            continue
+        wh = getattr(resources, source_key(m.source))
+        try:
+            if m.table and wh.table_columns(m.table) is None:
+                problems.append(Problem(f"models.{name}", f"table {m.table} does not exist"))
+                continue
+            cols = wh.query_columns(delta.render(model_select(wh, project, name), wh.dialect))
+            needed = [m.primary_key, *m.identifiers, *m.categorical, *([m.time_column] if m.time_column else [])]
+            missing = [c for c in needed if c not in cols]
+            if missing:
+                problems.append(Problem(f"models.{name}", f"column '{missing[0]}' does not exist; "
+                                                          f"columns: {', '.join(cols)}"))
+        except Exception as exc:
+            problems.append(Problem(f"models.{name}", _short(exc)))
+    for name, s in project.segments.items():
+        m = project.models[s.model]
+        if m.source in broken_sources or any(p.culprit == f"models.{s.model}" for p in problems):
+            continue
+        wh = getattr(resources, source_key(m.source))
+        try:
+            q = segment_select(wh, project, name)
+            cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(q.subquery("s")), wh.dialect))
+            if m.primary_key not in cols:
+                problems.append(Problem(f"segments.{name}", f"does not return the primary key '{m.primary_key}'"))
+                continue
+            for aname, a in project.activations.items():
+                if a.segment == name and a.mapping:
+                    missing = [c for c in a.mapping if c not in cols]
+                    if missing:
+                        problems.append(Problem(f"activations.{aname}",
+                                                f"mapping: column '{missing[0]}' is not in segment '{name}'; "
+                                                f"available: {', '.join(cols)}"))
+        except Exception as exc:
+            problems.append(Problem(f"segments.{name}", _short(exc)))
+    for name in project.destinations:
+        try:
+            getattr(resources, destination_key(name)).check()
+        except Exception as exc:
+            problems.append(Problem(f"destinations.{name}", _short(exc)))
+    return problems
+
+
+def affected_activations(project: Project, problems: list[Problem]) -> dict[str, str]:
+    """activation -> the culprit that breaks it."""
+    out: dict[str, str] = {}
+    for name, a in project.activations.items():
+        seg = project.segments[a.segment]
+        m = project.models[seg.model]
+        related = {f"models.{r.model}" for r in m.relationships}
+        entities = {f"sources.{m.source}", f"models.{seg.model}", f"segments.{a.segment}",
+                    f"destinations.{a.destination}", f"activations.{name}", *related}
+        for p in problems:
+            if p.culprit in entities:
+                out[name] = str(p)
+                break
+    return out
+
+
+def validate_connections(project: Project) -> list[str]:
+    import dagster as dg
+
+    from dinmo_dagster.resources import build_resources
+
+    with dg.build_resources(build_resources(project)) as resources:
+        return [str(p) for p in check_project(project, resources)]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
