@@ -103,7 +103,18 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
             if mat.asset_key == activation_key(activation):
                 metadata = {k: v.value for k, v in mat.metadata.items()}
     error = ""
-    if not result.success:
+    warnings: list[str] = []
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            ev = event.event_specific_data
+            if ev is not None and not ev.passed:
+                line = f"{'/'.join(ev.asset_key.path)} {ev.check_name}: {ev.description}"
+                if ev.severity == dg.AssetCheckSeverity.ERROR:
+                    error = error or line
+                else:
+                    warnings.append(line)
+    metadata["warnings"] = warnings
+    if not result.success and not error:
         for event in result.all_events:
             if event.is_step_failure:
                 data = event.step_failure_data
@@ -124,6 +135,8 @@ def _root_message(err: Any) -> str:
 
 
 def _print_sync(activation: str, ok: bool, md: dict[str, Any], error: str) -> None:
+    for w in md.get("warnings", []):
+        _print(f"warning: {w}")
     if not ok:
         _print(f"sync {activation}: FAILED: {error}")
         return

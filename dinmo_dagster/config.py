@@ -361,7 +361,7 @@ def _format_error(file: str, prefix: str, err: dict[str, Any], model_cls: Any) -
     if etype == "extra_forbidden":
         parent = _resolve_model(model_cls, clean[:-1])
         allowed = ", ".join(sorted(_field_names(parent))) if parent else ""
-        return f"{file}: {key}: unknown key '{clean[-1]}'; allowed: {allowed}"
+        return f"{file}: {_key_path(prefix, clean[:-1])}: unknown key '{clean[-1]}'; allowed: {allowed}"
     if etype == "missing":
         return f"{file}: {key}: required key is missing"
     if etype == "union_tag_invalid":

@@ -134,7 +134,9 @@ def validate_template(template: str) -> None:
         raise TemplateError("a file name cannot be '.' or '..'")
     size = len(rendered.encode("utf-8"))
     if size > MAX_NAME_BYTES:
-        raise TemplateError(f"a file name cannot be longer than {MAX_NAME_BYTES} bytes; this one renders to {size}")
+        raise TemplateError(
+            f"a file name cannot be longer than {MAX_NAME_BYTES} bytes; this one renders to {size}"
+        )
 
 
 def render_template(template: str, when: datetime) -> str:

@@ -649,3 +649,24 @@ def test_from_config_errors(tmp_path):
     assert "database" in message and "port" in message and "s3cr3t" not in message
     wh = warehouse_from_config("x", {"type": "duckdb", "path": str(tmp_path / "w.duckdb")})
     assert wh.source_name == "x"
+
+
+def test_every_project_config_key_is_accepted():
+    """Each key the project YAML allows for a source is a setting of its warehouse resource."""
+    from dinmo_dagster import config as project_config
+    from dinmo_dagster.resources.warehouses import WAREHOUSE_TYPES, config_keys
+
+    models = {
+        "duckdb": project_config.DuckDBSource,
+        "postgres": project_config.PostgresSource,
+        "snowflake": project_config.SnowflakeSource,
+        "bigquery": project_config.BigQuerySource,
+        "redshift": project_config.RedshiftSource,
+        "databricks": project_config.DatabricksSource,
+    }
+    for source_type, model in models.items():
+        yaml_keys = {info.alias or name for name, info in model.model_fields.items()} - {
+            "type",
+            "helper_schemas",
+        }
+        assert yaml_keys <= set(config_keys(WAREHOUSE_TYPES[source_type])), source_type

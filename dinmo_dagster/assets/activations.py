@@ -154,8 +154,7 @@ def sync_job(project: Project, name: str) -> Any:
     a = project.activations[name]
     selection = dg.AssetSelection.assets(activation_key(name)).upstream().materializable()
     return dg.define_asset_job(
-        job_name(name), selection=selection, partitions_def=dg.DynamicPartitionsDefinition(
-            name=partitions_name(name)),
+        job_name(name), selection=selection,
         description=f"Sync activation '{name}': refresh segment '{a.segment}', snapshot it, deliver the changes",
         tags={"dinmo/activation": name},
     )

@@ -449,6 +449,15 @@ def _rows_to_batch(rows: Sequence[Sequence[Any]], schema: pa.Schema) -> pa.Recor
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _split(batch: pa.RecordBatch, max_rows: int) -> Iterator[pa.RecordBatch]:
+    """`batch` in slices of at most `max_rows` rows (zero-copy)."""
+    if batch.num_rows <= max_rows:
+        yield batch
+        return
+    for offset in range(0, batch.num_rows, max_rows):
+        yield batch.slice(offset, max_rows)
+
+
 def _cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     if batch.schema.equals(schema):
         return batch
@@ -504,7 +513,7 @@ class DuckDBWarehouse(Warehouse):
                 delay = min(delay * 2, 1.0)
         try:
             # timestamps with time zone come out in UTC, whatever the machine's time zone
-            con.execute("SET TimeZone = 'UTC'")
+            _quietly(lambda: con.execute("SET TimeZone = 'UTC'"))
             yield con
         finally:
             con.close()
@@ -604,6 +613,10 @@ class PostgresWarehouse(Warehouse):
         alias="schema",
         description="Schema of unqualified table names (first on the search_path).",
     )
+    sslmode: str | None = Field(
+        default=None,
+        description="libpq sslmode (disable, prefer, require, verify-ca, verify-full); libpq's default if unset.",
+    )
 
     def _target(self) -> str:
         return f"{self._value('host')}:{self._value('port')}/{self._value('database')}"
@@ -620,6 +633,7 @@ class PostgresWarehouse(Warehouse):
             "password": self._value("password") or None,
             "connect_timeout": 10,
             "application_name": "dinmo-dagster",
+            **({"sslmode": self._value("sslmode")} if self._value("sslmode") else {}),
         }
 
     @contextmanager
@@ -722,7 +736,7 @@ class SnowflakeWarehouse(Warehouse):
 
     dialect: ClassVar[str] = "snowflake"
     source_type: ClassVar[str] = "snowflake"
-    secret_fields: ClassVar[tuple[str, ...]] = ("password", "private_key", "private_key_password")
+    secret_fields: ClassVar[tuple[str, ...]] = ("password", "private_key", "private_key_passphrase")
     default_schema: ClassVar[str | None] = "PUBLIC"
 
     account: str = Field(description="Snowflake account identifier (orgname-accountname or locator).")
@@ -738,7 +752,7 @@ class SnowflakeWarehouse(Warehouse):
     private_key_path: str | None = Field(
         default=None, description="Path of a PEM private key file (key-pair authentication)."
     )
-    private_key_password: str | None = Field(
+    private_key_passphrase: str | None = Field(
         default=None, repr=False, description="Passphrase of an encrypted private key."
     )
     database: str = Field(description="Database holding the customer data and the helper schemas.")
@@ -769,7 +783,7 @@ class SnowflakeWarehouse(Warehouse):
                 ("password", "password"),
                 ("private_key", "private_key"),
                 ("private_key_path", "private_key_path"),
-                ("private_key_password", "private_key_password"),
+                ("private_key_password", "private_key_passphrase"),
                 ("database", "database"),
                 ("warehouse", "warehouse"),
                 ("role", "role"),
@@ -891,6 +905,9 @@ class BigQueryWarehouse(Warehouse):
             " Default Credentials are used (through dagster_gcp.BigQueryResource)."
         ),
     )
+    service_account_file: str | None = Field(
+        default=None, description="Path of a service account key file (instead of service_account_json)."
+    )
     dataset: str | None = Field(
         default=None, description="Dataset of unqualified table names (the jobs' default dataset)."
     )
@@ -913,10 +930,18 @@ class BigQueryWarehouse(Warehouse):
         return ident.name
 
     def _credentials(self) -> Any:
+        from google.oauth2 import service_account
+
         key = self._value("service_account_json")
+        path = self._value("service_account_file")
+        if key and path:
+            raise WarehouseError(
+                self._prefix() + "give service_account_json or service_account_file, not both"
+            )
+        if path:
+            return service_account.Credentials.from_service_account_file(path)
         if not key:
             return None
-        from google.oauth2 import service_account
 
         text = key.strip()
         if not text.startswith("{"):
@@ -1041,18 +1066,11 @@ class BigQueryWarehouse(Warehouse):
                     schema = _pandas_helpers.bq_to_arrow_schema(rows.schema) or pa.schema([])
 
             def batches() -> Iterator[pa.RecordBatch]:
-                if first is None:
-                    return
-                for batch in (
-                    first.to_batches(max_chunksize=batch_rows) if isinstance(first, pa.Table) else [first]
-                ):
-                    yield batch
-                while True:
+                batch = first
+                while batch is not None:
+                    yield from _split(batch, batch_rows)
                     with self._wrap("streaming the result failed"):
                         batch = next(source, None)
-                    if batch is None:
-                        return
-                    yield batch
 
             yield pa.RecordBatchReader.from_batches(schema, batches())
 
@@ -1074,14 +1092,21 @@ class DatabricksWarehouse(Warehouse):
     )
     http_path: str = Field(description="HTTP path of the SQL warehouse (/sql/1.0/warehouses/...).")
     access_token: str = Field(repr=False, description="Personal access token or service principal token.")
-    catalog: str = Field(
-        description="Unity Catalog catalog holding the customer data and the helper schemas."
+    catalog: str | None = Field(
+        default=None,
+        description=(
+            "Unity Catalog catalog holding the customer data and the helper schemas"
+            " (the workspace's default catalog if unset)."
+        ),
     )
-    schema_: str = Field(default="default", alias="schema", description="Schema of unqualified table names.")
+    schema_: str | None = Field(
+        default=None, alias="schema", description="Schema of unqualified table names (default: `default`)."
+    )
 
     def _target(self) -> str:
-        return (
-            f"{self._value('server_hostname')}{self._value('http_path')} (catalog {self._value('catalog')})"
+        catalog = self._value("catalog")
+        return f"{self._value('server_hostname')}{self._value('http_path')}" + (
+            f" (catalog {catalog})" if catalog else ""
         )
 
     def _configured_schema(self) -> str | None:
@@ -1141,7 +1166,7 @@ class DatabricksWarehouse(Warehouse):
         return exp.Table(
             this=exp.to_identifier("columns"),
             db=exp.to_identifier("information_schema"),
-            catalog=exp.Identifier(this=name, quoted=True),
+            catalog=exp.Identifier(this=name, quoted=True) if name else None,
         )
 
     @contextmanager
