@@ -25,6 +25,17 @@ def col(name: str, table: str | None = None) -> exp.Column:
     return exp.column(ident(name), table=exp.to_identifier(table) if table else None)
 
 
+def resolve_column(name: str, columns: Sequence[str]) -> str:
+    """The warehouse's spelling of a configured column: exact, else the one case-insensitive match.
+
+    Snowflake returns unquoted names in upper case; the YAML says ``customer_id``.
+    """
+    if name in columns:
+        return name
+    matches = [c for c in columns if c.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else name
+
+
 def lit(value: object) -> exp.Expression:
     return exp.convert(value)
 

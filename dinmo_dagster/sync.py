@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
 from sqlglot import exp
 
 from dinmo_dagster import delta, naming, writers
@@ -144,17 +145,18 @@ def ensure_state(t: SyncTarget) -> None:
 
 def exported_columns(t: SyncTarget, segment_columns: list[str]) -> list[tuple[str, str]]:
     """(source column, destination name) pairs: the mapping in its order, or every segment column."""
-    pk = t.model.primary_key
+    pk = delta.resolve_column(t.model.primary_key, segment_columns)
     if pk not in segment_columns:
         raise SyncError(f"segment '{t.segment_name}' does not return the primary key '{pk}' of model "
                         f"'{t.model_name}'; columns: {', '.join(segment_columns)}")
     if t.activation.mapping is None:
         return [(c, c) for c in segment_columns]
-    missing = [c for c in t.activation.mapping if c not in segment_columns]
+    pairs = [(delta.resolve_column(src, segment_columns), dst) for src, dst in t.activation.mapping.items()]
+    missing = [src for src, _ in pairs if src not in segment_columns]
     if missing:
         raise SyncError(f"activations.{t.name}.mapping: column '{missing[0]}' is not in segment "
                         f"'{t.segment_name}'; available: {', '.join(segment_columns)}")
-    return list(t.activation.mapping.items())
+    return pairs
 
 
 def baseline(t: SyncTarget) -> tuple[str, str, int] | None:
@@ -207,15 +209,17 @@ def take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
     if base and base[0] == partition_key:
         raise SyncError(f"partition '{partition_key}' of activation '{t.name}' was already delivered; "
                         "start a new sync instead of re-running it")
-    wh, dialect, pk = t.warehouse, t.dialect, t.model.primary_key
+    wh, dialect = t.warehouse, t.dialect
     seg = t.segment_relation()
     seg_columns = wh.query_columns(delta.render(exp.select(exp.Star()).from_(seg.copy()), dialect))
     mapping = exported_columns(t, seg_columns)
+    pk = delta.resolve_column(t.model.primary_key, seg_columns)
     exported = [src for src, _ in mapping]
     total, with_key, distinct = wh.query(delta.key_stats_sql(seg, pk, dialect))[0]
     total, with_key, distinct = int(total), int(with_key), int(distinct)
     dedupe = distinct < with_key
-    order_by = t.model.order_by if t.model.order_by in seg_columns else None
+    order_by = delta.resolve_column(t.model.order_by, seg_columns) if t.model.order_by else None
+    order_by = order_by if order_by in seg_columns else None
     target = t.snapshot_table(partition_key)
     wh.execute(delta.create_snapshot_sql(seg, target, pk, exported, dialect, dedupe=dedupe, order_by=order_by))
     snaps = t.state(delta.SNAPSHOTS)
@@ -263,6 +267,7 @@ class _Plan:
     files: list[tuple[str, str]]
     changes_table: exp.Table | None
     baseline_rows: int | None
+    names: list[str]  # destination column names, in file order
 
 
 def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
@@ -284,7 +289,8 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     if base is not None:
         changes = t.changes_table(partition_key)
         t.warehouse.execute(delta.create_changes_sql(snap, t.snapshot_table(base[0]), changes,
-                                                     t.model.primary_key, stored, dialect))
+                                                     delta.resolve_column(t.model.primary_key, stored),
+                                                     stored, dialect))
         counts = _counts(t, changes, new_rows)
     full = force_full or base is None or a.effective_run_type == "full_only"
     stem = naming.render_template(a.file_name, t.sync_time(partition_key))
@@ -304,7 +310,8 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     elif a.sync_mode == "insert":
         if counts.added:
             files.append((stem, delta.export_sql(changes, mapping, dialect, change=delta.ADDED)))  # type: ignore[arg-type]
-    return _Plan("full" if full else "delta", counts, files, changes, base[2] if base else None)
+    return _Plan("full" if full else "delta", counts, files, changes, base[2] if base else None,
+                 [dst for _, dst in mapping])
 
 
 def _kinds_sql(changes: exp.Table, mapping: list[tuple[str, str]], dialect: str, kinds: tuple[str, ...]) -> str:
@@ -393,7 +400,10 @@ def deliver(
                 on_log(f"wrote {t.destination.uri(path)} ({part.rows} rows, {part.bytes} bytes)")
 
             with t.warehouse.stream(sql) as reader:
-                writers.write_parts(_batches(reader), reader.schema, options, stem, max_bytes, workdir, upload)
+                # Name columns from the mapping, whatever case the driver reports them in.
+                schema = pa.schema([f.with_name(n) for f, n in zip(reader.schema, p.names)])
+                batches = (pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in reader)
+                writers.write_parts(batches, schema, options, stem, max_bytes, workdir, upload)
         _journal(t, partition_key, run_id, "written", uploaded)
     except BaseException as exc:
         try:
@@ -413,10 +423,6 @@ def deliver(
     result.duration_s = time.monotonic() - started
     _history(t, partition_key, run_id, "success", result, a, started_at, None)
     return result
-
-
-def _batches(reader: Any) -> Iterator[Any]:
-    yield from reader
 
 
 def _snapshot_rows(t: SyncTarget, partition_key: str) -> int:

@@ -611,7 +611,8 @@ class _TextParts:
         if limit is not None:
             # A part holding nothing but its frame must already fit.
             frame = len(fmt.header) + self.tail
-            need = frame if not gzip else frame + 60
+            # For gzip: the worst-case deflate expansion of the frame plus header, trailer and slack.
+            need = frame if not gzip else int(frame * 1.140625) + 12 + 36
             if need > limit:
                 raise ValueError(f"max_file_bytes={limit} is too small: an empty file needs {need} bytes")
 

@@ -159,7 +159,7 @@ def refresh_segment(wh: Any, project: Project, name: str) -> tuple[exp.Table, st
     select = segment_select(wh, project, name)
     wh.execute(_create_relation(relation, select, False, wh.dialect))
     cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
-    if m.primary_key not in cols:
+    if delta.resolve_column(m.primary_key, cols) not in cols:
         raise dg.Failure(f"segments.{name}: the segment does not return the primary key '{m.primary_key}' "
                          f"of model '{s.model}'; columns: {', '.join(cols)}")
     return relation, select.sql(dialect=wh.dialect)
@@ -183,6 +183,8 @@ def refresh_upstream(project: Project, activation: str, resources: Any) -> str:
 
 def key_check(wh: Any, relation: exp.Table, pk: str, max_pct: float, what: str) -> dg.AssetCheckResult:
     """Primary-key uniqueness: count(distinct key) / count(key); NULL keys are counted apart."""
+    cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
+    pk = delta.resolve_column(pk, cols)
     total, with_key, distinct = (int(v) for v in wh.query(delta.key_stats_sql(relation, pk, wh.dialect))[0])
     null_keys = total - with_key
     dup_rows = with_key - distinct
@@ -281,7 +283,8 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
         relation, _sql = refresh_segment(wh, project, name)
         cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
         st = stats.record_segment_stats(wh, schemas.stats, name, relation, model_relation(wh, project, s.model),
-                                        [c for c in m.categorical if c in cols])
+                                        [delta.resolve_column(c, cols) for c in m.categorical
+                                         if delta.resolve_column(c, cols) in cols])
         if st.size == 0:
             context.log.warning(f"segment '{name}' is empty")
         return dg.MaterializeResult(metadata={

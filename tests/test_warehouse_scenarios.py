@@ -1,0 +1,180 @@
+"""One scenario suite, the same syncs against every warehouse available here: DuckDB, a real
+PostgreSQL server, and Snowflake's real connector under fakesnow. Same files, same rows."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import dagster as dg
+import pytest
+import sqlglot
+
+from dinmo_dagster import sync
+from dinmo_dagster.assets.activations import sync_target
+from dinmo_dagster.assets.models import refresh_upstream
+from dinmo_dagster.config import load_project
+from dinmo_dagster.resources import build_resources
+
+SEED = [
+    (1, "ann@example.com", "12.50", "FR", None),
+    (2, "bob@example.com", "900.00", "DE", "vip"),
+    (3, "cle@example.com", "600.10", "FR", ""),
+    (4, "dan@example.com", "700.00", "ES", "NULL"),
+    (5, "eve@example.com", "510.00", "DE", None),
+]
+# Between sync 1 and sync 2: one insert, value-to-NULL, NULL-to-value, a change in an unmapped column,
+# and a delete.
+CHANGES = [
+    "insert into raw.customers values (6, 'fay@example.com', 800.00, 'FR', 'new', 'x')",
+    "update raw.customers set note = null where customer_id = 2",
+    "update raw.customers set note = 'now set' where customer_id = 5",
+    "update raw.customers set unmapped = 'changed' where customer_id = 3",
+    "delete from raw.customers where customer_id = 4",
+]
+
+
+def _project_yaml(source: str) -> str:
+    return textwrap.dedent(f"""
+        sources:
+          wh: {source}
+        models:
+          customers: {{source: wh, table: raw.customers, primary_key: customer_id}}
+        segments:
+          big: {{model: customers, sql: "select * from {{{{ model }}}} where ltv > 500"}}
+        destinations:
+          out: {{type: local, path: out}}
+        activations:
+          diff:
+            segment: big
+            destination: out
+            file_name: big
+            sync_mode: difference
+            mapping: {{customer_id: id, email: email, ltv: ltv, note: note}}
+          ups:
+            segment: big
+            destination: out
+            folder: ups
+            file_name: big
+            sync_mode: upsert
+            mapping: {{customer_id: id, note: note}}
+        """)
+
+
+@contextlib.contextmanager
+def duckdb_source(tmp_path: Path) -> Iterator[str]:
+    yield f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}"
+
+
+@contextlib.contextmanager
+def postgres_source(tmp_path: Path, server, monkeypatch) -> Iterator[str]:
+    monkeypatch.setenv("PG_PASSWORD", server.password)
+    yield (f"{{type: postgres, host: {server.host}, port: {server.port}, database: {server.database}, "
+           f"user: {server.user}, password: {{env: PG_PASSWORD}}}}")
+
+
+@contextlib.contextmanager
+def snowflake_source(tmp_path: Path, monkeypatch) -> Iterator[str]:
+    import fakesnow
+
+    monkeypatch.setenv("SF_PASSWORD", "not-a-real-password")
+    (tmp_path / "fakesnow").mkdir()
+    with fakesnow.patch(db_path=str(tmp_path / "fakesnow")):
+        yield ("{type: snowflake, account: acct, user: dinmo, password: {env: SF_PASSWORD}, database: CRM, "
+               "warehouse: WH, role: DINMO}")
+
+
+@pytest.fixture(params=["duckdb", "postgres", "snowflake"])
+def warehouse_project(request, tmp_path: Path, monkeypatch):
+    if request.param == "duckdb":
+        ctx = duckdb_source(tmp_path)
+    elif request.param == "postgres":
+        ctx = postgres_source(tmp_path, request.getfixturevalue("postgres_server"), monkeypatch)
+        _reset_postgres(request.getfixturevalue("postgres_server"))
+    else:
+        ctx = snowflake_source(tmp_path, monkeypatch)
+    with ctx as source:
+        (tmp_path / "dinmo.yaml").write_text(_project_yaml(source))
+        project = load_project(tmp_path)
+        with dg.build_resources(build_resources(project)) as resources:
+            wh = resources.source_wh
+            run(wh, "create schema if not exists raw")
+            run(wh, "create table raw.customers (customer_id integer, email varchar, ltv decimal(10, 2), "
+                    "country varchar, note varchar, unmapped varchar)")
+            values = ", ".join(
+                f"({i}, '{e}', {ltv}, '{c}', {'null' if n is None else repr(n)}, 'u')" for i, e, ltv, c, n in SEED)
+            run(wh, f"insert into raw.customers values {values}")
+            yield SimpleNamespace(project=project, resources=resources, wh=wh, dir=tmp_path, kind=request.param)
+
+
+def _reset_postgres(server) -> None:
+    import psycopg
+
+    with psycopg.connect(server.dsn, autocommit=True) as con:
+        for schema in ("raw", "dinmo_segments", "dinmo_stats", "dinmo_delta_storage"):
+            con.execute(f"drop schema if exists {schema} cascade")
+
+
+def run(wh, duckdb_sql: str) -> None:
+    """Test data set-up, written once in DuckDB's dialect and transpiled for the warehouse."""
+    wh.execute(sqlglot.transpile(duckdb_sql, read="duckdb", write=wh.dialect))
+
+
+def do_sync(env, activation: str, key: str) -> sync.SyncResult:
+    t = sync_target(env.project, activation, env.resources)
+    refresh_upstream(env.project, activation, env.resources)
+    sync.take_snapshot(t, key)
+    return sync.deliver(t, key)
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def test_same_files_and_rows_on_every_warehouse(warehouse_project) -> None:
+    env = warehouse_project
+    out = env.dir / "out"
+    r1 = do_sync(env, "diff", "20250101T000000.000000Z")
+    assert (r1.sync_type, r1.counts.added, r1.rows_written) == ("full", 4, 4)
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["big_added.csv", "big_removed.csv",
+                                                                    "big_updated.csv"]
+    assert read_csv(out / "big_added.csv")[0] == ["id", "email", "ltv", "note"]
+    assert sorted(read_csv(out / "big_added.csv")[1:]) == [
+        ["2", "bob@example.com", "900.00", "vip"],
+        ["3", "cle@example.com", "600.10", ""],
+        ["4", "dan@example.com", "700.00", "NULL"],
+        ["5", "eve@example.com", "510.00", ""],
+    ]
+    assert read_csv(out / "big_removed.csv") == [["id", "email", "ltv", "note"]]
+    u1 = do_sync(env, "ups", "20250101T000001.000000Z")
+    assert (u1.sync_type, u1.counts.added) == ("full", 4)
+
+    for statement in CHANGES:
+        run(env.wh, statement)
+
+    r2 = do_sync(env, "diff", "20250102T000000.000000Z")
+    c = r2.counts
+    assert (r2.sync_type, c.added, c.updated, c.removed, c.unchanged) == ("delta", 1, 2, 1, 1)
+    assert read_csv(out / "big_added.csv")[1:] == [["6", "fay@example.com", "800.00", "new"]]
+    assert sorted(read_csv(out / "big_updated.csv")[1:]) == [
+        ["2", "bob@example.com", "900.00", ""],
+        ["5", "eve@example.com", "510.00", "now set"],
+    ]
+    # Removed rows carry their last synced values.
+    assert read_csv(out / "big_removed.csv")[1:] == [["4", "dan@example.com", "700.00", "NULL"]]
+
+    # The upsert activation has its own baseline: it sees the same changes, and only its mapped columns.
+    u2 = do_sync(env, "ups", "20250102T000001.000000Z")
+    assert (u2.counts.added, u2.counts.updated, u2.counts.removed) == (1, 2, 1)
+    assert sorted(read_csv(out / "ups" / "big.csv")[1:]) == [["2", ""], ["5", "now set"], ["6", "new"]]
+
+    r3 = do_sync(env, "diff", "20250103T000000.000000Z")
+    assert (r3.counts.added, r3.counts.updated, r3.counts.removed, r3.counts.unchanged) == (0, 0, 0, 4)
+    assert [len(read_csv(out / f"big_{k}.csv")) for k in ("added", "updated", "removed")] == [1, 1, 1]
+    u3 = do_sync(env, "ups", "20250103T000001.000000Z")
+    assert (u3.files, u3.rows_written) == ([], 0)
