@@ -264,6 +264,7 @@ class Activation(_Strict):
     max_file_size_mb: Annotated[float, Field(gt=0)] | None = None
     max_removed_pct: Annotated[float, Field(ge=0, le=100)] = 50.0
     keep_snapshots: Annotated[int, Field(ge=1)] = 3
+    lookback: Annotated[str, Field(pattern=r"^\s*\d+\s*(minute|hour|day)s?\s*$")] = "0 minutes"
     schedule: Schedule | None = None
     trigger: Trigger | None = None
 

@@ -81,13 +81,18 @@ def record_segment_stats(
     return SegmentStats(size, model_size, share, breakdowns)
 
 
-def record_overlaps(wh: Any, stats_schema: str, model: str, segments: dict[str, exp.Table], pk: str) -> list[
-        tuple[str, str, int]]:
-    """Pairwise intersections (by primary key) between the segments of one model."""
+def record_overlaps(wh: Any, stats_schema: str, model: str, segments: dict[str, exp.Table], pk: str,
+                    focus: str | None = None) -> list[tuple[str, str, int]]:
+    """Pairwise intersections (by primary key) between the segments of one model.
+
+    With ``focus``, only the pairs that include that segment (the one just materialized).
+    """
     names = sorted(segments)
     out: list[tuple[str, str, int]] = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
+            if focus is not None and focus not in (a, b):
+                continue
             q = exp.select(exp.Count(this=exp.Star())).from_(segments[a].copy().as_("a")).join(
                 segments[b].copy().as_("b"), on=exp.EQ(this=delta.col(pk, "a"), expression=delta.col(pk, "b")))
             out.append((a, b, int(wh.query(delta.render(q, wh.dialect))[0][0])))

@@ -320,11 +320,16 @@ def _kinds_sql(changes: exp.Table, mapping: list[tuple[str, str]], dialect: str,
     return delta.render(q, dialect)
 
 
-def _removal_guard(t: SyncTarget, p: _Plan) -> None:
-    """Refuse a sync that would remove more than max_removed_pct of the destination's records."""
+def _removal_guard(t: SyncTarget, p: _Plan, forced: bool = False) -> None:
+    """Refuse a sync that would remove more than max_removed_pct of the destination's records.
+
+    Only syncs that take records away are guarded: a snapshot (it replaces the file set) and a
+    difference delta (its ``_removed`` file). A full difference sync lists no removal, and an explicit
+    full refresh (``forced``) is the user's override, as the guard's own message says.
+    """
     a = t.activation
-    removes = a.sync_mode in ("difference", "snapshot")
-    if not removes or not p.baseline_rows or p.counts.removed == 0:
+    removes = a.sync_mode == "snapshot" or (a.sync_mode == "difference" and p.sync_type == "delta")
+    if forced or not removes or not p.baseline_rows or p.counts.removed == 0:
         return
     pct = 100.0 * p.counts.removed / p.baseline_rows
     if pct > a.max_removed_pct:
@@ -378,7 +383,7 @@ def deliver(
     for note in recovered:
         on_log(note)
     p = plan(t, partition_key, force_full=force_full)
-    _removal_guard(t, p)
+    _removal_guard(t, p, forced=force_full)
     options = _format_options(a)
     max_bytes = int(a.max_file_size_mb * 1024 * 1024) if a.max_file_size_mb else None
     result = SyncResult(sync_type=p.sync_type, counts=p.counts, baseline_rows=p.baseline_rows,

@@ -47,6 +47,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -514,12 +515,18 @@ class _XmlFormat(_TextFormat):
 
 
 class _Namer:
-    """Gives finished parts their final names and delivers them as soon as the name is known."""
+    """Gives finished parts their final names; `deliver_ready` hands them to the caller.
+
+    Delivery always happens in the calling thread (never in a writer thread), so the caller's
+    upload code never runs concurrently with its own batch source (often one warehouse connection).
+    """
 
     def __init__(self, base: str, ext: str, workdir: Path, deliver: Callable[[PartFile], None]) -> None:
         self.base, self.ext, self.workdir, self.deliver = base, ext, workdir, deliver
         self.numbered = 0
         self.parts: list[PartFile] = []
+        self.ready: deque[PartFile] = deque()
+        self.changed = threading.Condition()
 
     def temp_path(self) -> Path:
         fd, name = tempfile.mkstemp(prefix=".part-", suffix=".tmp", dir=self.workdir)
@@ -536,8 +543,29 @@ class _Namer:
         final = self.workdir / name
         os.replace(path, final)
         part = PartFile(name=name, path=final, rows=rows, bytes=final.stat().st_size)
-        self.parts.append(part)
-        self.deliver(part)
+        with self.changed:
+            self.ready.append(part)
+            self.changed.notify_all()
+
+    def wake(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def deliver_ready(self) -> None:
+        """Deliver, in order, every part named so far (calling thread only)."""
+        while True:
+            with self.changed:
+                if not self.ready:
+                    return
+                part = self.ready.popleft()
+            self.parts.append(part)
+            self.deliver(part)
+
+    def discard_ready(self) -> None:
+        """After a failure: remove named parts that were never delivered."""
+        with self.changed:
+            while self.ready:
+                self.ready.popleft().path.unlink(missing_ok=True)
 
 
 class _Sink:
@@ -639,6 +667,7 @@ class _TextParts:
         if self.limit is not None and size > self.limit:
             raise RuntimeError(f"internal error: part of {size} bytes exceeds max_file_bytes={self.limit}")
         self.namer.finished(sink.path, self.rows, more)
+        self.namer.deliver_ready()  # text parts are closed in the calling thread
 
     def add(self, rows: _Rows) -> None:
         n = len(rows)
@@ -926,15 +955,19 @@ def write_parts(
                     for piece in _slices(batch, schema, overhead):
                         in_flight.append(pool.submit(work, piece))
                         while len(in_flight) > workers + 1:
-                            _drain_one(in_flight, parts)
+                            _drain_one(in_flight, parts, namer)
+                        namer.deliver_ready()
                 while in_flight:
-                    _drain_one(in_flight, parts)
+                    _drain_one(in_flight, parts, namer)
+                    namer.deliver_ready()
             finally:
                 for future in in_flight:
                     future.cancel()
         parts.finish()
+        namer.deliver_ready()
     except BaseException:
         parts.abort()
+        namer.discard_ready()
         raise
     return namer.parts
 
@@ -943,7 +976,16 @@ def _render_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _drain_one(in_flight: deque[Future], parts: _TextParts | _ParquetParts) -> None:
-    result = in_flight.popleft().result()
+def _drain_one(in_flight: deque[Future], parts: _TextParts | _ParquetParts, namer: _Namer) -> None:
+    """Take the oldest result in order, delivering parts a writer thread finishes meanwhile."""
+    future = in_flight[0]
+    future.add_done_callback(lambda _: namer.wake())
+    while not future.done():
+        namer.deliver_ready()
+        with namer.changed:
+            if not namer.ready:
+                namer.changed.wait(0.5)
+    in_flight.popleft()
+    result = future.result()
     if isinstance(parts, _TextParts):
         parts.add(result)

@@ -549,9 +549,10 @@ def test_split_export(tmp_path: Path, options: FormatOptions, limit: int) -> Non
     ids: list[int] = []
 
     def deliver(part: PartFile) -> None:
-        # Streaming: the delivered file plus at most the part being written are on disk.
+        # Streaming: the delivered file plus at most the part being written are on disk (Parquet
+        # parts are written by a worker thread and delivered by this one, so one more may wait).
         assert part.path.exists()
-        assert len(list(tmp_path.iterdir())) <= 2
+        assert len(list(tmp_path.iterdir())) <= (3 if options.format == "parquet" else 2)
         data = part.path.read_bytes()
         assert len(data) == part.bytes <= limit
         part_ids = parse_ids(data, options)

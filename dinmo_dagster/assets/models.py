@@ -135,9 +135,10 @@ def segment_select(wh: Any, project: Project, name: str) -> exp.Expression:
     seg_rel = {n: segment_relation(wh, project, n) for n, other in project.segments.items()
                if other.model == s.model and n != name}
     try:
-        sql = filters.compile_segment_filter(s.filter or {}, s.model, infos, seg_rel, dialect)
+        sql = filters.compile_segment_filter(s.filter or {}, s.model, infos, seg_rel, dialect,
+                                             path=f"segments.{name}.filter")
     except filters.FilterError as exc:
-        raise dg.Failure(f"segments.{name}.{exc}") from exc
+        raise dg.Failure(str(exc)) from None
     return sqlglot.parse_one(sql, read=dialect)
 
 
@@ -287,7 +288,23 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
                                          if delta.resolve_column(c, cols) in cols])
         if st.size == 0:
             context.log.warning(f"segment '{name}' is empty")
+        # Overlaps with the other segments of the same model whose views exist already.
+        others = {name: relation}
+        for other, seg in project.segments.items():
+            if other != name and seg.model == s.model:
+                rel = segment_relation(wh, project, other)
+                try:
+                    wh.query_columns(delta.render(exp.select(exp.Star()).from_(rel.copy()), wh.dialect))
+                except Exception:  # noqa: BLE001 - not materialized yet: no overlap to measure
+                    continue
+                others[other] = rel
+        overlaps = stats.record_overlaps(wh, schemas.stats, s.model, others,
+                                         delta.resolve_column(m.primary_key, cols), focus=name)
+        overlap_md = "\n".join(["| segment | overlap | % of this segment |", "|---|---:|---:|"] + [
+            f"| {b if a == name else a} | {n} | {100.0 * n / st.size if st.size else 0:.1f} |"
+            for a, b, n in overlaps])
         return dg.MaterializeResult(metadata={
+            **({"overlaps": dg.MetadataValue.md(overlap_md)} if overlaps else {}),
             "dagster/row_count": dg.MetadataValue.int(st.size),
             "share_of_model_pct": dg.MetadataValue.float(st.share_pct),
             "model_rows": dg.MetadataValue.int(st.model_size),
