@@ -113,9 +113,15 @@ def create_snapshot_sql(
 
 
 def create_changes_sql(
-    current: exp.Table, baseline: exp.Table, target: exp.Table, pk: str, stored: Sequence[str], dialect: str
+    current: exp.Table, baseline: exp.Table, target: exp.Table, pk: str, stored: Sequence[str], dialect: str,
+    baseline_columns: Sequence[str] | None = None,
 ) -> list[str]:
-    """One full outer join on the key: the changed rows with their kind; removed rows keep baseline values."""
+    """One full outer join on the key: the changed rows with their kind; removed rows keep baseline values.
+
+    ``baseline_columns`` (default: ``stored``) are the baseline snapshot's columns: a column the mapping
+    gained since then was never delivered, so a removed row carries NULL for it.
+    """
+    in_baseline = set(stored if baseline_columns is None else baseline_columns)
     n_pk, b_pk = col(pk, "n"), col(pk, "b")
     kind = exp.Case(
         ifs=[
@@ -125,7 +131,8 @@ def create_changes_sql(
         default=exp.Literal.string(UPDATED),
     )
     values = [
-        exp.Case(ifs=[exp.If(this=exp.Is(this=n_pk.copy(), expression=exp.Null()), true=col(c, "b"))],
+        exp.Case(ifs=[exp.If(this=exp.Is(this=n_pk.copy(), expression=exp.Null()),
+                             true=col(c, "b") if c in in_baseline else exp.Null())],
                  default=col(c, "n")).as_(c, quoted=True)
         for c in stored
     ]

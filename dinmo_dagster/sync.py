@@ -206,7 +206,11 @@ def take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
     """Store the rows this sync will deliver, with their row hash, in the delta storage schema."""
     ensure_state(t)
     base = baseline(t)
-    if base and base[0] == partition_key:
+    # A partition whose files all landed (journal 'written' or 'done') must keep the snapshot it
+    # delivered: re-snapshotting it would let recovery promote rows that were never sent.
+    delivered = t.warehouse.query(delta.select_sql(
+        t.state(delta.JOURNAL), ["state"], {"activation": t.name, "partition_key": partition_key}, t.dialect))
+    if (base and base[0] == partition_key) or any(r[0] in ("written", "done") for r in delivered):
         raise SyncError(f"partition '{partition_key}' of activation '{t.name}' was already delivered; "
                         "start a new sync instead of re-running it")
     wh, dialect = t.warehouse, t.dialect
@@ -288,9 +292,11 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     counts = ChangeCounts(added=new_rows)
     if base is not None:
         changes = t.changes_table(partition_key)
-        t.warehouse.execute(delta.create_changes_sql(snap, t.snapshot_table(base[0]), changes,
+        base_snap = t.snapshot_table(base[0])
+        base_cols = t.warehouse.query_columns(delta.render(exp.select(exp.Star()).from_(base_snap.copy()), dialect))
+        t.warehouse.execute(delta.create_changes_sql(snap, base_snap, changes,
                                                      delta.resolve_column(t.model.primary_key, stored),
-                                                     stored, dialect))
+                                                     stored, dialect, baseline_columns=base_cols))
         counts = _counts(t, changes, new_rows)
     full = force_full or base is None or a.effective_run_type == "full_only"
     stem = naming.render_template(a.file_name, t.sync_time(partition_key))

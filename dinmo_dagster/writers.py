@@ -31,6 +31,10 @@ Format choices (the README repeats them):
   100k rows per row group.
 * ``compression="gzip"`` (text formats only) appends ``.gz``.
 
+Threads: the batch source is iterated and ``deliver`` is called only in the calling thread; worker
+threads render text batches (pyarrow compute releases the GIL) or write Parquet row groups, so
+reading from the warehouse overlaps with formatting. At most a few batches are in flight.
+
 Splitting: with ``max_file_bytes`` set, each file (its compressed size for gzip) stays at or under
 the limit and is complete on its own; parts are ``{base}_part-00001.{ext}``, ... and an export that
 fits one file keeps ``{base}.{ext}``. Gzip parts are bounded with zlib's worst-case expansion and
@@ -527,6 +531,7 @@ class _Namer:
         self.parts: list[PartFile] = []
         self.ready: deque[PartFile] = deque()
         self.changed = threading.Condition()
+        self.caller = threading.current_thread()
 
     def temp_path(self) -> Path:
         fd, name = tempfile.mkstemp(prefix=".part-", suffix=".tmp", dir=self.workdir)
@@ -546,6 +551,8 @@ class _Namer:
         with self.changed:
             self.ready.append(part)
             self.changed.notify_all()
+        if threading.current_thread() is self.caller:
+            self.deliver_ready()
 
     def wake(self) -> None:
         with self.changed:
@@ -665,9 +672,9 @@ class _TextParts:
         size = sink.close()
         self.sink = None
         if self.limit is not None and size > self.limit:
+            sink.path.unlink(missing_ok=True)
             raise RuntimeError(f"internal error: part of {size} bytes exceeds max_file_bytes={self.limit}")
         self.namer.finished(sink.path, self.rows, more)
-        self.namer.deliver_ready()  # text parts are closed in the calling thread
 
     def add(self, rows: _Rows) -> None:
         n = len(rows)

@@ -811,12 +811,11 @@ def test_duplicate_keys_above_the_threshold_block_the_sync_and_write_nothing(sce
     assert s.baseline_key("a") is None
 
 
-# --------------------------------------------------------------------------------------------------
-# Probes (scratch)
-# --------------------------------------------------------------------------------------------------
 
-
-def test_probe_rerun_of_a_partition_killed_before_promotion(scenario) -> None:
+def test_re_running_a_partition_whose_files_landed_is_refused_and_loses_no_change(scenario) -> None:
+    """A killed sync's files all landed; its run is then re-executed for the same partition (a Dagster
+    re-execution) after the data changed. It must not re-snapshot that partition: recovery would then
+    promote rows that were never sent, and the change made after the kill would be lost."""
     s = scenario({"a": activation(sync_mode="upsert")})
     first = s.run("a")
     assert first.success, first.error
@@ -824,21 +823,39 @@ def test_probe_rerun_of_a_partition_killed_before_promotion(scenario) -> None:
     killed = run_killed_sync(s, "before_promotion")
     s.new_files()
     s.sql("update raw.customers set email = 'after-kill@example.com' where customer_id = 1")
+
     rerun = s.run("a", key=killed)
-    print("rerun", rerun.success, rerun.error[:300], rerun.metadata, list(rerun.new_files))
+    assert not rerun.success
+    assert f"partition '{killed}' of activation 'a' was already delivered" in rerun.error
+    assert rerun.new_files == {}
+
     nxt = s.run("a")
-    print("next", nxt.success, nxt.error[:300], nxt.metadata, {k: v.decode() for k, v in nxt.new_files.items()})
+    assert nxt.success, nxt.error
+    assert "promoted its snapshot to baseline" in nxt.metadata["recovered"]
+    rows = changed_rows(base_rows())
+    rows[1]["email"] = "after-kill@example.com"
+    assert csv_files(nxt.new_files) == {f"{stem(nxt.key)}.csv": as_csv(exported(rows, {1}))}
 
 
-def test_probe_adding_a_mapped_column(scenario) -> None:
-    m = {"customer_id": "id", "email": "email"}
-    s = scenario({"a": activation(sync_mode="difference", mapping=m)})
+def test_a_column_added_to_the_mapping_is_sent_for_every_record_and_is_empty_on_removed_ones(scenario) -> None:
+    s = scenario({"a": activation(sync_mode="difference", mapping={"customer_id": "id", "email": "email"})})
     first = s.run("a")
     assert first.success, first.error
     s.activations["a"]["mapping"] = {"customer_id": "id", "email": "email", "ltv": "ltv"}
     s.write_project()
     s.sql("delete from raw.customers where customer_id = 1")
+
     nxt = s.run("a")
-    print("next", nxt.success, nxt.error[:600], nxt.metadata)
-    ref = s.run("a", full_refresh=True)
-    print("refresh", ref.success, ref.error[:600], ref.metadata)
+    assert nxt.success, nxt.error
+    st = stem(nxt.key)
+    parsed = {name: read_csv(data) for name, data in nxt.new_files.items()}
+    rows = base_rows()
+    assert parsed == {
+        f"{st}_added.csv": (["id", "email", "ltv"], []),
+        f"{st}_updated.csv": (["id", "email", "ltv"], [
+            {"id": str(i), "email": r["email"], "ltv": str(r["ltv"])} for i, r in rows.items() if i != 1]),
+        # customer 1 was delivered without ltv: it is removed with the values it was sent with
+        f"{st}_removed.csv": (["id", "email", "ltv"], [{"id": "1", "email": "c1@example.com", "ltv": ""}]),
+    }
+    md = nxt.metadata
+    assert (md["rows_added"], md["rows_updated"], md["rows_removed"], md["rows_unchanged"]) == (0, 19, 1, 0)

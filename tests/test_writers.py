@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import threading
 import xml.etree.ElementTree as ET
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -553,6 +554,7 @@ def test_split_export(tmp_path: Path, options: FormatOptions, limit: int) -> Non
         # parts are written by a worker thread and delivered by this one, so one more may wait).
         assert part.path.exists()
         assert len(list(tmp_path.iterdir())) <= (3 if options.format == "parquet" else 2)
+        assert threading.current_thread() is threading.main_thread()  # never from a writer thread
         data = part.path.read_bytes()
         assert len(data) == part.bytes <= limit
         part_ids = parse_ids(data, options)
@@ -581,6 +583,33 @@ def test_export_that_fits_keeps_the_plain_name(tmp_path: Path, options: FormatOp
     parts = write(table, options, tmp_path, limit=limit, base="vip")
     assert [p.name for p in parts] == [f"vip.{options.extension}"]
     assert parse_ids(parts[0].path.read_bytes(), options) == list(range(20))
+
+
+def test_parquet_parts_written_by_the_worker_are_delivered_by_the_caller(tmp_path: Path) -> None:
+    n = 300_000  # more than one buffered row group, so parts close in the writer thread
+    table = pa.table({"id": pa.array(range(n), pa.int64()), "v": pa.array([i % 97 for i in range(n)])})
+    threads: list[threading.Thread] = []
+    ids: list[int] = []
+
+    def deliver(part: PartFile) -> None:
+        threads.append(threading.current_thread())
+        assert part.bytes <= 400_000
+        ids.extend(pq.read_table(part.path).column("id").to_pylist())
+        part.path.unlink()
+
+    parts = write_parts(
+        table.to_batches(max_chunksize=50_000),
+        table.schema,
+        FormatOptions("parquet"),
+        "p",
+        400_000,
+        tmp_path,
+        deliver,
+    )
+    assert len(parts) >= 3
+    assert set(threads) == {threading.main_thread()}
+    assert ids == list(range(n))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_split_exactly_at_the_limit(tmp_path: Path) -> None:
