@@ -13,8 +13,9 @@ activations), and measures:
 2. delta sync after changing 1% of the rows (1/3 inserts, 1/3 updates, 1/3 deletes), ``difference``
    mode, CSV: its time (snapshot + deliver) / the full CSV export's time of figure 1. Target <= 0.25.
 3. peak resident memory of one sync (CSV, and Parquet for information) in a child process at
-   --small-rows and at --rows: ``os.wait4`` returns that child's own ``ru_maxrss``. Target < 600 MB,
-   and the big figure within 20% of the small one.
+   --small-rows and at --rows, started through benchmarks/measure.py (a stdlib-only launcher whose
+   ``RUSAGE_CHILDREN.ru_maxrss`` is the child's own peak). Target < 600 MB, and the big figure within
+   20% of the small one.
 4. the whole ``dinmo --project DIR sync full_csv`` process (fresh DAGSTER_HOME: imports, instance,
    models, segments, checks, snapshot, delivery) against a plain pandas script
    (``con.sql(q).df()`` + ``to_csv``) on the same rows. Target <= 0.3.
@@ -465,31 +466,28 @@ def figure_delta(big: InProcess, db: Path, rows: int, full_csv_s: float, rounds:
 
 
 def run_child(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a process to completion; its own peak RSS from os.wait4, its wall time, its output."""
-    started = time.perf_counter()
+    """Run a process to completion through benchmarks/measure.py: its wall time, its own peak RSS.
+
+    ``os.wait4`` straight from this (large) process would report at least this process's own peak:
+    on Linux a child's ru_maxrss starts from its spawner's high-water mark. The stdlib-only launcher
+    is about 10 MB, so RUSAGE_CHILDREN there is the child's own figure.
+    """
+    fd, result_file = tempfile.mkstemp(prefix="dinmo-bench-rusage-", suffix=".json")
+    os.close(fd)
     epoch = time.time()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO))
-    # Read the pipes in threads so a chatty child cannot block; reap with wait4 for its own rusage.
-    import threading
-
-    chunks: dict[str, bytes] = {}
-
-    def drain(name: str, pipe) -> None:
-        chunks[name] = pipe.read()
-
-    threads = [threading.Thread(target=drain, args=(n, p)) for n, p in (("out", proc.stdout), ("err", proc.stderr))]
-    for th in threads:
-        th.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    for th in threads:
-        th.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    try:
+        proc = subprocess.run([PY, str(HERE / "measure.py"), result_file, *argv], capture_output=True,
+                              env=env, cwd=str(REPO), check=False)
+        usage = json.loads(Path(result_file).read_text() or "{}")
+    finally:
+        os.unlink(result_file)
+    if not usage:
+        raise RuntimeError(f"the launcher failed:\n{proc.stderr.decode(errors='replace')[-3000:]}")
     return {
-        "rc": proc.returncode, "wall_s": round(elapsed, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
-        "user_s": round(usage.ru_utime, 2), "sys_s": round(usage.ru_stime, 2), "started_epoch": epoch,
-        "stdout": chunks.get("out", b"").decode(errors="replace"),
-        "stderr": chunks.get("err", b"").decode(errors="replace"),
+        "rc": usage["rc"], "wall_s": round(usage["wall_s"], 3), "peak_rss_mb": round(usage["maxrss_kb"] / 1024.0, 1),
+        "launcher_rss_mb": round(usage["launcher_maxrss_kb"] / 1024.0, 1),
+        "user_s": round(usage["user_s"], 2), "sys_s": round(usage["sys_s"], 2), "started_epoch": epoch,
+        "stdout": proc.stdout.decode(errors="replace"), "stderr": proc.stderr.decode(errors="replace"),
     }
 
 
@@ -749,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": args.rows, "small_rows": args.small_rows, "versions": _versions(), "targets": TARGETS,
         "notes": ("figure 1 and 2 run take_snapshot + deliver in-process (no Dagster run); figure 3 runs the "
-                  "same in a child process and reads its peak RSS with os.wait4; figure 4 runs the dinmo CLI "
+                  "same in a child process and reads its peak RSS (RUSAGE_CHILDREN of a small launcher); figure 4 runs the dinmo CLI "
                   "(a real Dagster run, fresh DAGSTER_HOME) and a pandas script as whole processes"),
     }
     try:

@@ -389,7 +389,12 @@ def deliver(
     for note in recovered:
         on_log(note)
     p = plan(t, partition_key, force_full=force_full)
-    _removal_guard(t, p, forced=force_full)
+    try:
+        _removal_guard(t, p, forced=force_full)
+    except SyncError as exc:  # a refused sync is a failed sync: it gets its history row too
+        _history(t, partition_key, run_id, "failed", SyncResult(sync_type=p.sync_type, counts=p.counts), a,
+                 started_at, str(exc)[:500])
+        raise
     options = _format_options(a)
     max_bytes = int(a.max_file_size_mb * 1024 * 1024) if a.max_file_size_mb else None
     result = SyncResult(sync_type=p.sync_type, counts=p.counts, baseline_rows=p.baseline_rows,
