@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -188,11 +189,16 @@ class Phases:
 PHASES = Phases()
 
 
+_CREATE_TARGET = re.compile(r'^CREATE (?:OR REPLACE )?TABLE (?:IF NOT EXISTS )?((?:"?[^". ]+"?\.)*"?([^". ]+)"?)')
+
+
 def _sql_kind(sql: str) -> str:
     s = " ".join(sql.split()).upper()
-    if s.startswith("CREATE TABLE") and "SNAP__" in s and " AS " in s:
+    created = _CREATE_TARGET.match(s)
+    target = created.group(2) if created else ""
+    if target.startswith("SNAP__") and " AS " in s:
         return "sql: create snapshot table (row hash)"
-    if s.startswith("CREATE TABLE") and "CHG__" in s and " AS " in s:
+    if target.startswith("CHG__") and " AS " in s:
         return "sql: create change set (full outer join)"
     if "COUNT(DISTINCT" in s:
         return "sql: key stats (count distinct)"

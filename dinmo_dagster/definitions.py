@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dinmo_dagster import schedules
+from dinmo_dagster import schedules, sensors
 from dinmo_dagster.assets import activations, models
 from dinmo_dagster.config import Project, load_project
 from dinmo_dagster.resources import build_resources
@@ -19,6 +19,7 @@ def build_definitions(project: Project) -> dg.Definitions:
         models.defs(project),
         activations.defs(project),
         schedules.defs(project),
+        sensors.defs(project),
         dg.Definitions(resources=build_resources(project)),
     )
 

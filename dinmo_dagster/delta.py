@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlglot import exp
 
@@ -73,7 +74,12 @@ def row_hash(columns: Sequence[str], dialect: str, table: str | None = None) -> 
     return exp.MD5(this=joined)
 
 
-def key_stats_sql(source: exp.Table, pk: str, dialect: str) -> str:
+def ts_literal(value: datetime) -> exp.Expression:
+    """A timestamp literal (a value, never pasted SQL)."""
+    return exp.cast(exp.Literal.string(value.isoformat(sep=" ")), exp.DataType.build("timestamp"))
+
+
+def key_stats_sql(source: exp.Expression, pk: str, dialect: str) -> str:
     """Total rows, rows with a key, distinct keys: one scan of the segment."""
     q = exp.select(
         exp.Count(this=exp.Star()),
@@ -84,22 +90,23 @@ def key_stats_sql(source: exp.Table, pk: str, dialect: str) -> str:
 
 
 def create_snapshot_sql(
-    source: exp.Table,
+    source: exp.Expression,
     target: exp.Table,
     pk: str,
     exported: Sequence[str],
     dialect: str,
     dedupe: bool,
     order_by: str | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """Create the snapshot table: the stored columns plus the row hash, NULL keys left out.
 
     With ``dedupe`` one row per key is kept: the highest ``order_by`` value, then the highest row hash,
     so the choice is the same on every run.
     """
-    stored = list(exported) + ([pk] if pk not in exported else [])
-    extra = [col(order_by)] if dedupe and order_by and order_by not in stored else []
-    inner = exp.select(*[col(c) for c in stored], *extra, row_hash(exported, dialect).as_(HASH_COL, quoted=True))
+    stored = list(exported) + ([pk] if pk not in exported else []) + list(extra)
+    extra_order = [col(order_by)] if dedupe and order_by and order_by not in stored else []
+    inner = exp.select(*[col(c) for c in stored], *extra_order, row_hash(exported, dialect).as_(HASH_COL, quoted=True))
     inner = inner.from_(source.copy()).where(exp.Not(this=exp.Is(this=col(pk), expression=exp.Null())))
     if dedupe:
         order = [exp.Ordered(this=col(order_by), desc=True, nulls_first=False)] if order_by else []
@@ -201,8 +208,8 @@ SNAPSHOTS = StateTable("dinmo_snapshots", (
     ("created_at", "timestamp"),
 ))
 JOURNAL = StateTable("dinmo_sync_journal", (
-    ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("state", "text"),
-    ("files", "text"), ("updated_at", "timestamp"),
+    ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("owner", "text"),
+    ("state", "text"), ("files", "text"), ("updated_at", "timestamp"),
 ))
 SYNC_HISTORY = StateTable("sync_history", (
     ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("status", "text"),

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -103,6 +105,7 @@ class SnapshotResult:
     null_keys: int
     duplicates_dropped: int
     columns: list[str]
+    window_start: datetime | None = None  # event syncs: the start of the event-time window
 
 
 @dataclass
@@ -180,13 +183,16 @@ def _promote(t: SyncTarget, partition_key: str, rows: int) -> list[str]:
     ]
 
 
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _journal(t: SyncTarget, partition_key: str, run_id: str, state: str, files: list[str]) -> None:
     table = t.state(delta.JOURNAL)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     t.warehouse.execute([
         delta.delete_sql(table, {"activation": t.name, "partition_key": partition_key}, t.dialect),
         delta.insert_sql(table, delta.JOURNAL, {
-            "activation": t.name, "partition_key": partition_key, "run_id": run_id, "state": state,
+            "activation": t.name, "partition_key": partition_key, "run_id": run_id, "owner": OWNER, "state": state,
             "files": json.dumps(files), "updated_at": now}, t.dialect),
     ])
 
@@ -204,6 +210,22 @@ def full_refresh(t: SyncTarget) -> None:
 
 def take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
     """Store the rows this sync will deliver, with their row hash, in the delta storage schema."""
+    with t.warehouse.session():
+        return _take_snapshot(t, partition_key)
+
+
+def incremental_events(t: SyncTarget) -> bool:
+    """Event (fact) models synced with insert + full_then_delta go by their event-time cursor."""
+    return (t.model.kind == "fact" and bool(t.model.time_column) and t.activation.sync_mode == "insert"
+            and t.activation.effective_run_type == "full_then_delta")
+
+
+def lookback(a: Activation) -> timedelta:
+    n, unit = a.lookback.split()
+    return timedelta(**{unit.rstrip("s") + "s": int(n)})
+
+
+def _take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
     ensure_state(t)
     base = baseline(t)
     # A partition whose files all landed (journal 'written' or 'done') must keep the snapshot it
@@ -214,18 +236,38 @@ def take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
         raise SyncError(f"partition '{partition_key}' of activation '{t.name}' was already delivered; "
                         "start a new sync instead of re-running it")
     wh, dialect = t.warehouse, t.dialect
-    seg = t.segment_relation()
+    seg: exp.Expression = t.segment_relation()
     seg_columns = wh.query_columns(delta.render(exp.select(exp.Star()).from_(seg.copy()), dialect))
     mapping = exported_columns(t, seg_columns)
     pk = delta.resolve_column(t.model.primary_key, seg_columns)
     exported = [src for src, _ in mapping]
+    extra: list[str] = []
+    window_start: datetime | None = None
+    if incremental_events(t):
+        time_col = delta.resolve_column(t.model.time_column or "", seg_columns)
+        if time_col not in seg_columns:
+            raise SyncError(f"segment '{t.segment_name}' does not return the event-time column "
+                            f"'{t.model.time_column}' of model '{t.model_name}'")
+        extra = [time_col] if time_col not in exported and time_col != pk else []
+        if base is not None:
+            # Only events at or after the last delivered event time, minus the lookback for late ones;
+            # the diff against the baseline (the previous window) drops the ones already sent.
+            cursor = wh.query(delta.render(exp.select(exp.Max(this=delta.col(time_col))).from_(
+                t.snapshot_table(base[0])), dialect))[0][0]
+            if cursor is not None:
+                if cursor.tzinfo is not None:
+                    cursor = cursor.astimezone(timezone.utc).replace(tzinfo=None)
+                window_start = cursor - lookback(t.activation)
+                seg = exp.select(exp.Star()).from_(seg).where(exp.GTE(
+                    this=delta.col(time_col), expression=delta.ts_literal(window_start))).subquery("w")
     total, with_key, distinct = wh.query(delta.key_stats_sql(seg, pk, dialect))[0]
     total, with_key, distinct = int(total), int(with_key), int(distinct)
     dedupe = distinct < with_key
     order_by = delta.resolve_column(t.model.order_by, seg_columns) if t.model.order_by else None
     order_by = order_by if order_by in seg_columns else None
     target = t.snapshot_table(partition_key)
-    wh.execute(delta.create_snapshot_sql(seg, target, pk, exported, dialect, dedupe=dedupe, order_by=order_by))
+    wh.execute(delta.create_snapshot_sql(seg, target, pk, exported, dialect, dedupe=dedupe, order_by=order_by,
+                                         extra=extra))
     snaps = t.state(delta.SNAPSHOTS)
     wh.execute([
         delta.delete_sql(snaps, {"activation": t.name, "partition_key": partition_key}, dialect),
@@ -234,7 +276,7 @@ def take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
             "row_count": distinct, "created_at": datetime.now(timezone.utc).replace(tzinfo=None)}, dialect),
     ])
     return SnapshotResult(table=target.sql(dialect=dialect), rows=distinct, null_keys=total - with_key,
-                          duplicates_dropped=with_key - distinct, columns=exported)
+                          duplicates_dropped=with_key - distinct, columns=exported, window_start=window_start)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -346,19 +388,62 @@ def _removal_guard(t: SyncTarget, p: _Plan, forced: bool = False) -> None:
             f"`dinmo sync {t.name} --full-refresh`")
 
 
-def recover(t: SyncTarget) -> list[str]:
-    """Clean up after syncs that died: remove their files, or promote them when all files landed."""
+def process_alive(owner: str) -> bool | None:
+    """Whether the process that wrote a journal entry still runs; None when it ran on another machine."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(
+    t: SyncTarget,
+    run_id: str = "",
+    is_alive: Callable[[str, str], bool | None] | None = None,
+    on_dead: Callable[[str], None] | None = None,
+) -> list[str]:
+    """The concurrency guard and the clean-up after dead syncs.
+
+    A journal entry in 'writing' state belongs to a sync that is still running (then this one refuses
+    to start: two syncs of one activation never overlap) or to one that died: its files are removed
+    and ``on_dead(run_id)`` marks its run failed. Entries in 'written' state (every file landed, the
+    baseline not yet moved) are completed by promoting their snapshot, without sending anything again.
+    """
+
+    def alive(partition_key: str, other_run: str, owner: str) -> bool:
+        if owner == OWNER:  # this very process: alive only while its deliver() runs
+            return (t.name, partition_key) in _ACTIVE
+        pid_alive = process_alive(owner)
+        if pid_alive is False:
+            return False
+        told = is_alive(other_run, owner) if is_alive is not None else None
+        return told if told is not None else bool(pid_alive)
+
     rows = t.warehouse.query(delta.select_sql(
-        t.state(delta.JOURNAL), ["partition_key", "state", "files"], {"activation": t.name}, t.dialect,
-        order_by="partition_key"))
+        t.state(delta.JOURNAL), ["partition_key", "state", "files", "run_id", "owner"], {"activation": t.name},
+        t.dialect, order_by="partition_key"))
+    for partition_key, state, _files, other_run, owner in rows:
+        if state == "writing" and other_run != run_id and alive(partition_key, other_run or "", owner or ""):
+            raise SyncError(f"another sync of activation '{t.name}' is running (partition {partition_key}, "
+                            f"run {other_run or 'unknown'}); two syncs of one activation never overlap. "
+                            "Try again when it has finished")
     notes: list[str] = []
     base = baseline(t)
-    for partition_key, state, files_json in rows:
+    for partition_key, state, files_json, other_run, _owner in rows:
         files = json.loads(files_json or "[]")
         if state == "writing":
             t.destination.delete(files)
             _journal(t, partition_key, "", "abandoned", files)
-            notes.append(f"removed {len(files)} file(s) left by the dead sync {partition_key}")
+            if other_run and other_run != run_id and on_dead is not None:
+                on_dead(other_run)
+            notes.append(f"removed {len(files)} file(s) left by the dead sync {partition_key}"
+                         + (f" (run {other_run}, marked failed)" if other_run and other_run != run_id else ""))
         elif state == "written":
             newer = base is None or partition_key > base[0]
             if newer:
@@ -379,19 +464,55 @@ def deliver(
     run_id: str = "",
     force_full: bool = False,
     on_log: Callable[[str], None] = log.info,
+    is_alive: Callable[[str, str], bool | None] | None = None,
+    on_dead: Callable[[str], None] | None = None,
 ) -> SyncResult:
-    """Compute the change set against the baseline, write the files, then promote the baseline."""
+    """Compute the change set against the baseline, write the files, then promote the baseline.
+
+    ``is_alive(run_id, owner)`` tells whether another sync's run still runs (None: unknown; then its
+    process is checked when it ran on this machine); ``on_dead(run_id)`` is told about runs found dead.
+    """
+    with t.warehouse.session():
+        return _deliver(t, partition_key, run_id, force_full, on_log, is_alive, on_dead)
+
+
+_ACTIVE: set[tuple[str, str]] = set()  # (activation, partition) of the syncs running in this process
+
+
+def _deliver(
+    t: SyncTarget,
+    partition_key: str,
+    run_id: str,
+    force_full: bool,
+    on_log: Callable[[str], None],
+    is_alive: Callable[[str, str], bool | None] | None,
+    on_dead: Callable[[str], None] | None,
+) -> SyncResult:
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    a = t.activation
     ensure_state(t)
-    recovered = recover(t)
+    recovered = recover(t, run_id, is_alive, on_dead)
+    # Claim the activation at once: a concurrent sync's recover() now sees this one running.
+    _journal(t, partition_key, run_id, "writing", [])
+    _ACTIVE.add((t.name, partition_key))
+    try:
+        return _write_and_promote(t, partition_key, run_id, force_full, on_log, recovered, started, started_at)
+    finally:
+        _ACTIVE.discard((t.name, partition_key))
+
+
+def _write_and_promote(
+    t: SyncTarget, partition_key: str, run_id: str, force_full: bool, on_log: Callable[[str], None],
+    recovered: list[str], started: float, started_at: datetime,
+) -> SyncResult:
+    a = t.activation
     for note in recovered:
         on_log(note)
     p = plan(t, partition_key, force_full=force_full)
     try:
         _removal_guard(t, p, forced=force_full)
     except SyncError as exc:  # a refused sync is a failed sync: it gets its history row too
+        _journal(t, partition_key, run_id, "failed", [])
         _history(t, partition_key, run_id, "failed", SyncResult(sync_type=p.sync_type, counts=p.counts), a,
                  started_at, str(exc)[:500])
         raise
@@ -400,7 +521,6 @@ def deliver(
     result = SyncResult(sync_type=p.sync_type, counts=p.counts, baseline_rows=p.baseline_rows,
                         recovered=recovered)
     uploaded: list[str] = []
-    _journal(t, partition_key, run_id, "writing", uploaded)
     workdir = Path(tempfile.mkdtemp(prefix="dinmo-sync-"))
     try:
         for stem, sql in p.files:

@@ -46,7 +46,8 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             if m.table and wh.table_columns(m.table) is None:
                 problems.append(Problem(f"models.{name}", f"table {m.table} does not exist"))
                 continue
-            cols = wh.query_columns(delta.render(model_select(wh, project, name), wh.dialect))
+            cols = wh.query_columns(delta.render(_inline_views(wh, project, model_select(wh, project, name)),
+                                                wh.dialect))
             needed = [m.primary_key, *m.identifiers, *m.categorical, *([m.time_column] if m.time_column else [])]
             missing = [c for c in needed if c not in cols]
             if missing:
@@ -60,7 +61,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             continue
         wh = getattr(resources, source_key(m.source))
         try:
-            q = segment_select(wh, project, name)
+            q = _inline_views(wh, project, segment_select(wh, project, name))
             cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(q.subquery("s")), wh.dialect))
             if m.primary_key not in cols:
                 problems.append(Problem(f"segments.{name}", f"does not return the primary key '{m.primary_key}'"))
@@ -80,6 +81,36 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
         except Exception as exc:
             problems.append(Problem(f"destinations.{name}", _short(exc)))
     return problems
+
+
+def _inline_views(wh: Any, project: Project, query: exp.Expression, depth: int = 0) -> exp.Expression:
+    """``query`` with references to the models' views replaced by the models' SELECTs.
+
+    A project that never synced has no views yet in ``dinmo_segments``, and existing views may be
+    stale; validating against the SELECTs behind them checks the entities as the next sync will
+    build them, without creating anything in the warehouse.
+    """
+    from dinmo_dagster.assets.models import model_relation, model_select
+
+    if depth > 5:
+        return query
+    views: dict[str, str] = {}
+    for name, m in project.models.items():
+        if getattr(wh, "source_name", None) in (None, "", m.source):
+            views[model_relation(wh, project, name).sql(dialect=wh.dialect)] = name
+
+    def swap(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Table):
+            bare = node.copy()
+            bare.set("alias", None)
+            name = views.get(bare.sql(dialect=wh.dialect))
+            if name is not None:
+                inner = _inline_views(wh, project, model_select(wh, project, name), depth + 1)
+                alias = node.alias or f"model_{name}"
+                return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+        return node
+
+    return query.copy().transform(swap)
 
 
 def affected_activations(project: Project, problems: list[Problem]) -> dict[str, str]:

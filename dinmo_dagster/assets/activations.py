@@ -106,12 +106,16 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
                                 "(one row kept per key)")
         if snap.rows == 0:
             context.log.warning(f"segment '{a.segment}' is empty")
+        if snap.window_start is not None:
+            context.log.info(f"event sync: events from {snap.window_start.isoformat()} (last delivered event "
+                             f"time minus lookback {a.lookback})")
         return dg.MaterializeResult(metadata={
             "dagster/row_count": dg.MetadataValue.int(snap.rows),
             "null_keys_excluded": dg.MetadataValue.int(snap.null_keys),
             "duplicates_dropped": dg.MetadataValue.int(snap.duplicates_dropped),
             "dagster/relation_identifier": snap.table,
             "columns": ", ".join(snap.columns),
+            **({"event_window_start": snap.window_start.isoformat()} if snap.window_start else {}),
         })
 
     @dg.asset(
@@ -122,9 +126,22 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
     )
     def _activation(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
         t = sync_target(project, name, context.resources)
+        instance = context.instance
+
+        def run_alive(run_id: str, _owner: str) -> bool | None:
+            run = instance.get_run_by_id(run_id) if run_id else None
+            return None if run is None else not run.is_finished
+
+        def mark_dead(run_id: str) -> None:
+            run = instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                instance.report_run_failed(run, message=f"sync of activation '{name}' died; "
+                                                        f"cleaned up by run {context.run_id}")
+
         try:
             result = sync.deliver(t, context.partition_key, run_id=context.run_id,
-                                  force_full=config.full_refresh, on_log=context.log.info)
+                                  force_full=config.full_refresh, on_log=context.log.info,
+                                  is_alive=run_alive, on_dead=mark_dead)
         except sync.SyncError as exc:
             raise dg.Failure(str(exc)) from exc
         for key in result.dropped_partitions:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot
 from dagster import ConfigurableResource, EnvVar
-from pydantic import Field, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 
@@ -149,6 +149,15 @@ class Warehouse(ConfigurableResource, ABC):
     @abstractmethod
     def _open(self) -> AbstractContextManager[Any]:
         """A context manager yielding a new DB-API connection and closing it on exit."""
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Operations inside the block may share one connection (one sync step).
+
+        Only DuckDB does: reopening its file costs ~10 ms per statement. Other warehouses keep a
+        connection per operation.
+        """
+        yield
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -492,8 +501,37 @@ class DuckDBWarehouse(Warehouse):
     def _target(self) -> str:
         return f"DuckDB database {self._value('path')}"
 
+    _shared: Any = PrivateAttr(default=None)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        if self._shared is not None:
+            yield
+            return
+        with self._open_file() as con:
+            self._shared = con
+            try:
+                yield
+            finally:
+                self._shared = None
+
     @contextmanager
     def _open(self) -> Iterator[Any]:
+        if self._shared is not None:
+            # A cursor is a second connection to the same open database: a pending streamed result
+            # on one is not disturbed by statements on the other, and nothing reopens the file.
+            cur = self._shared.cursor()
+            try:
+                _quietly(lambda: cur.execute("SET TimeZone = 'UTC'"))
+                yield cur
+            finally:
+                cur.close()
+            return
+        with self._open_file() as con:
+            yield con
+
+    @contextmanager
+    def _open_file(self) -> Iterator[Any]:
         import duckdb
 
         path = str(self._value("path"))

@@ -1,0 +1,271 @@
+"""Sensors that make the project run itself.
+
+- ``<A>_source_change`` (activations with ``trigger: {on_source_change: true}`` or a
+  ``watermark_column``): fingerprints the model's source in the warehouse (``fingerprint.py``) on each
+  evaluation and starts a sync when the fingerprint changed. The first evaluation (no cursor) only
+  records the fingerprint: turning the sensor on never starts a sync by itself.
+- ``dinmo_validation``: at each tick of ``settings.validation_cron`` (UTC; nightly by default) it runs
+  ``validation.check_project``; it pauses the schedule and source-change sensor of every activation a
+  problem breaks (only those that are running) and names the culprit in its tick log, its skip
+  message and an observation on the ``activations/A`` asset. It remembers in its cursor what *it*
+  paused and resumes exactly those once their activation validates again; an activation a user
+  paused is never touched.
+- ``dinmo_pause_after_failures``: a run-failure sensor; when the last
+  ``settings.consecutive_failures_to_pause`` finished syncs of an activation (since its schedule or
+  sensor was last started) all failed, it pauses the activation and logs the last error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+import dagster as dg
+
+from dinmo_dagster.config import EnvRef, Project
+from dinmo_dagster.sensors import control
+from dinmo_dagster.sensors.fingerprint import fingerprint
+
+VALIDATION_SENSOR = "dinmo_validation"
+FAILURE_SENSOR = "dinmo_pause_after_failures"
+VALIDATION_INTERVAL_S = 60
+
+
+# ---------------------------------------------------------------------------------------------------------
+# source change
+# ---------------------------------------------------------------------------------------------------------
+
+
+def source_change_sensor(project: Project, name: str) -> dg.SensorDefinition:
+    from dinmo_dagster import sync
+    from dinmo_dagster.assets.activations import job_name, partitions_name
+    from dinmo_dagster.resources import source_key
+
+    _, model = project.model_of(name)
+    key = source_key(model.source)
+    parts = dg.DynamicPartitionsDefinition(name=partitions_name(name))
+
+    @dg.sensor(
+        name=control.source_sensor_name(name), job_name=job_name(name),
+        minimum_interval_seconds=control.SOURCE_SENSOR_INTERVAL_S, default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys={key},
+        description=f"Sync activation '{name}' when the source of model "
+                    f"'{project.segments[project.activations[name].segment].model}' changes",
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        fp = fingerprint(getattr(context.resources, key), project, name)
+        if context.cursor is None:
+            return dg.SensorResult(skip_reason=f"first fingerprint recorded: {fp}", cursor=fp)
+        if fp == context.cursor:
+            return dg.SkipReason(f"source unchanged: {fp}")
+        pk = sync.new_partition_key()
+        context.log.info(f"source changed: {context.cursor} -> {fp}; syncing '{name}' as partition {pk}")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=pk, partition_key=pk,
+                                        tags={"dinmo/activation": name, "dinmo/trigger": "source_change"})],
+            dynamic_partitions_requests=[parts.build_add_request([pk])],
+            cursor=fp,
+        )
+
+    return _sensor
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation: pause and resume
+# ---------------------------------------------------------------------------------------------------------
+
+
+def reconcile(instance: Any, project: Project, problems: list[Any], paused: dict[str, Any],
+              origin: Any = None, log: Any = None) -> tuple[dict[str, Any], list[str]]:
+    """Pause what ``problems`` break, resume what this sensor paused and is fixed.
+
+    ``paused`` is ``{activation: {"culprit": ..., "instigators": {name: previous status}}}`` (the
+    sensor's memory of what it paused); returns the new memory and one line per action.
+    """
+    from dinmo_dagster.validation import affected_activations
+
+    affected = affected_activations(project, problems)
+    paused = {a: v for a, v in paused.items() if a in project.activations}
+    lines: list[str] = []
+    for name, culprit in sorted(affected.items()):
+        if name in paused:
+            paused[name]["culprit"] = culprit
+            lines.append(f"activation '{name}' stays paused: {culprit}")
+            continue
+        stopped: dict[str, str] = {}
+        for t in control.instigators(project, name):
+            previous = control.pause(instance, t, origin)
+            if previous is not None:
+                stopped[t.name] = previous
+        if stopped:
+            paused[name] = {"culprit": culprit, "instigators": stopped}
+            lines.append(f"paused activation '{name}' ({', '.join(sorted(stopped))}): {culprit}")
+        else:
+            lines.append(f"activation '{name}' is broken but was not running (left as is): {culprit}")
+    for name in sorted(set(paused) - set(affected)):
+        by_name = {t.name: t for t in control.instigators(project, name)}
+        resumed = [n for n, prev in paused[name]["instigators"].items()
+                   if n in by_name and control.resume(instance, by_name[n], origin, prev)]
+        lines.append(f"resumed activation '{name}' ({', '.join(sorted(resumed)) or 'nothing left to resume'}): "
+                     f"validation passes again")
+        del paused[name]
+    for line in lines:
+        if log is not None:
+            (log.warning if line.startswith("paused") else log.info)(line)
+    return paused, lines
+
+
+def _origin(context: Any) -> Any:
+    from dagster._core.remote_origin import RemoteRepositoryOrigin
+
+    loc = getattr(context, "code_location_origin", None)
+    if loc is None or not context.repository_name:
+        return None
+    return RemoteRepositoryOrigin(loc, context.repository_name)
+
+
+def _utc(d: datetime) -> datetime:
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def validation_sensor(project: Project) -> dg.SensorDefinition:
+    from dagster._utils.schedules import get_latest_completed_cron_tick
+
+    from dinmo_dagster.assets.activations import activation_key
+    from dinmo_dagster.resources import destination_key, source_key
+    from dinmo_dagster.validation import check_project
+
+    cron = project.settings.validation_cron
+    keys = {source_key(n) for n in project.sources} | {destination_key(n) for n in project.destinations}
+
+    @dg.sensor(
+        name=VALIDATION_SENSOR, minimum_interval_seconds=VALIDATION_INTERVAL_S,
+        default_status=dg.DefaultSensorStatus.RUNNING, required_resource_keys=keys,
+        description=f"Validate every connection and entity at '{cron}' (UTC); pause the activations a "
+                    "problem breaks and resume them when it is fixed",
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        memory = json.loads(context.cursor) if context.cursor else {}
+        now = datetime.now(timezone.utc)
+        due = get_latest_completed_cron_tick(cron, now, "UTC")
+        last = memory.get("last_check")
+        if last and _utc(datetime.fromisoformat(last)) >= due:
+            return dg.SensorResult(skip_reason=f"validated at {last}; next at the tick of '{cron}' after it")
+        problems = check_project(project, context.resources)
+        for p in problems:
+            context.log.warning(f"validation: {p}")
+        before = set(memory.get("paused", {}))
+        origin = _origin(context) or control.guess_origin(context.instance, project,
+                                                          (FAILURE_SENSOR, VALIDATION_SENSOR))
+        paused, lines = reconcile(context.instance, project, problems, memory.get("paused", {}),
+                                  origin=origin, log=context.log)
+        events = [dg.AssetObservation(asset_key=activation_key(a), metadata={
+            "dinmo/paused_by": "validation", "dinmo/culprit": v["culprit"]}) for a, v in paused.items()
+            if a not in before]
+        events += [dg.AssetObservation(asset_key=activation_key(a), metadata={
+            "dinmo/resumed_by": "validation"}) for a in before - set(paused)]
+        summary = (f"{len(problems)} problem(s): " + "; ".join(str(p) for p in problems)) if problems \
+            else "validation passed"
+        if lines:
+            summary += " | " + " | ".join(lines)
+        return dg.SensorResult(skip_reason=summary[:2000], asset_events=events,
+                               cursor=json.dumps({"last_check": now.isoformat(), "paused": paused}))
+
+    return _sensor
+
+
+# ---------------------------------------------------------------------------------------------------------
+# consecutive failures
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _secrets(project: Project) -> list[str]:
+    out = []
+    for cfg in [*project.sources.values(), *project.destinations.values()]:
+        for name in type(cfg).model_fields:
+            v = getattr(cfg, name, None)
+            if isinstance(v, EnvRef) and len(os.environ.get(v.env, "")) >= 3:
+                out.append(os.environ[v.env])
+    return sorted(out, key=len, reverse=True)
+
+
+def short_error(project: Project, text: str) -> str:
+    """First line of an error, at most 300 characters, with the project's secrets removed."""
+    line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "") or "unknown error"
+    for s in _secrets(project):
+        line = line.replace(s, "***")
+    return line[:300]
+
+
+def _failure_text(context: dg.RunFailureSensorContext) -> str:
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        if data is None:
+            continue
+        if data.user_failure_data and data.user_failure_data.description:
+            return data.user_failure_data.description
+        err = data.error
+        while err is not None and err.cause is not None:
+            err = err.cause
+        if err is not None and err.message:
+            return err.message
+    return context.failure_event.message or ""
+
+
+def pause_after_failures(instance: Any, project: Project, activation: str, last_error: str,
+                         origin: Any = None) -> str | None:
+    """Pause ``activation`` when its last N finished syncs all failed; returns what was done."""
+    from dinmo_dagster.assets.activations import job_name
+
+    n = project.settings.consecutive_failures_to_pause
+    running = [t for t in control.instigators(project, activation) if control.is_running(instance, t, origin)]
+    if not running:
+        return None
+    starts = [s for s in (control.start_timestamp(instance, t, origin) for t in running) if s]
+    since = datetime.fromtimestamp(max(starts), timezone.utc) if starts else None
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=job_name(activation), created_after=since,
+                              statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]),
+        limit=n)
+    if len(records) < n or any(r.dagster_run.status != dg.DagsterRunStatus.FAILURE for r in records):
+        return None
+    for t in running:
+        control.pause(instance, t, origin)
+    return (f"paused activation '{activation}' ({', '.join(t.name for t in running)}) after {n} consecutive "
+            f"failed syncs; last error: {short_error(project, last_error)}")
+
+
+def failure_sensor(project: Project) -> dg.SensorDefinition:
+    from dinmo_dagster.assets.activations import job_name
+
+    jobs = {job_name(a): a for a in project.activations}
+
+    @dg.run_failure_sensor(
+        name=FAILURE_SENSOR, default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Pause an activation after {project.settings.consecutive_failures_to_pause} consecutive "
+                    "failed syncs",
+    )
+    def _sensor(context: dg.RunFailureSensorContext) -> None:
+        run = context.dagster_run
+        activation = jobs.get(run.job_name)
+        if activation is None:
+            return
+        origin = run.remote_job_origin.repository_origin if run.remote_job_origin else \
+            control.guess_origin(context.instance, project, (FAILURE_SENSOR, VALIDATION_SENSOR))
+        done = pause_after_failures(context.instance, project, activation, _failure_text(context), origin)
+        if done:
+            context.log.warning(done)
+            context.instance.add_run_tags(run.run_id, {"dinmo/paused": done[:1000]})
+
+    return _sensor
+
+
+def defs(project: Project) -> dg.Definitions:
+    """Source-change sensors, the validation sensor and the consecutive-failure sensor."""
+    sensors = [source_change_sensor(project, a) for a in project.activations if control.has_source_trigger(project, a)]
+    sensors.append(validation_sensor(project))
+    if project.activations:
+        sensors.append(failure_sensor(project))
+    return dg.Definitions(sensors=sensors)

@@ -1,0 +1,159 @@
+"""The concurrency guard (a running sync blocks a second one; a dead one never blocks) and incremental
+event syncs by event-time cursor."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import dagster as dg
+import duckdb
+import pytest
+
+from dinmo_dagster import delta, sync
+from dinmo_dagster.assets.activations import sync_target
+from dinmo_dagster.assets.models import refresh_upstream
+from dinmo_dagster.config import load_project
+from dinmo_dagster.resources import build_resources
+
+PROJECT = """
+sources:
+  wh: {type: duckdb, path: wh.duckdb}
+models:
+  customers: {source: wh, table: raw.customers, primary_key: customer_id}
+  orders: {source: wh, kind: fact, table: raw.orders, primary_key: order_id, time_column: ordered_at}
+segments:
+  everyone: {model: customers, sql: "select * from {{ model }}"}
+  all_orders: {model: orders, sql: "select * from {{ model }}"}
+destinations:
+  out: {type: local, path: out}
+activations:
+  people:
+    segment: everyone
+    destination: out
+    file_name: people
+    sync_mode: upsert
+  events:
+    segment: all_orders
+    destination: out
+    folder: events
+    file_name: "orders_{X}"
+    sync_mode: insert
+    lookback: 2 hours
+    mapping: {order_id: order_id, amount: amount, ordered_at: ordered_at}
+"""
+
+T0 = datetime(2025, 4, 14, 12, 0, 0)
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    (tmp_path / "dinmo.yaml").write_text(textwrap.dedent(PROJECT))
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        con.execute("create schema raw")
+        con.execute("create table raw.customers as select range as customer_id, 'c' || range as name "
+                    "from range(1, 6)")
+        con.execute("create table raw.orders (order_id int, amount decimal(8, 2), ordered_at timestamp)")
+        con.executemany("insert into raw.orders values (?, ?, ?)",
+                        [(i, 10 * i, T0 - timedelta(hours=10 - i)) for i in range(1, 6)])
+    project = load_project(tmp_path)
+    with dg.build_resources(build_resources(project)) as resources:
+        yield SimpleNamespace(project=project, resources=resources, dir=tmp_path)
+
+
+def snapshot_and_deliver(env, activation: str, key: str, **kwargs) -> sync.SyncResult:
+    t = sync_target(env.project, activation, env.resources)
+    refresh_upstream(env.project, activation, env.resources)
+    sync.take_snapshot(t, key)
+    return sync.deliver(t, key, **kwargs)
+
+
+def journal(env, activation: str, partition_key: str, state: str, files: list[str], owner: str,
+            run_id: str = "other-run") -> None:
+    t = sync_target(env.project, activation, env.resources)
+    sync.ensure_state(t)
+    t.warehouse.execute([delta.insert_sql(t.state(delta.JOURNAL), delta.JOURNAL, {
+        "activation": activation, "partition_key": partition_key, "run_id": run_id, "owner": owner,
+        "state": state, "files": json.dumps(files), "updated_at": T0}, "duckdb")])
+
+
+def test_a_running_sync_blocks_a_second_one_and_a_dead_one_does_not(env) -> None:
+    snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
+    leftover = env.dir / "out" / "leftover.csv"
+    leftover.write_text("partial")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        journal(env, "people", "20250102T000000.000000Z", "writing", ["leftover.csv"],
+                owner=f"{socket.gethostname()}:{sleeper.pid}")
+        t = sync_target(env.project, "people", env.resources)
+        sync.take_snapshot(t, "20250103T000000.000000Z")
+        with pytest.raises(sync.SyncError) as exc:
+            sync.deliver(t, "20250103T000000.000000Z")
+        assert str(exc.value) == (
+            "another sync of activation 'people' is running (partition 20250102T000000.000000Z, run other-run); "
+            "two syncs of one activation never overlap. Try again when it has finished")
+        assert leftover.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The same entry, now from a dead process: the next sync cleans up after it and proceeds.
+    dead: list[str] = []
+    result = sync.deliver(t, "20250103T000000.000000Z", on_dead=dead.append)
+    assert not leftover.exists()
+    assert dead == ["other-run"]
+    assert result.recovered == ["removed 1 file(s) left by the dead sync 20250102T000000.000000Z "
+                                "(run other-run, marked failed)"]
+
+
+def test_a_run_dagster_reports_finished_never_blocks(env) -> None:
+    snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
+    # A live pid on another machine: only Dagster's word is known, and it says the run is finished.
+    journal(env, "people", "20250102T000000.000000Z", "writing", [], owner="elsewhere:1")
+    result = snapshot_and_deliver(env, "people", "20250103T000000.000000Z",
+                                  is_alive=lambda run_id, owner: False)
+    assert result.sync_type == "delta"
+    with pytest.raises(sync.SyncError, match="is running"):
+        journal(env, "people", "20250104T000000.000000Z", "writing", [], owner="elsewhere:1")
+        snapshot_and_deliver(env, "people", "20250105T000000.000000Z", is_alive=lambda run_id, owner: True)
+
+
+def read_events(env, result: sync.SyncResult) -> list[tuple[str, str, str]]:
+    assert len(result.files) == 1
+    path = Path(result.files[0].removeprefix("file://"))
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    assert rows[0] == ["order_id", "amount", "ordered_at"]
+    return [tuple(r) for r in rows[1:]]
+
+
+def test_event_sync_delivers_each_event_once_including_late_ones(env) -> None:
+    r1 = snapshot_and_deliver(env, "events", "20250414T120000.000000Z")
+    assert sorted(read_events(env, r1)) == [
+        (str(i), f"{10 * i}.00", (T0 - timedelta(hours=10 - i)).isoformat(timespec="microseconds")) for i in range(1, 6)]
+    last = T0 - timedelta(hours=5)  # the newest event delivered
+    with duckdb.connect(str(env.dir / "wh.duckdb")) as con:
+        con.executemany("insert into raw.orders values (?, ?, ?)", [
+            (6, 60, last + timedelta(minutes=30)),   # new
+            (7, 70, last - timedelta(minutes=90)),   # late, within the 2-hour lookback: delivered
+            (8, 80, last - timedelta(hours=3)),      # later than the lookback: outside the window
+        ])
+        # An already delivered event inside the window is not sent again, even when edited.
+        con.execute("update raw.orders set amount = 99 where order_id = 5")
+    t = sync_target(env.project, "events", env.resources)
+    snap = sync.take_snapshot(t, "20250414T130000.000000Z")
+    assert snap.window_start == last - timedelta(hours=2)
+    r2 = sync.deliver(t, "20250414T130000.000000Z")
+    assert (r2.sync_type, r2.counts.added) == ("delta", 2)
+    assert sorted(read_events(env, r2)) == [
+        ("6", "60.00", (last + timedelta(minutes=30)).isoformat(timespec="microseconds")),
+        ("7", "70.00", (last - timedelta(minutes=90)).isoformat(timespec="microseconds")),
+    ]
+    r3 = snapshot_and_deliver(env, "events", "20250414T140000.000000Z")
+    assert (r3.counts.added, r3.files) == (0, [])
