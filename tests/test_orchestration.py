@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,19 @@ def _source_tick(project: Any, instance: dg.DagsterInstance, name: str, cursor: 
     sensor_def = defs.resolve_sensor_def(control.source_sensor_name(name))
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=build_resources(project),
                                       repository_def=defs.get_repository_def())
-    return sensor_def.evaluate_tick(context)
+    out = sensor_def(context)  # the evaluation function's own result, as the daemon receives it
+    if isinstance(out, dg.SkipReason):
+        out = dg.SensorResult(skip_reason=out, cursor=cursor)
+    return Tick(out.run_requests or [], out.skip_reason.skip_message if out.skip_reason else None,
+                out.cursor, out.dynamic_partitions_requests or [])
+
+
+@dataclass
+class Tick:
+    run_requests: list[Any]
+    skip_message: str | None
+    cursor: str | None
+    dynamic_partitions_requests: list[Any]
 
 
 @pytest.mark.parametrize("activation", ["vip_daily", "people_hash", "people_mark"])
@@ -389,6 +402,7 @@ def test_pool_limit_of_one_serialises_two_syncs_of_one_activation(project_dir: P
     import threading
 
     overrides = {"concurrency": {"pools": {"default_limit": 1}}}
+    (tmp_path / "home").mkdir()
     with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "home")) as inst:
         assert inst.get_concurrency_config().pool_config.default_pool_limit == 1
         defs = build_definitions(load_project(project_dir))
