@@ -163,6 +163,7 @@ class Model(_Strict):
     calculated_fields: list[CalculatedField] = []
     custom_attributes: list[CustomAttribute] = []
     materialized: bool = False
+    schedule: "Schedule | None" = None
     max_duplicate_pct: Annotated[float, Field(ge=0, le=100)] = 5.0
 
     @model_validator(mode="after")
@@ -305,6 +306,8 @@ class Project:
         seg = self.segments[self.activations[activation].segment]
         return seg, self.models[seg.model]
 
+
+Model.model_rebuild()
 
 SECTION_MODELS: dict[str, Any] = {
     "models": Model,
@@ -526,6 +529,15 @@ def _check_references(p: Project) -> list[str]:
 
     for name, m in p.models.items():
         ref(f"models.{name}.source", m.source, p.sources, "source")
+        if m.schedule is not None:
+            from dinmo_dagster.schedules import schedule_problem
+
+            if not m.materialized:
+                out.append(f"{where(f'models.{name}')}: models.{name}.schedule: only a materialized model "
+                           "(materialized: true) is refreshed on a schedule; a view is always live")
+            problem = schedule_problem(m.schedule)
+            if problem:
+                out.append(f"{where(f'models.{name}')}: models.{name}.schedule: {problem}")
         for i, rel in enumerate(m.relationships):
             ref(f"models.{name}.relationships[{i}].model", rel.model, p.models, "model")
         if m.kind == "fact" and not m.time_column:

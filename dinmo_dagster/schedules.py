@@ -103,7 +103,18 @@ def describe(s: Schedule) -> str:
 
 
 def defs(project: Project) -> dg.Definitions:
-    """A Dagster schedule for every activation that has one."""
+    """A Dagster schedule for every activation that has one, and for every scheduled materialized model."""
+    from dinmo_dagster.assets.models import refresh_job_name
+
+    model_schedules = [
+        dg.ScheduleDefinition(
+            name=f"model_{name}_refresh", job_name=refresh_job_name(name), cron_schedule=to_cron(m.schedule),
+            execution_timezone=m.schedule.timezone, description=f"Refresh model '{name}' ({describe(m.schedule)})",
+            default_status=dg.DefaultScheduleStatus.RUNNING if m.schedule.enabled else dg.DefaultScheduleStatus.STOPPED,
+        )
+        for name, m in project.models.items() if m.materialized and m.schedule
+    ]
     return dg.Definitions(schedules=[
-        _schedule_definition(name, a.schedule) for name, a in project.activations.items() if a.schedule
+        *(_schedule_definition(name, a.schedule) for name, a in project.activations.items() if a.schedule),
+        *model_schedules,
     ])

@@ -158,3 +158,24 @@ def test_unknown_attribute_fails_with_the_valid_ones(project_dir: Path) -> None:
     assert message.startswith("segments.shoe_fans.filter.all[1].attribute: unknown attribute 'ltvv' of model "
                               "'customers'")
     assert "customer_id" in message and "ltv_band" in message
+
+
+def test_materialized_model_is_a_table_refreshed_by_its_own_schedule(project_dir: Path) -> None:
+    text = (project_dir / "dinmo.yaml").read_text().replace(
+        "    primary_key: order_id\n", "    primary_key: order_id\n    materialized: true\n"
+        "    schedule: {at: \"03:00\", days: [mon, thu], timezone: Europe/Paris}\n")
+    (project_dir / "dinmo.yaml").write_text(text)
+    defs = build_definitions(load_project(project_dir))
+    schedule = defs.resolve_schedule_def("model_orders_refresh")
+    assert (schedule.cron_schedule, schedule.execution_timezone, schedule.job_name) == (
+        "0 3 * * 1,4", "Europe/Paris", "refresh_model_orders")
+    instance = dg.DagsterInstance.ephemeral()
+    for _ in range(2):
+        assert defs.resolve_job_def("refresh_model_orders").execute_in_process(instance=instance).success
+    with duckdb.connect(str(project_dir / "wh.duckdb"), read_only=True) as con:
+        kind = con.execute("select table_type from information_schema.tables where table_schema = "
+                           "'dinmo_segments' and table_name = 'model_orders'").fetchone()
+        count = con.execute("select count(*) from dinmo_segments.model_orders").fetchone()
+    assert kind == ("BASE TABLE",) and count == (len(ORDERS),)
+    history = instance.fetch_materializations(dg.AssetKey(["models", "orders"]), limit=10).records
+    assert [r.asset_materialization.metadata["dagster/row_count"].value for r in history] == [12, 12]

@@ -359,4 +359,11 @@ def defs(project: Project) -> dg.Definitions:
         a, c = _segment_assets(project, name)
         assets.append(a)
         checks.append(c)
-    return dg.Definitions(assets=[*source_table_specs(project), *assets], asset_checks=checks)
+    jobs = [dg.define_asset_job(refresh_job_name(name), selection=dg.AssetSelection.assets(model_key(name)),
+                                description=f"Refresh the materialized model '{name}'")
+            for name, m in project.models.items() if m.materialized]
+    return dg.Definitions(assets=[*source_table_specs(project), *assets], asset_checks=checks, jobs=jobs)
+
+
+def refresh_job_name(model: str) -> str:
+    return f"refresh_model_{model}"
