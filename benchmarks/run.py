@@ -347,13 +347,17 @@ class InProcess:
         t = self.target(activation)
         key = sync.new_partition_key()
         PHASES.reset()
+        c0 = os.times()
         t0 = time.perf_counter()
         snap = sync.take_snapshot(t, key)
         t1 = time.perf_counter()
         result = sync.deliver(t, key)
         t2 = time.perf_counter()
+        c1 = os.times()
         return {
-            "total_s": round(t2 - t0, 3), "snapshot_s": round(t1 - t0, 3), "deliver_s": round(t2 - t1, 3),
+            "total_s": round(t2 - t0, 3),
+            "cpu_s": round((c1.user - c0.user) + (c1.system - c0.system), 2),
+            "snapshot_s": round(t1 - t0, 3), "deliver_s": round(t2 - t1, 3),
             "sync_type": result.sync_type, "rows": snap.rows, "rows_written": result.rows_written,
             "bytes": result.bytes, "files": len(result.files),
             "counts": {"added": result.counts.added, "updated": result.counts.updated,
@@ -386,7 +390,8 @@ def figure_full(big: InProcess, db: Path, scratch: Path, repeats: int, copy_repe
             r = big.sync(act)
             runs.append(r)
             print(f"  product {fmt} run {i + 1}: {r['total_s']:.2f} s (snapshot {r['snapshot_s']:.2f} + deliver "
-                  f"{r['deliver_s']:.2f}), {r['rows_written']} rows, {r['bytes'] / 1e6:.0f} MB", flush=True)
+                  f"{r['deliver_s']:.2f}; CPU {r['cpu_s']:.1f} s), {r['rows_written']} rows, {r['bytes'] / 1e6:.0f} MB",
+                  flush=True)
         copies = []
         for i in range(copy_repeats):
             c = duckdb_copy(db, scratch / f"copy.{fmt}", fmt)
@@ -752,10 +757,15 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": args.rows, "small_rows": args.small_rows, "versions": _versions(), "targets": TARGETS,
+        "load_average_at_start": os.getloadavg(),
         "notes": ("figure 1 and 2 run take_snapshot + deliver in-process (no Dagster run); figure 3 runs the "
                   "same in a child process and reads its peak RSS (RUSAGE_CHILDREN of a small launcher); figure 4 runs the dinmo CLI "
                   "(a real Dagster run, fresh DAGSTER_HOME) and a pandas script as whole processes"),
     }
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs: other work is running, times will be "
+              "noisy (the JSON keeps the load average and each sync's CPU time)", flush=True)
     try:
         print(f"work directory: {scratch}", flush=True)
         big_dir, small_dir = scratch / "big", scratch / "small"
@@ -807,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
                 big.close()
     finally:
         res["elapsed_s"] = round(time.perf_counter() - started, 1)
+        res["load_average_at_end"] = os.getloadavg()
         res["summary"] = summary(res)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -332,40 +332,40 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     base = baseline(t)
     changes = None
     counts = ChangeCounts(added=new_rows)
-    if base is not None:
+    pk = delta.resolve_column(t.model.primary_key, stored)
+    base_snap = t.snapshot_table(base[0]) if base is not None else None
+    if base_snap is not None:
         changes = t.changes_table(partition_key)
-        base_snap = t.snapshot_table(base[0])
-        base_cols = t.warehouse.query_columns(delta.render(exp.select(exp.Star()).from_(base_snap.copy()), dialect))
-        t.warehouse.execute(delta.create_changes_sql(snap, base_snap, changes,
-                                                     delta.resolve_column(t.model.primary_key, stored),
-                                                     stored, dialect, baseline_columns=base_cols))
+        t.warehouse.execute(delta.create_changes_sql(snap, base_snap, changes, pk, dialect))
         counts = _counts(t, changes, new_rows)
     full = force_full or base is None or a.effective_run_type == "full_only"
     stem = naming.render_template(a.file_name, t.sync_time(partition_key))
+
+    def rows_of(*kinds: str) -> str:
+        if kinds == (delta.REMOVED,):  # removed rows carry their last synced values: from the baseline
+            base_cols = t.warehouse.query_columns(
+                delta.render(exp.select(exp.Star()).from_(base_snap.copy()), dialect))  # type: ignore[union-attr]
+            return delta.changed_rows_sql(base_snap, changes, pk, mapping, kinds, dialect, base_cols)  # type: ignore[arg-type]
+        return delta.changed_rows_sql(snap, changes, pk, mapping, kinds, dialect)  # type: ignore[arg-type]
+
     files: list[tuple[str, str]] = []
     if a.sync_mode == "difference":
         for kind in DIFFERENCE_SUFFIXES:
             if full:
                 sql = delta.export_sql(snap, mapping, dialect, where_false=kind != delta.ADDED)
             else:
-                sql = delta.export_sql(changes, mapping, dialect, change=kind)  # type: ignore[arg-type]
+                sql = rows_of(kind)
             files.append((f"{stem}_{kind}", sql))
     elif full or a.sync_mode == "snapshot":
         files.append((stem, delta.export_sql(snap, mapping, dialect)))
     elif a.sync_mode == "upsert":
         if counts.added + counts.updated:
-            files.append((stem, _kinds_sql(changes, mapping, dialect, (delta.ADDED, delta.UPDATED))))  # type: ignore[arg-type]
+            files.append((stem, rows_of(delta.ADDED, delta.UPDATED)))
     elif a.sync_mode == "insert":
         if counts.added:
-            files.append((stem, delta.export_sql(changes, mapping, dialect, change=delta.ADDED)))  # type: ignore[arg-type]
+            files.append((stem, rows_of(delta.ADDED)))
     return _Plan("full" if full else "delta", counts, files, changes, base[2] if base else None,
                  [dst for _, dst in mapping])
-
-
-def _kinds_sql(changes: exp.Table, mapping: list[tuple[str, str]], dialect: str, kinds: tuple[str, ...]) -> str:
-    q = exp.select(*[delta.col(s).as_(d, quoted=True) for s, d in mapping]).from_(changes.copy()).where(
-        exp.In(this=delta.col(delta.CHANGE_COL), expressions=[exp.Literal.string(k) for k in kinds]))
-    return delta.render(q, dialect)
 
 
 def _removal_guard(t: SyncTarget, p: _Plan, forced: bool = False) -> None:

@@ -649,8 +649,8 @@ def _content_type(object_path: str) -> str:
 class LocalDestination(Destination):
     """Write export files into a local folder, under the same object paths as in a bucket.
 
-    Uploads copy the file to a temporary name in the target directory and ``os.replace`` it onto the
-    final name, so a reader never sees a half-written file.
+    Uploads hard-link (or, across file systems, copy) the file to a temporary name in the target
+    directory and ``os.replace`` it onto the final name, so a reader never sees a half-written file.
     """
 
     path: str = Field(description="Folder that receives the files (absolute, or resolved by the caller).")
@@ -675,7 +675,10 @@ class LocalDestination(Destination):
             target.parent.mkdir(parents=True, exist_ok=True)
             # Same directory as the target: os.replace is only atomic within one file system.
             tmp = target.parent / f"{_LOCAL_TMP_PREFIX}{target.name}.{uuid.uuid4().hex}"
-            shutil.copyfile(local_path, tmp)
+            try:
+                os.link(local_path, tmp)  # same file system: no copy of the bytes
+            except OSError:
+                shutil.copyfile(local_path, tmp)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
             os.replace(tmp, target)

@@ -61,6 +61,10 @@ def source_change_sensor(project: Project, name: str) -> dg.SensorDefinition:
         if fp == context.cursor:
             return dg.SkipReason(f"source unchanged: {fp}")
         pk = sync.new_partition_key()
+        # Added here as well as requested below: the run request is resolved against the instance's
+        # partitions, and a retried evaluation must find the partition it asks for.
+        if not context.instance.has_dynamic_partition(parts.name, pk):
+            context.instance.add_dynamic_partitions(parts.name, [pk])
         context.log.info(f"source changed: {context.cursor} -> {fp}; syncing '{name}' as partition {pk}")
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=pk, partition_key=pk,
