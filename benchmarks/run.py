@@ -38,7 +38,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -724,7 +723,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'metric':<{w}}  {'value':>11}  {'target':>7}  result  detail")
     print("-" * (w + 50))
     for r in rows:
-        print(f"{r['metric']:<{w}}  {str(r['value']):>11}  {r['target']:>7}  {'PASS' if r['pass'] else 'FAIL':<6}  "
+        print(f"{r['metric']:<{w}}  {r['value']!s:>11}  {r['target']:>7}  {'PASS' if r['pass'] else 'FAIL':<6}  "
               f"{r['detail']}")
 
 

@@ -17,6 +17,20 @@ from dinmo_dagster.config import QUICKSTART_DIR, Project, ProjectError, load_pro
 
 DEMO_DIR_NAME = "dinmo-quickstart"
 
+# Written into a new DAGSTER_HOME: each activation's pool runs one step at a time, and queued runs
+# (UI, schedules, sensors) of one activation run one at a time.
+INSTANCE_YAML = """telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+  runs:
+    tag_concurrency_limits:
+      - key: dinmo/activation
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
+"""
+
 
 def _print(msg: str = "") -> None:
     print(msg, flush=True)
@@ -32,7 +46,7 @@ def _instance() -> Any:
     Path(home).mkdir(parents=True, exist_ok=True)
     config = Path(home) / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text(INSTANCE_YAML)
     return dg.DagsterInstance.get()
 
 

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -115,7 +115,7 @@ class DatabricksSource(_SourceBase):
 
 
 Source = Annotated[
-    Union[DuckDBSource, PostgresSource, SnowflakeSource, BigQuerySource, RedshiftSource, DatabricksSource],
+    DuckDBSource | PostgresSource | SnowflakeSource | BigQuerySource | RedshiftSource | DatabricksSource,
     Field(discriminator="type"),
 ]
 
@@ -163,7 +163,7 @@ class Model(_Strict):
     calculated_fields: list[CalculatedField] = []
     custom_attributes: list[CustomAttribute] = []
     materialized: bool = False
-    schedule: "Schedule | None" = None
+    schedule: Schedule | None = None
     max_duplicate_pct: Annotated[float, Field(ge=0, le=100)] = 5.0
 
     @model_validator(mode="after")
@@ -200,7 +200,7 @@ class LocalDestinationConfig(_Strict):
 
 
 DestinationConfig = Annotated[
-    Union[GCSDestinationConfig, LocalDestinationConfig], Field(discriminator="type")
+    GCSDestinationConfig | LocalDestinationConfig, Field(discriminator="type")
 ]
 
 
@@ -466,7 +466,7 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
     for f in files:
         fname = f.name
         try:
-            doc = yaml.load(f.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader
+            doc = yaml.load(f.read_text(encoding="utf-8"), Loader=_Loader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import shutil
+import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -358,12 +358,10 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
             files.append((f"{stem}_{kind}", sql))
     elif full or a.sync_mode == "snapshot":
         files.append((stem, delta.export_sql(snap, mapping, dialect)))
-    elif a.sync_mode == "upsert":
-        if counts.added + counts.updated:
-            files.append((stem, rows_of(delta.ADDED, delta.UPDATED)))
-    elif a.sync_mode == "insert":
-        if counts.added:
-            files.append((stem, rows_of(delta.ADDED)))
+    elif a.sync_mode == "upsert" and counts.added + counts.updated:
+        files.append((stem, rows_of(delta.ADDED, delta.UPDATED)))
+    elif a.sync_mode == "insert" and counts.added:
+        files.append((stem, rows_of(delta.ADDED)))
     return _Plan("full" if full else "delta", counts, files, changes, base[2] if base else None,
                  [dst for _, dst in mapping])
 
@@ -545,7 +543,7 @@ def _write_and_promote(
         try:
             t.destination.delete(uploaded)
             _journal(t, partition_key, run_id, "failed", [])
-        except Exception as cleanup_exc:  # keep the journal entry: the next sync cleans up
+        except Exception as cleanup_exc:  # noqa: BLE001 - keep the journal entry: the next sync cleans up
             on_log(f"could not remove the files of the failed sync yet: {cleanup_exc}")
         _history(t, partition_key, run_id, "failed", result, a, started_at, str(exc)[:500])
         raise
@@ -579,7 +577,7 @@ def _history(t: SyncTarget, partition_key: str, run_id: str, status: str, r: Syn
     }
     try:
         t.warehouse.execute([delta.insert_sql(t.state(delta.SYNC_HISTORY), delta.SYNC_HISTORY, row, t.dialect)])
-    except Exception as exc:  # history is informative; never mask the sync's own outcome
+    except Exception as exc:  # noqa: BLE001 - history is informative; never mask the sync's own outcome
         log.warning("could not record sync history: %s", exc)
 
 

@@ -35,7 +35,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
     for name in project.sources:
         try:
             getattr(resources, source_key(name)).check_connection()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             broken_sources.add(name)
             problems.append(Problem(f"sources.{name}", _short(exc)))
     for name, m in project.models.items():
@@ -53,7 +53,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             if missing:
                 problems.append(Problem(f"models.{name}", f"column '{missing[0]}' does not exist; "
                                                           f"columns: {', '.join(cols)}"))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"models.{name}", _short(exc)))
     for name, s in project.segments.items():
         m = project.models[s.model]
@@ -73,12 +73,12 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
                         problems.append(Problem(f"activations.{aname}",
                                                 f"mapping: column '{missing[0]}' is not in segment '{name}'; "
                                                 f"available: {', '.join(cols)}"))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"segments.{name}", _short(exc)))
     for name in project.destinations:
         try:
             getattr(resources, destination_key(name)).check()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"destinations.{name}", _short(exc)))
     return problems
 

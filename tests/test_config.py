@@ -81,8 +81,8 @@ def test_unknown_key_is_an_error_listing_allowed_keys(tmp_path: Path) -> None:
 
 def test_wrong_enum_value_names_found_and_allowed(tmp_path: Path) -> None:
     got = problems(tmp_path, BASE.replace("format: csv", "format: xlsx"))
-    assert got == ["dinmo.yaml: activations.daily_vip.format: found 'xlsx'; "
-                   "allowed: 'csv', 'json', 'xml' or 'parquet'"]
+    assert got == [("dinmo.yaml: activations.daily_vip.format: found 'xlsx'; "
+                   "allowed: 'csv', 'json', 'xml' or 'parquet'")]
 
 
 def test_unknown_reference_lists_defined_names(tmp_path: Path) -> None:
@@ -93,15 +93,15 @@ def test_unknown_reference_lists_defined_names(tmp_path: Path) -> None:
 def test_inline_secret_is_refused(tmp_path: Path) -> None:
     got = problems(tmp_path, BASE.replace("service_account_json: {env: GCS_KEY}",
                                           "service_account_json: '{\"private_key\": \"x\"}'"))
-    assert got == ["dinmo.yaml: destinations.exports.service_account_json: secrets must not be written in the "
-                   "YAML; found an inline value; allowed: {env: VARIABLE_NAME}"]
+    assert got == [("dinmo.yaml: destinations.exports.service_account_json: secrets must not be written in the "
+                   "YAML; found an inline value; allowed: {env: VARIABLE_NAME}")]
     assert all("private_key" not in p for p in got)
 
 
 def test_full_then_delta_with_snapshot_says_why(tmp_path: Path) -> None:
     got = problems(tmp_path, BASE.replace("sync_mode: difference", "sync_mode: snapshot"))
-    assert got == ["dinmo.yaml: activations.daily_vip.run_type: 'full_then_delta' cannot be used with sync_mode "
-                   "'snapshot' (a snapshot always exports the full segment); allowed with snapshot: full_only"]
+    assert got == [("dinmo.yaml: activations.daily_vip.run_type: 'full_then_delta' cannot be used with sync_mode "
+                   "'snapshot' (a snapshot always exports the full segment); allowed with snapshot: full_only")]
 
 
 def test_invalid_template_and_folder(tmp_path: Path) -> None:
@@ -114,14 +114,14 @@ def test_invalid_template_and_folder(tmp_path: Path) -> None:
 
 def test_two_columns_mapped_to_one_name(tmp_path: Path) -> None:
     got = problems(tmp_path, BASE.replace("{customer_id: id, email: Email}", "{customer_id: id, email: id}"))
-    assert got == ["dinmo.yaml: activations.daily_vip.mapping: columns 'customer_id' and 'email' are both "
-                   "mapped to 'id'; destination names must be unique"]
+    assert got == [("dinmo.yaml: activations.daily_vip.mapping: columns 'customer_id' and 'email' are both "
+                   "mapped to 'id'; destination names must be unique")]
 
 
 def test_invalid_cron(tmp_path: Path) -> None:
     got = problems(tmp_path, BASE + '    schedule: {cron: "61 * * * *"}\n')
-    assert got == ["dinmo.yaml: activations.daily_vip.schedule: cron: invalid cron expression '61 * * * *'; "
-                   "allowed: five fields 'minute hour day month weekday'"]
+    assert got == [("dinmo.yaml: activations.daily_vip.schedule: cron: invalid cron expression '61 * * * *'; "
+                   "allowed: five fields 'minute hour day month weekday'")]
 
 
 def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_dinmo_validate_exit_codes_and_writes_nothing(tmp_path: Path) -> None:
     project = write(tmp_path, BASE.replace("format: csv", "format: xlsx"))
     before = sorted(p.name for p in tmp_path.iterdir())
     proc = subprocess.run([sys.executable, "-m", "dinmo_dagster.cli", "--project", str(project), "validate"],
-                          capture_output=True, text=True, cwd=tmp_path)
+                          check=False, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == [
         f"1 problem(s) in {project}:",
@@ -161,6 +161,6 @@ def test_dinmo_validate_exit_codes_and_writes_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     write(tmp_path, BASE)
     ok = subprocess.run([sys.executable, "-m", "dinmo_dagster.cli", "--project", str(project), "validate"],
-                        capture_output=True, text=True, cwd=tmp_path)
+                        check=False, capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.strip().endswith("1 destination(s), 1 activation(s): valid")

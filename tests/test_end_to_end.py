@@ -46,7 +46,7 @@ def project_dir(tmp_path: Path) -> Path:
 def dinmo(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "DAGSTER_HOME")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "dinmo_dagster.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dinmo_dagster.cli", *args], check=False, capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=300)
 
 
@@ -90,12 +90,12 @@ def test_dinmo_sync_delivers_the_segment_to_the_bucket(project_dir: Path, tmp_pa
     bucket = client.bucket(BUCKET)
     names = sorted(b.name for b in client.list_blobs(BUCKET, prefix="crm/vip/"))
     assert names == sorted(u.removeprefix(f"gs://{BUCKET}/") for u in uris)
-    added = [u for u in uris if u.endswith("_added.csv")][0].removeprefix(f"gs://{BUCKET}/")
+    added = next(u for u in uris if u.endswith("_added.csv")).removeprefix(f"gs://{BUCKET}/")
     rows = list(csv.reader(io.StringIO(bucket.blob(added).download_as_bytes().decode("utf-8")), delimiter=";"))
     assert rows[0] == ["id", "Email", "lifetime_value", "country"]
     assert sorted(tuple(r) for r in rows[1:]) == expected
     for empty in ("_updated.csv", "_removed.csv"):
-        path = [u for u in uris if u.endswith(empty)][0].removeprefix(f"gs://{BUCKET}/")
+        path = next(u for u in uris if u.endswith(empty)).removeprefix(f"gs://{BUCKET}/")
         assert bucket.blob(path).download_as_bytes().decode() == "id;Email;lifetime_value;country\n"
 
     # The run is in the Dagster instance of DAGSTER_HOME, as `dagster dev` would show it.

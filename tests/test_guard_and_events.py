@@ -109,8 +109,8 @@ def test_a_running_sync_blocks_a_second_one_and_a_dead_one_does_not(env) -> None
     result = sync.deliver(t, "20250103T000000.000000Z", on_dead=dead.append)
     assert not leftover.exists()
     assert dead == ["other-run"]
-    assert result.recovered == ["removed 1 file(s) left by the dead sync 20250102T000000.000000Z "
-                                "(run other-run, marked failed)"]
+    assert result.recovered == [("removed 1 file(s) left by the dead sync 20250102T000000.000000Z "
+                                 "(run other-run, marked failed)")]
 
 
 def test_a_run_dagster_reports_finished_never_blocks(env) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 import dagster as dg
 import duckdb
 import pytest
-from dagster._core.code_pointer import CodePointer  # noqa: F401 - imported for its side effects on origins
 from dagster._core.events import DagsterEventType
 from dagster._core.scheduler.instigation import InstigatorStatus
 from dagster._core.test_utils import in_process_test_workspace

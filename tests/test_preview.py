@@ -29,7 +29,7 @@ activations:
 def dinmo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "dh"))
     return subprocess.run([sys.executable, "-m", "dinmo_dagster.cli", "--project", str(tmp_path), *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                          check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
 
 def test_preview_shows_changes_and_writes_nothing(tmp_path: Path) -> None:

@@ -186,4 +186,4 @@ def defs(project: Project) -> dg.Definitions:
     return dg.Definitions(assets=assets, jobs=jobs)
 
 
-__all__ = ["defs", "sync_job", "activation_key", "snapshot_key", "model_key", "segment_key"]
+__all__ = ["activation_key", "defs", "model_key", "segment_key", "snapshot_key", "sync_job"]

@@ -110,7 +110,7 @@ def filters_model_infos(wh: Any, project: Project, exclude: str | None = None) -
         rel = model_relation(wh, project, name)
         try:
             cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(rel.copy()), wh.dialect))
-        except Exception:
+        except Exception:  # noqa: BLE001 - not materialized yet (or another source)
             cols = []  # not materialized yet (or another source): the compiler reports it if used
         out[name] = filters.ModelInfo(
             name=name, relation=rel, primary_key=m.primary_key, columns=tuple(cols),
@@ -295,7 +295,7 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
                 rel = segment_relation(wh, project, other)
                 try:
                     wh.query_columns(delta.render(exp.select(exp.Star()).from_(rel.copy()), wh.dialect))
-                except Exception:  # noqa: BLE001 - not materialized yet: no overlap to measure
+                except Exception:  # noqa: BLE001, S112 - not materialized yet: no overlap to measure
                     continue
                 others[other] = rel
         overlaps = stats.record_overlaps(wh, schemas.stats, s.model, others,
