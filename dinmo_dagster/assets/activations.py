@@ -136,10 +136,10 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
             run = instance.get_run_by_id(run_id)
             if run is not None and not run.is_finished:
                 instance.report_run_failed(run, message=f"sync of activation '{name}' died; "
-                                                        f"cleaned up by run {context.run_id}")
+                                                        f"cleaned up by run {context.run.run_id}")
 
         try:
-            result = sync.deliver(t, context.partition_key, run_id=context.run_id,
+            result = sync.deliver(t, context.partition_key, run_id=context.run.run_id,
                                   force_full=config.full_refresh, on_log=context.log.info,
                                   is_alive=run_alive, on_dead=mark_dead)
         except sync.SyncError as exc:

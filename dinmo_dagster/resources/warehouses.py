@@ -552,6 +552,8 @@ class DuckDBWarehouse(Warehouse):
         try:
             # timestamps with time zone come out in UTC, whatever the machine's time zone
             _quietly(lambda: con.execute("SET TimeZone = 'UTC'"))
+            # no progress bar on the terminal of `dinmo sync` or in Dagster's captured logs
+            _quietly(lambda: con.execute("SET enable_progress_bar = false"))
             yield con
         finally:
             con.close()
