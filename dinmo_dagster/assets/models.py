@@ -254,15 +254,7 @@ def _model_assets(project: Project, name: str) -> list[Any]:
             "materialized": m.materialized,
         })
 
-    @dg.asset_check(asset=model_key(name), name="primary_key_unique", blocking=True,
-                    required_resource_keys={rkey},
-                    description=f"count(distinct {m.primary_key}) / count({m.primary_key}) = 100%")
-    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        wh = getattr(context.resources, rkey)
-        return key_check(wh, model_relation(wh, project, name), m.primary_key, m.max_duplicate_pct,
-                         f"model '{name}'")
-
-    return [_model, _check]
+    return [_model, _key_check(project, model_key(name), m, model_relation, name, f"model '{name}'")]
 
 
 def _segment_assets(project: Project, name: str) -> list[Any]:
@@ -313,15 +305,20 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
             **({"breakdowns": dg.MetadataValue.md(st.breakdown_markdown)} if st.breakdown_markdown else {}),
         })
 
-    @dg.asset_check(asset=segment_key(name), name="primary_key_unique", blocking=True,
-                    required_resource_keys={rkey},
+    return [_segment, _key_check(project, segment_key(name), m, segment_relation, name, f"segment '{name}'")]
+
+
+def _key_check(project: Project, key: dg.AssetKey, m: Model, relation_of: Any, name: str, what: str) -> Any:
+    """The blocking primary-key check of a model or segment asset."""
+    rkey = source_key(m.source)
+
+    @dg.asset_check(asset=key, name="primary_key_unique", blocking=True, required_resource_keys={rkey},
                     description=f"count(distinct {m.primary_key}) / count({m.primary_key}) = 100%")
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         wh = getattr(context.resources, rkey)
-        return key_check(wh, segment_relation(wh, project, name), m.primary_key, m.max_duplicate_pct,
-                         f"segment '{name}'")
+        return key_check(wh, relation_of(wh, project, name), m.primary_key, m.max_duplicate_pct, what)
 
-    return [_segment, _check]
+    return _check
 
 
 def _referenced_segments(node: Any) -> list[str]:

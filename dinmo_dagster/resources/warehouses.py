@@ -252,22 +252,26 @@ class Warehouse(ConfigurableResource, ABC):
         with self._connection() as conn:
             cur = conn.cursor()
             try:
-                with self._wrap("query failed"):
-                    cur.execute(sql)
-                    schema = self._arrow_schema(cur.description)
-
-                def batches() -> Iterator[pa.RecordBatch]:
-                    while True:
-                        with self._wrap("streaming the result failed"):
-                            rows = cur.fetchmany(batch_rows)
-                            if not rows:
-                                return
-                            batch = _rows_to_batch(rows, schema)
-                        yield batch
-
-                yield pa.RecordBatchReader.from_batches(schema, batches())
+                yield self._cursor_reader(cur, sql, batch_rows)
             finally:
                 _quietly(cur.close)
+
+    def _cursor_reader(self, cur: Any, sql: str, batch_rows: int) -> pa.RecordBatchReader:
+        """Run ``sql`` on a DB-API cursor and read it ``batch_rows`` rows at a time as Arrow batches."""
+        with self._wrap("query failed"):
+            cur.execute(sql)
+            schema = self._arrow_schema(cur.description)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            while True:
+                with self._wrap("streaming the result failed"):
+                    rows = cur.fetchmany(batch_rows)
+                    if not rows:
+                        return
+                    batch = _rows_to_batch(rows, schema)
+                yield batch
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
 
     def _arrow_schema(self, description: Sequence[Any]) -> pa.Schema:
         return pa.schema([pa.field(col[0], pa.string()) for col in description])
@@ -711,20 +715,7 @@ class PostgresWarehouse(Warehouse):
             cur = conn.cursor(name=f"dinmo_stream_{uuid.uuid4().hex[:12]}")
             cur.itersize = batch_rows
             try:
-                with self._wrap("query failed"):
-                    cur.execute(sql)
-                    schema = self._arrow_schema(cur.description)
-
-                def batches() -> Iterator[pa.RecordBatch]:
-                    while True:
-                        with self._wrap("streaming the result failed"):
-                            rows = cur.fetchmany(batch_rows)
-                            if not rows:
-                                return
-                            batch = _rows_to_batch(rows, schema)
-                        yield batch
-
-                yield pa.RecordBatchReader.from_batches(schema, batches())
+                yield self._cursor_reader(cur, sql, batch_rows)
             finally:
                 _quietly(cur.close)
                 _quietly(conn.rollback)
