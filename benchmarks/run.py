@@ -205,7 +205,7 @@ def _sql_kind(sql: str) -> str:
         return "sql: drop tables"
     if "GROUP BY" in s and "_DINMO_CHANGE" in s:
         return "sql: change counts"
-    if s.startswith("CREATE OR REPLACE VIEW") or s.startswith("CREATE VIEW"):
+    if s.startswith(("CREATE OR REPLACE VIEW", "CREATE VIEW")):
         return "sql: views"
     return "sql: state tables (small)"
 
@@ -631,8 +631,7 @@ def phase_probes(big: InProcess, scratch: Path) -> dict[str, Any]:
     batches: list[pa.RecordBatch] = []
     with t.warehouse.stream(sql) as reader:
         schema = reader.schema
-        for b in reader:
-            batches.append(b)
+        batches.extend(reader)
     out["stream_only_s"] = round(time.perf_counter() - started, 3)
     out["arrow_mb"] = round(sum(b.nbytes for b in batches) / 1e6, 1)
     workdir = scratch / "probe"
