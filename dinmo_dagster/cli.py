@@ -158,7 +158,8 @@ def _print_sync(activation: str, ok: bool, md: dict[str, Any], error: str) -> No
            f"{md.get('rows_added')} added, {md.get('rows_updated')} updated, {md.get('rows_removed')} removed, "
            f"{md.get('rows_unchanged')} unchanged; {md.get('dagster/row_count')} rows written in "
            f"{md.get('files_written')} file(s), {md.get('bytes_written')} bytes")
-    files = [v for k, v in sorted(md.items()) if k.startswith("file_") and k != "files_written"]
+    files = [v for k, v in sorted(md.items())
+             if k.startswith("file_") and k != "files_written" and not k.endswith("_console")]
     for uri in sorted(files):
         _print(f"  {uri}")
     if md.get("files_written") == 0:

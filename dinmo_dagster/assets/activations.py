@@ -72,7 +72,10 @@ def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
         "files": dg.MetadataValue.md("\n".join(f"- {u}" for u in r.files) or "(no file: nothing to write)"),
     }
     for i, uri in enumerate(r.files[:20]):
-        md[f"file_{i + 1}"] = dg.MetadataValue.url(uri) if uri.startswith("gs://") else dg.MetadataValue.path(uri)
+        md[f"file_{i + 1}"] = dg.MetadataValue.path(uri)
+        if uri.startswith("gs://"):  # a clickable link to the object in the Cloud console
+            md[f"file_{i + 1}_console"] = dg.MetadataValue.url(
+                "https://console.cloud.google.com/storage/browser/_details/" + uri.removeprefix("gs://"))
     if r.recovered:
         md["recovered"] = "\n".join(r.recovered)
     return md
