@@ -26,6 +26,12 @@ def col(name: str, table: str | None = None) -> exp.Column:
     return exp.column(ident(name), table=exp.to_identifier(table) if table else None)
 
 
+def text_type(dialect: str) -> exp.DataType:
+    """Unbounded text. Redshift's TEXT is VARCHAR(256) and would cut long values: use its maximum,
+    which PostgreSQL accepts too."""
+    return exp.DataType.build("varchar(65535)" if dialect == "redshift" else "text")
+
+
 def resolve_column(name: str, columns: Sequence[str]) -> str:
     """The warehouse's spelling of a configured column: exact, else the one case-insensitive match.
 
@@ -55,11 +61,11 @@ def row_hash(columns: Sequence[str], dialect: str, table: str | None = None) -> 
     """
     parts: list[exp.Expression] = []
     for c in columns:
-        value = exp.cast(col(c, table), exp.DataType.build("text"))
+        value = exp.cast(col(c, table), text_type(dialect))
         encoded = exp.Concat(
             expressions=[
                 exp.Literal.string("v"),
-                exp.cast(exp.Length(this=value.copy()), exp.DataType.build("text")),
+                exp.cast(exp.Length(this=value.copy()), text_type(dialect)),
                 exp.Literal.string(":"),
                 value,
             ],
@@ -238,7 +244,8 @@ SYNC_HISTORY = StateTable("sync_history", (
 def create_state_table_sql(table: exp.Table, spec: StateTable, dialect: str) -> str:
     schema = exp.Schema(
         this=table.copy(),
-        expressions=[exp.ColumnDef(this=ident(n), kind=exp.DataType.build(t)) for n, t in spec.columns],
+        expressions=[exp.ColumnDef(this=ident(n), kind=text_type(dialect) if t == "text" else exp.DataType.build(t))
+                     for n, t in spec.columns],
     )
     return render(exp.Create(this=schema, kind="TABLE", exists=True), dialect)
 

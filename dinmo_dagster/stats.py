@@ -67,9 +67,9 @@ def record_segment_stats(
     if categorical:
         bd = _ensure(wh, stats_schema, SEGMENT_BREAKDOWNS)
         for prop in categorical:
-            q = (exp.select(exp.cast(delta.col(prop), exp.DataType.build("text")).as_("v"),
+            q = (exp.select(exp.cast(delta.col(prop), delta.text_type(wh.dialect)).as_("v"),
                             exp.Count(this=exp.Star()).as_("n"))
-                 .from_(relation.copy()).group_by(exp.cast(delta.col(prop), exp.DataType.build("text")))
+                 .from_(relation.copy()).group_by(exp.cast(delta.col(prop), delta.text_type(wh.dialect)))
                  .order_by(exp.Ordered(this=exp.column("n"), desc=True)).limit(top))
             rows = [(v, int(n), round(100.0 * int(n) / size, 4) if size else 0.0)
                     for v, n in wh.query(delta.render(q, wh.dialect))]

@@ -1,5 +1,6 @@
 """One scenario suite, the same syncs against every warehouse available here: DuckDB, a real
-PostgreSQL server, and Snowflake's real connector under fakesnow. Same files, same rows."""
+PostgreSQL server (also as a Redshift source: Redshift's dialect where the two agree), and Snowflake's
+real connector under fakesnow. Same files, same rows."""
 
 from __future__ import annotations
 
@@ -79,6 +80,14 @@ def postgres_source(tmp_path: Path, server, monkeypatch) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def redshift_source(tmp_path: Path, server, monkeypatch) -> Iterator[str]:
+    """Redshift's dialect and code path, run on the PostgreSQL server where the two agree."""
+    monkeypatch.setenv("RS_PASSWORD", server.password)
+    yield (f"{{type: redshift, host: {server.host}, port: {server.port}, database: {server.database}, "
+           f"user: {server.user}, password: {{env: RS_PASSWORD}}}}")
+
+
+@contextlib.contextmanager
 def snowflake_source(tmp_path: Path, monkeypatch) -> Iterator[str]:
     import fakesnow
 
@@ -89,12 +98,13 @@ def snowflake_source(tmp_path: Path, monkeypatch) -> Iterator[str]:
                "warehouse: WH, role: DINMO}")
 
 
-@pytest.fixture(params=["duckdb", "postgres", "snowflake"])
+@pytest.fixture(params=["duckdb", "postgres", "redshift", "snowflake"])
 def warehouse_project(request, tmp_path: Path, monkeypatch):
     if request.param == "duckdb":
         ctx = duckdb_source(tmp_path)
-    elif request.param == "postgres":
-        ctx = postgres_source(tmp_path, request.getfixturevalue("postgres_server"), monkeypatch)
+    elif request.param in ("postgres", "redshift"):
+        source = postgres_source if request.param == "postgres" else redshift_source
+        ctx = source(tmp_path, request.getfixturevalue("postgres_server"), monkeypatch)
         _reset_postgres(request.getfixturevalue("postgres_server"))
     else:
         ctx = snowflake_source(tmp_path, monkeypatch)
@@ -122,7 +132,9 @@ def _reset_postgres(server) -> None:
 
 def run(wh, duckdb_sql: str) -> None:
     """Test data set-up, written once in DuckDB's dialect and transpiled for the warehouse."""
-    wh.execute(sqlglot.transpile(duckdb_sql, read="duckdb", write=wh.dialect))
+    # The Redshift source runs on a PostgreSQL server: its test data is set up in PostgreSQL's SQL.
+    dialect = "postgres" if wh.dialect == "redshift" else wh.dialect
+    wh.execute(sqlglot.transpile(duckdb_sql, read="duckdb", write=dialect))
 
 
 def do_sync(env, activation: str, key: str) -> sync.SyncResult:
