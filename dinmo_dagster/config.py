@@ -59,6 +59,8 @@ class _SourceBase(_Strict):
 class DuckDBSource(_SourceBase):
     type: Literal["duckdb"]
     path: str
+    memory_limit: str | None = "256MB"
+    preserve_insertion_order: bool = False
 
 
 class PostgresSource(_SourceBase):

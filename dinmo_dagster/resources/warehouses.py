@@ -502,8 +502,36 @@ class DuckDBWarehouse(Warehouse):
         ),
     )
 
+    memory_limit: str | None = Field(
+        default="256MB",
+        description=(
+            "DuckDB's memory_limit for the tool's connections (e.g. '256MB', '2GB'); DuckDB spills to disk"
+            " beyond it. None: DuckDB's own default (80% of RAM)."
+        ),
+    )
+    preserve_insertion_order: bool = Field(
+        default=False,
+        description=(
+            "DuckDB's preserve_insertion_order. Off by default: snapshots and exports need no row order,"
+            " and keeping it costs memory on large tables."
+        ),
+    )
+
     def _target(self) -> str:
         return f"DuckDB database {self._value('path')}"
+
+    def _settings(self, con: Any) -> None:
+        # timestamps with time zone come out in UTC, whatever the machine's time zone
+        _quietly(lambda: con.execute("SET TimeZone = 'UTC'"))
+        # no progress bar on the terminal of `dinmo sync` or in Dagster's captured logs
+        _quietly(lambda: con.execute("SET enable_progress_bar = false"))
+        if self.memory_limit:
+            limit = str(self.memory_limit)
+            if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit, re.IGNORECASE):
+                raise WarehouseError(self._prefix() + f"memory_limit: found {limit!r}; allowed: a size such as "
+                                                      "'256MB' or '2GB'")
+            con.execute(f"SET memory_limit = '{limit}'")
+        con.execute(f"SET preserve_insertion_order = {str(bool(self.preserve_insertion_order)).lower()}")
 
     _shared: Any = PrivateAttr(default=None)
 
@@ -526,7 +554,7 @@ class DuckDBWarehouse(Warehouse):
             # on one is not disturbed by statements on the other, and nothing reopens the file.
             cur = self._shared.cursor()
             try:
-                _quietly(lambda: cur.execute("SET TimeZone = 'UTC'"))
+                self._settings(cur)
                 yield cur
             finally:
                 cur.close()
@@ -554,10 +582,7 @@ class DuckDBWarehouse(Warehouse):
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         try:
-            # timestamps with time zone come out in UTC, whatever the machine's time zone
-            _quietly(lambda: con.execute("SET TimeZone = 'UTC'"))
-            # no progress bar on the terminal of `dinmo sync` or in Dagster's captured logs
-            _quietly(lambda: con.execute("SET enable_progress_bar = false"))
+            self._settings(con)
             yield con
         finally:
             con.close()
