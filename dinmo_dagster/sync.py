@@ -197,17 +197,6 @@ def _journal(t: SyncTarget, partition_key: str, run_id: str, state: str, files: 
     ])
 
 
-def full_refresh(t: SyncTarget) -> None:
-    """Forget the baseline: the next sync exports everything (``dinmo sync --full-refresh``)."""
-    ensure_state(t)
-    t.warehouse.execute([delta.delete_sql(t.state(delta.BASELINES), {"activation": t.name}, t.dialect)])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Snapshot
-# ---------------------------------------------------------------------------------------------------------
-
-
 def take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
     """Store the rows this sync will deliver, with their row hash, in the delta storage schema."""
     with t.warehouse.session():
@@ -290,10 +279,6 @@ def _format_options(a: Activation) -> writers.FormatOptions:
         xml_root=a.xml.root, xml_record=a.xml.record, compression=a.compression,
         parquet_compression=a.parquet.compression,
     )
-
-
-def _object_path(folder: str, name: str) -> str:
-    return f"{folder.strip('/')}/{name}" if folder.strip("/") else name
 
 
 def _counts(t: SyncTarget, changes: exp.Table, new_rows: int) -> ChangeCounts:
@@ -523,7 +508,7 @@ def _write_and_promote(
     try:
         for stem, sql in p.files:
             def upload(part: writers.PartFile) -> None:
-                path = _object_path(a.folder, part.name)
+                path = naming.join_object_name(a.folder, part.name)
                 uploaded.append(path)
                 # Journal before the upload, so a kill mid-upload still knows what to remove.
                 _journal(t, partition_key, run_id, "writing", uploaded)
