@@ -250,6 +250,16 @@ def create_state_table_sql(table: exp.Table, spec: StateTable, dialect: str) -> 
     return render(exp.Create(this=schema, kind="TABLE", exists=True), dialect)
 
 
+def add_columns_sql(table: exp.Table, spec: StateTable, existing: Sequence[str], dialect: str) -> list[str]:
+    """ALTER TABLE statements adding the columns of ``spec`` that an older state table lacks."""
+    have = {c.lower() for c in existing}
+    return [
+        render(exp.Alter(this=table.copy(), kind="TABLE", actions=[exp.ColumnDef(
+            this=ident(n), kind=text_type(dialect) if t == "text" else exp.DataType.build(t))]), dialect)
+        for n, t in spec.columns if n.lower() not in have
+    ]
+
+
 def _value(v: object) -> exp.Expression:
     if v is None:
         return exp.Null()

@@ -142,8 +142,14 @@ def ensure_state(t: SyncTarget) -> None:
     wh = t.warehouse
     wh.ensure_schema(t.schemas.delta_storage)
     wh.ensure_schema(t.schemas.stats)
-    wh.execute([delta.create_state_table_sql(t.state(s), s, t.dialect)
-                for s in (delta.BASELINES, delta.SNAPSHOTS, delta.JOURNAL, delta.SYNC_HISTORY)])
+    specs = (delta.BASELINES, delta.SNAPSHOTS, delta.JOURNAL, delta.SYNC_HISTORY)
+    wh.execute([delta.create_state_table_sql(t.state(s), s, t.dialect) for s in specs])
+    # Tables created by an older version get the columns added since.
+    upgrades = [sql for s in specs for sql in delta.add_columns_sql(
+        t.state(s), s, wh.query_columns(delta.render(exp.select(exp.Star()).from_(t.state(s)), t.dialect)),
+        t.dialect)]
+    if upgrades:
+        wh.execute(upgrades)
 
 
 def exported_columns(t: SyncTarget, segment_columns: list[str]) -> list[tuple[str, str]]:

@@ -84,29 +84,34 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
 
 
 def _inline_views(wh: Any, project: Project, query: exp.Expression, depth: int = 0) -> exp.Expression:
-    """``query`` with references to the models' views replaced by the models' SELECTs.
+    """``query`` with references to the models' and segments' views replaced by their SELECTs.
 
     A project that never synced has no views yet in ``dinmo_segments``, and existing views may be
     stale; validating against the SELECTs behind them checks the entities as the next sync will
     build them, without creating anything in the warehouse.
     """
-    from dinmo_dagster.assets.models import model_relation, model_select
+    from dinmo_dagster.assets.models import model_relation, model_select, segment_relation, segment_select
 
     if depth > 5:
         return query
-    views: dict[str, str] = {}
+    views: dict[str, tuple[str, str]] = {}
     for name, m in project.models.items():
         if getattr(wh, "source_name", None) in (None, "", m.source):
-            views[model_relation(wh, project, name).sql(dialect=wh.dialect)] = name
+            views[model_relation(wh, project, name).sql(dialect=wh.dialect)] = ("model", name)
+    for name, seg in project.segments.items():
+        if getattr(wh, "source_name", None) in (None, "", project.models[seg.model].source):
+            views[segment_relation(wh, project, name).sql(dialect=wh.dialect)] = ("segment", name)
 
     def swap(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Table):
             bare = node.copy()
             bare.set("alias", None)
-            name = views.get(bare.sql(dialect=wh.dialect))
-            if name is not None:
-                inner = _inline_views(wh, project, model_select(wh, project, name), depth + 1)
-                alias = node.alias or f"model_{name}"
+            found = views.get(bare.sql(dialect=wh.dialect))
+            if found is not None:
+                kind, name = found
+                select = model_select(wh, project, name) if kind == "model" else segment_select(wh, project, name)
+                inner = _inline_views(wh, project, select, depth + 1)
+                alias = node.alias or f"{kind}_{name}"
                 return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias)))
         return node
 

@@ -157,3 +157,15 @@ def test_event_sync_delivers_each_event_once_including_late_ones(env) -> None:
     ]
     r3 = snapshot_and_deliver(env, "events", "20250414T140000.000000Z")
     assert (r3.counts.added, r3.files) == (0, [])
+
+
+def test_state_tables_of_an_older_version_get_their_new_columns(env) -> None:
+    t = sync_target(env.project, "people", env.resources)
+    t.warehouse.ensure_schema("dinmo_delta_storage")
+    # The journal as it was before the `owner` column existed.
+    t.warehouse.execute([("create table dinmo_delta_storage.dinmo_sync_journal (activation text, "
+                          "partition_key text, run_id text, state text, files text, updated_at timestamp)")])
+    result = snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
+    assert result.rows_written == 5
+    columns = t.warehouse.query_columns("select * from dinmo_delta_storage.dinmo_sync_journal")
+    assert columns == ["activation", "partition_key", "run_id", "state", "files", "updated_at", "owner"]

@@ -179,3 +179,14 @@ def test_materialized_model_is_a_table_refreshed_by_its_own_schedule(project_dir
     assert kind == ("BASE TABLE",) and count == (len(ORDERS),)
     history = instance.fetch_materializations(dg.AssetKey(["models", "orders"]), limit=10).records
     assert [r.asset_materialization.metadata["dagster/row_count"].value for r in history] == [12, 12]
+
+
+def test_validate_connect_on_a_project_that_never_synced(project_dir: Path) -> None:
+    from dinmo_dagster.validation import validate_connections
+
+    assert validate_connections(load_project(project_dir)) == []
+    with duckdb.connect(str(project_dir / "wh.duckdb")) as con:
+        con.execute("alter table raw.customers drop column country")
+    # The model is the culprit; its segments are not reported again.
+    assert validate_connections(load_project(project_dir)) == [
+        "models.customers: column 'country' does not exist; columns: customer_id, name, ltv, order_count, ltv_band"]

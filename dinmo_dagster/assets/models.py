@@ -110,8 +110,8 @@ def filters_model_infos(wh: Any, project: Project, exclude: str | None = None) -
         rel = model_relation(wh, project, name)
         try:
             cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(rel.copy()), wh.dialect))
-        except Exception:  # noqa: BLE001 - not materialized yet (or another source)
-            cols = []  # not materialized yet (or another source): the compiler reports it if used
+        except Exception:  # noqa: BLE001 - the view does not exist yet (a project that never synced)
+            cols = _declared_columns(wh, project, name)
         out[name] = filters.ModelInfo(
             name=name, relation=rel, primary_key=m.primary_key, columns=tuple(cols),
             relationships={r.name: filters.Relationship(r.name, r.model, r.type, dict(r.on))
@@ -119,6 +119,20 @@ def filters_model_infos(wh: Any, project: Project, exclude: str | None = None) -
             time_column=m.time_column,
         )
     return out
+
+
+def _declared_columns(wh: Any, project: Project, name: str) -> list[str]:
+    """A model's columns before its view exists: its table's or SQL's, plus its calculated fields."""
+    m = project.models[name]
+    try:
+        if m.table is not None:
+            base = exp.select(exp.Star()).from_(exp.to_table(m.table, dialect=wh.dialect))
+        else:
+            base = _parse_select(m.sql or "", wh.dialect, f"models.{name}.sql")
+        cols = wh.query_columns(delta.render(base, wh.dialect))
+    except Exception:  # noqa: BLE001 - another source, or a broken table: the compiler reports what is used
+        return []
+    return [*cols, *(f.name for f in m.calculated_fields), *(c.name for c in m.custom_attributes)]
 
 
 def segment_select(wh: Any, project: Project, name: str) -> exp.Expression:
