@@ -21,6 +21,8 @@ DEMO_DIR_NAME = "dinmo-quickstart"
 # (UI, schedules, sensors) of one activation run one at a time.
 INSTANCE_YAML = """telemetry:
   enabled: false
+run_monitoring:
+  enabled: true
 concurrency:
   pools:
     default_limit: 1
@@ -96,11 +98,19 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
     import dagster as dg
 
     from dinmo_dagster import sync
-    from dinmo_dagster.assets.activations import activation_key, job_name, partitions_name
+    from dinmo_dagster.assets.activations import (
+        OWNER_TAG,
+        activation_key,
+        job_name,
+        partitions_name,
+        reap_dead_syncs,
+    )
     from dinmo_dagster.definitions import build_definitions
 
     defs = build_definitions(project)
     instance = _instance()
+    for run_id in reap_dead_syncs(instance, activation):
+        _print(f"sync {activation}: run {run_id} had died (its process is gone): marked it failed")
     key = sync.new_partition_key()
     instance.add_dynamic_partitions(partitions_name(activation), [key])
     op = "__".join(activation_key(activation).path)
@@ -109,7 +119,7 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
                   "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     result = defs.resolve_job_def(job_name(activation)).execute_in_process(
         instance=instance, partition_key=key, run_config=run_config, raise_on_error=False,
-        tags={"dinmo/trigger": "cli"},
+        tags={"dinmo/trigger": "cli", OWNER_TAG: sync.OWNER},
     )
     metadata: dict[str, Any] = {}
     if result.success:

@@ -82,6 +82,9 @@ def _schedule_definition(name: str, s: Schedule) -> dg.ScheduleDefinition:
     def _tick(context):  # type: ignore[no-untyped-def]  # dagster inspects the context annotation
         # One partition per tick, named after the tick's time: a retried tick reuses the run key
         # and Dagster does not start a second sync.
+        from dinmo_dagster.assets.activations import reap_dead_syncs
+
+        reap_dead_syncs(context.instance, name)  # a killed CLI sync must not hold the pool slot
         key = sync.new_partition_key(context.scheduled_execution_time)
         if not context.instance.has_dynamic_partition(partitions_name(name), key):
             context.instance.add_dynamic_partitions(partitions_name(name), [key])

@@ -22,6 +22,7 @@ from dinmo_dagster import delta, sync
 from dinmo_dagster.assets.activations import sync_target
 from dinmo_dagster.assets.models import refresh_upstream
 from dinmo_dagster.config import load_project
+from dinmo_dagster.definitions import build_definitions
 from dinmo_dagster.resources import build_resources
 
 PROJECT = """
@@ -169,3 +170,38 @@ def test_state_tables_of_an_older_version_get_their_new_columns(env) -> None:
     assert result.rows_written == 5
     columns = t.warehouse.query_columns("select * from dinmo_delta_storage.dinmo_sync_journal")
     assert columns == ["activation", "partition_key", "run_id", "state", "files", "updated_at", "owner"]
+
+
+def test_a_killed_cli_sync_holding_the_pool_slot_does_not_block_the_next(tmp_path: Path, monkeypatch) -> None:
+    """A sync killed outright keeps its run STARTED and its pool slot; the next `dinmo sync` reaps it."""
+    from dinmo_dagster.assets.activations import OWNER_TAG, job_name, pool_name
+    from dinmo_dagster.cli import run_sync
+
+    (tmp_path / "dinmo.yaml").write_text(textwrap.dedent(PROJECT))
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        con.execute("create schema raw")
+        con.execute("create table raw.customers as select range as customer_id from range(1, 4)")
+        con.execute("create table raw.orders (order_id int, amount decimal(8, 2), ordered_at timestamp)")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    project = load_project(tmp_path)
+    ok, _md, error = run_sync(project, "people")  # creates the instance with its pool limit of 1
+    assert ok, error
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    with dg.DagsterInstance.get() as instance:
+        job = build_definitions(project).resolve_job_def(job_name("people"))
+        run = instance.create_run_for_job(job_def=job, tags={OWNER_TAG: f"{socket.gethostname()}:{dead}"},
+                                          status=dg.DagsterRunStatus.STARTED)
+        assert run.job_name == job_name("people")
+        instance.event_log_storage.claim_concurrency_slot(pool_name("people"), run.run_id, "snapshots__people")
+        assert instance.event_log_storage.get_concurrency_info(pool_name("people")).active_slot_count == 1
+    # In a child process with a timeout: without the reaper, the sync would wait for the slot forever.
+    proc = subprocess.run([sys.executable, "-m", "dinmo_dagster.cli", "--project", str(tmp_path), "sync", "people"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0] == (f"sync people: run {run.run_id} had died (its process is gone): "
+                                           "marked it failed")
+    assert "sync people: delta sync (upsert, full_then_delta)" in proc.stdout
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.event_log_storage.get_concurrency_info(pool_name("people")).active_slot_count == 0

@@ -56,6 +56,30 @@ def sync_target(project: Project, name: str, resources: Any) -> sync.SyncTarget:
     )
 
 
+OWNER_TAG = "dinmo/owner"
+
+
+def reap_dead_syncs(instance: dg.DagsterInstance, activation: str) -> list[str]:
+    """Mark failed the runs of an activation's sync job whose process died, and free their pool slots.
+
+    A sync killed outright (SIGKILL, a lost machine) leaves its run STARTED and holding the
+    activation's pool slot, and the next sync would wait for that slot forever. Runs started by
+    ``dinmo sync`` carry the host and pid that run them (the ``dinmo/owner`` tag); a run whose process
+    is gone is reaped. Runs launched by the daemon are watched by Dagster's run monitoring. Returns the
+    reaped run ids.
+    """
+    reaped = []
+    in_progress = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+    for run in instance.get_runs(filters=dg.RunsFilter(job_name=job_name(activation), statuses=in_progress)):
+        if sync.process_alive(run.tags.get(OWNER_TAG, "")) is False:
+            instance.report_run_failed(run, message=f"the process of this sync of activation '{activation}' "
+                                                    "died; marked failed by the next sync")
+            reaped.append(run.run_id)
+        if run.run_id in reaped or run.is_finished:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return reaped
+
+
 def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
     md: dict[str, Any] = {
         "dagster/row_count": dg.MetadataValue.int(r.rows_written),
@@ -140,6 +164,8 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
             if run is not None and not run.is_finished:
                 instance.report_run_failed(run, message=f"sync of activation '{name}' died; "
                                                         f"cleaned up by run {context.run.run_id}")
+            if run is not None:
+                instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 
         try:
             result = sync.deliver(t, context.partition_key, run_id=context.run.run_id,

@@ -60,6 +60,9 @@ def source_change_sensor(project: Project, name: str) -> dg.SensorDefinition:
             return dg.SensorResult(skip_reason=f"first fingerprint recorded: {fp}", cursor=fp)
         if fp == context.cursor:
             return dg.SkipReason(f"source unchanged: {fp}")
+        from dinmo_dagster.assets.activations import reap_dead_syncs
+
+        reap_dead_syncs(context.instance, name)  # a killed CLI sync must not hold the pool slot
         pk = sync.new_partition_key()
         # Added here as well as requested below: the run request is resolved against the instance's
         # partitions, and a retried evaluation must find the partition it asks for.
