@@ -126,10 +126,8 @@ class SyncResult:
     files: list[str] = field(default_factory=list)  # URIs
     bytes: int = 0
     duration_s: float = 0.0
-    baseline_rows: int | None = None
     dropped_partitions: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -146,7 +144,7 @@ def ensure_state(t: SyncTarget) -> None:
     wh.execute([delta.create_state_table_sql(t.state(s), s, t.dialect) for s in specs])
     # Tables created by an older version get the columns added since.
     upgrades = [sql for s in specs for sql in delta.add_columns_sql(
-        t.state(s), s, wh.query_columns(delta.render(exp.select(exp.Star()).from_(t.state(s)), t.dialect)),
+        t.state(s), s, wh.relation_columns(t.state(s)),
         t.dialect)]
     if upgrades:
         wh.execute(upgrades)
@@ -232,7 +230,7 @@ def _take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
                         "start a new sync instead of re-running it")
     wh, dialect = t.warehouse, t.dialect
     seg: exp.Expression = t.segment_relation()
-    seg_columns = wh.query_columns(delta.render(exp.select(exp.Star()).from_(seg.copy()), dialect))
+    seg_columns = wh.relation_columns(seg)
     mapping = exported_columns(t, seg_columns)
     pk = delta.resolve_column(t.model.primary_key, seg_columns)
     exported = [src for src, _ in mapping]
@@ -305,21 +303,19 @@ class _Plan:
     changes_table: exp.Table | None
     baseline_rows: int | None
     names: list[str]  # destination column names, in file order
+    new_rows: int  # rows of this sync's snapshot
 
 
 def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     """Decide full or delta, compute the change set in the warehouse, and list the files to write."""
     a, dialect = t.activation, t.dialect
     snap = t.snapshot_table(partition_key)
-    snaps = t.warehouse.query(delta.select_sql(t.state(delta.SNAPSHOTS), ["row_count"],
-                                               {"activation": t.name, "partition_key": partition_key}, dialect))
-    if not snaps:
+    new_rows = _snapshot_rows(t, partition_key)
+    if new_rows is None:
         raise SyncError(f"no snapshot for partition '{partition_key}' of activation '{t.name}': "
                         f"materialize snapshots/{t.name} for this partition first")
-    new_rows = int(snaps[0][0])
-    seg_cols = t.warehouse.query_columns(delta.render(exp.select(exp.Star()).from_(snap.copy()), dialect))
-    mapping = exported_columns(t, [c for c in seg_cols if c != delta.HASH_COL])
-    stored = [c for c in seg_cols if c != delta.HASH_COL]
+    stored = [c for c in t.warehouse.relation_columns(snap) if c != delta.HASH_COL]
+    mapping = exported_columns(t, stored)
     base = baseline(t)
     changes = None
     counts = ChangeCounts(added=new_rows)
@@ -334,8 +330,7 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
 
     def rows_of(*kinds: str) -> str:
         if kinds == (delta.REMOVED,):  # removed rows carry their last synced values: from the baseline
-            base_cols = t.warehouse.query_columns(
-                delta.render(exp.select(exp.Star()).from_(base_snap.copy()), dialect))  # type: ignore[union-attr]
+            base_cols = t.warehouse.relation_columns(base_snap)  # type: ignore[union-attr]
             return delta.changed_rows_sql(base_snap, changes, pk, mapping, kinds, dialect, base_cols)  # type: ignore[arg-type]
         return delta.changed_rows_sql(snap, changes, pk, mapping, kinds, dialect)  # type: ignore[arg-type]
 
@@ -354,7 +349,7 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     elif a.sync_mode == "insert" and counts.added:
         files.append((stem, rows_of(delta.ADDED)))
     return _Plan("full" if full else "delta", counts, files, changes, base[2] if base else None,
-                 [dst for _, dst in mapping])
+                 [dst for _, dst in mapping], new_rows)
 
 
 def _removal_guard(t: SyncTarget, p: _Plan, forced: bool = False) -> None:
@@ -436,10 +431,7 @@ def recover(
         elif state == "written":
             newer = base is None or partition_key > base[0]
             if newer:
-                snaps = t.warehouse.query(delta.select_sql(
-                    t.state(delta.SNAPSHOTS), ["row_count"],
-                    {"activation": t.name, "partition_key": partition_key}, t.dialect))
-                t.warehouse.execute(_promote(t, partition_key, int(snaps[0][0]) if snaps else 0))
+                t.warehouse.execute(_promote(t, partition_key, _snapshot_rows(t, partition_key) or 0))
                 base = (partition_key, "", 0)
                 notes.append(f"completed the sync {partition_key}: all its files had landed; "
                              "promoted its snapshot to baseline")
@@ -507,8 +499,7 @@ def _write_and_promote(
         raise
     options = _format_options(a)
     max_bytes = int(a.max_file_size_mb * 1024 * 1024) if a.max_file_size_mb else None
-    result = SyncResult(sync_type=p.sync_type, counts=p.counts, baseline_rows=p.baseline_rows,
-                        recovered=recovered)
+    result = SyncResult(sync_type=p.sync_type, counts=p.counts, recovered=recovered)
     uploaded: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="dinmo-sync-"))
     try:
@@ -540,7 +531,7 @@ def _write_and_promote(
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    t.warehouse.execute(_promote(t, partition_key, _snapshot_rows(t, partition_key)))
+    t.warehouse.execute(_promote(t, partition_key, p.new_rows))
     _journal(t, partition_key, run_id, "done", uploaded)
     if p.changes_table is not None:
         t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
@@ -550,10 +541,11 @@ def _write_and_promote(
     return result
 
 
-def _snapshot_rows(t: SyncTarget, partition_key: str) -> int:
+def _snapshot_rows(t: SyncTarget, partition_key: str) -> int | None:
+    """Rows of a partition's snapshot, from the snapshot registry; None when there is no snapshot."""
     rows = t.warehouse.query(delta.select_sql(t.state(delta.SNAPSHOTS), ["row_count"],
                                               {"activation": t.name, "partition_key": partition_key}, t.dialect))
-    return int(rows[0][0]) if rows else 0
+    return int(rows[0][0]) if rows else None
 
 
 def _history(t: SyncTarget, partition_key: str, run_id: str, status: str, r: SyncResult, a: Activation,

@@ -62,7 +62,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
         wh = getattr(resources, source_key(m.source))
         try:
             q = _inline_views(wh, project, segment_select(wh, project, name))
-            cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(q.subquery("s")), wh.dialect))
+            cols = wh.relation_columns(q.subquery("s"))
             if m.primary_key not in cols:
                 problems.append(Problem(f"segments.{name}", f"does not return the primary key '{m.primary_key}'"))
                 continue

@@ -51,7 +51,8 @@ def sync_target(project: Project, name: str, resources: Any) -> sync.SyncTarget:
     return sync.SyncTarget(
         name=name, activation=a, model_name=seg.model, model=model, segment_name=a.segment,
         warehouse=getattr(resources, source_key(model.source)),
-        destination=getattr(resources, destination_key(a.destination)),
+        # A snapshot step has no destination resource: it takes snapshots and writes no file.
+        destination=getattr(resources, destination_key(a.destination), None),
         schemas=project.sources[model.source].helper_schemas,
     )
 
@@ -72,12 +73,20 @@ def reap_dead_syncs(instance: dg.DagsterInstance, activation: str) -> list[str]:
     in_progress = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
     for run in instance.get_runs(filters=dg.RunsFilter(job_name=job_name(activation), statuses=in_progress)):
         if sync.process_alive(run.tags.get(OWNER_TAG, "")) is False:
-            instance.report_run_failed(run, message=f"the process of this sync of activation '{activation}' "
-                                                    "died; marked failed by the next sync")
+            fail_dead_run(instance, run.run_id, f"the process of this sync of activation '{activation}' died; "
+                                                "marked failed by the next sync")
             reaped.append(run.run_id)
-        if run.run_id in reaped or run.is_finished:
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     return reaped
+
+
+def fail_dead_run(instance: dg.DagsterInstance, run_id: str, message: str) -> None:
+    """Mark a dead run failed (when Dagster still thinks it runs) and free the pool slots it held."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return
+    if not run.is_finished:
+        instance.report_run_failed(run, message=message)
+    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 
 
 def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
@@ -123,7 +132,7 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
         description=f"Rows delivered by each sync of activation '{name}', with their row hash",
     )
     def _snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        t = sync_target(project, name, _Resources(context, source_key(model.source)))
+        t = sync_target(project, name, context.resources)
         snap = sync.take_snapshot(t, context.partition_key)
         if snap.null_keys:
             context.log.warning(f"{snap.null_keys} row(s) of segment '{a.segment}' have a NULL "
@@ -160,12 +169,8 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
             return None if run is None else not run.is_finished
 
         def mark_dead(run_id: str) -> None:
-            run = instance.get_run_by_id(run_id)
-            if run is not None and not run.is_finished:
-                instance.report_run_failed(run, message=f"sync of activation '{name}' died; "
-                                                        f"cleaned up by run {context.run.run_id}")
-            if run is not None:
-                instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+            fail_dead_run(instance, run_id, f"sync of activation '{name}' died; cleaned up by run "
+                                            f"{context.run.run_id}")
 
         try:
             result = sync.deliver(t, context.partition_key, run_id=context.run.run_id,
@@ -181,18 +186,6 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
         return dg.MaterializeResult(metadata=_metadata(a, result))
 
     return [_snapshot, _activation]
-
-
-class _Resources:
-    """Gives ``sync_target`` the one resource a snapshot has (it needs no destination)."""
-
-    def __init__(self, context: dg.AssetExecutionContext, key: str):
-        self._context, self._key = context, key
-
-    def __getattr__(self, item: str) -> Any:
-        if item == self._key:
-            return getattr(self._context.resources, item)
-        return None
 
 
 def sync_job(project: Project, name: str) -> Any:

@@ -44,8 +44,8 @@ def _kinds(project: Project, source: str) -> set[str]:
     return {project.sources[source].type}
 
 
-def _columns_metadata(wh: Any, relation: exp.Table, model: Model) -> dg.TableSchema:
-    cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
+def _columns_metadata(cols: list[str], model: Model) -> dg.TableSchema:
+    """The column table shown in the UI, with each column's role in the knowledge store."""
     roles = {model.primary_key: "primary key"}
     roles.update({c: "identifier" for c in model.identifiers})
     roles.update({c: "categorical" for c in model.categorical})
@@ -109,7 +109,7 @@ def filters_model_infos(wh: Any, project: Project, exclude: str | None = None) -
             continue
         rel = model_relation(wh, project, name)
         try:
-            cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(rel.copy()), wh.dialect))
+            cols = wh.relation_columns(rel)
         except Exception:  # noqa: BLE001 - the view does not exist yet (a project that never synced)
             cols = _declared_columns(wh, project, name)
         out[name] = filters.ModelInfo(
@@ -165,19 +165,22 @@ def refresh_model(wh: Any, project: Project, name: str) -> exp.Table:
     return relation
 
 
-def refresh_segment(wh: Any, project: Project, name: str) -> tuple[exp.Table, str]:
-    """Create or replace the segment's view; fails when it does not return the model's primary key."""
+def refresh_segment(wh: Any, project: Project, name: str) -> tuple[exp.Table, str, list[str]]:
+    """Create or replace the segment's view; fails when it does not return the model's primary key.
+
+    Returns the view, its compiled SQL and its columns.
+    """
     s = project.segments[name]
     m = project.models[s.model]
     wh.ensure_schema(project.sources[m.source].helper_schemas.segments)
     relation = segment_relation(wh, project, name)
     select = segment_select(wh, project, name)
     wh.execute(_create_relation(relation, select, False, wh.dialect))
-    cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
+    cols = wh.relation_columns(relation)
     if delta.resolve_column(m.primary_key, cols) not in cols:
         raise dg.Failure(f"segments.{name}: the segment does not return the primary key '{m.primary_key}' "
                          f"of model '{s.model}'; columns: {', '.join(cols)}")
-    return relation, select.sql(dialect=wh.dialect)
+    return relation, select.sql(dialect=wh.dialect), cols
 
 
 def refresh_upstream(project: Project, activation: str, resources: Any) -> str:
@@ -198,7 +201,7 @@ def refresh_upstream(project: Project, activation: str, resources: Any) -> str:
 
 def key_check(wh: Any, relation: exp.Table, pk: str, max_pct: float, what: str) -> dg.AssetCheckResult:
     """Primary-key uniqueness: count(distinct key) / count(key); NULL keys are counted apart."""
-    cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
+    cols = wh.relation_columns(relation)
     pk = delta.resolve_column(pk, cols)
     total, with_key, distinct = (int(v) for v in wh.query(delta.key_stats_sql(relation, pk, wh.dialect))[0])
     null_keys = total - with_key
@@ -263,7 +266,7 @@ def _model_assets(project: Project, name: str) -> list[Any]:
         rows = int(wh.query(delta.count_sql(relation, wh.dialect))[0][0])
         return dg.MaterializeResult(metadata={
             "dagster/row_count": dg.MetadataValue.int(rows),
-            "dagster/column_schema": _columns_metadata(wh, relation, m),
+            "dagster/column_schema": _columns_metadata(wh.relation_columns(relation), m),
             "dagster/relation_identifier": relation.sql(dialect=wh.dialect),
             "materialized": m.materialized,
         })
@@ -287,11 +290,10 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
     def _segment(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         wh = getattr(context.resources, rkey)
         schemas = project.sources[m.source].helper_schemas
-        relation, _sql = refresh_segment(wh, project, name)
-        cols = wh.query_columns(delta.render(exp.select(exp.Star()).from_(relation.copy()), wh.dialect))
+        relation, _sql, cols = refresh_segment(wh, project, name)
+        categorical = [delta.resolve_column(c, cols) for c in m.categorical]
         st = stats.record_segment_stats(wh, schemas.stats, name, relation, model_relation(wh, project, s.model),
-                                        [delta.resolve_column(c, cols) for c in m.categorical
-                                         if delta.resolve_column(c, cols) in cols])
+                                        [c for c in categorical if c in cols])
         if st.size == 0:
             context.log.warning(f"segment '{name}' is empty")
         # Overlaps with the other segments of the same model whose views exist already.
@@ -300,7 +302,7 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
             if other != name and seg.model == s.model:
                 rel = segment_relation(wh, project, other)
                 try:
-                    wh.query_columns(delta.render(exp.select(exp.Star()).from_(rel.copy()), wh.dialect))
+                    wh.relation_columns(rel)
                 except Exception:  # noqa: BLE001, S112 - not materialized yet: no overlap to measure
                     continue
                 others[other] = rel
@@ -314,7 +316,7 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
             "dagster/row_count": dg.MetadataValue.int(st.size),
             "share_of_model_pct": dg.MetadataValue.float(st.share_pct),
             "model_rows": dg.MetadataValue.int(st.model_size),
-            "dagster/column_schema": _columns_metadata(wh, relation, m),
+            "dagster/column_schema": _columns_metadata(cols, m),
             "dagster/relation_identifier": relation.sql(dialect=wh.dialect),
             **({"breakdowns": dg.MetadataValue.md(st.breakdown_markdown)} if st.breakdown_markdown else {}),
         })

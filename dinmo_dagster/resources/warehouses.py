@@ -352,6 +352,10 @@ class Warehouse(ConfigurableResource, ABC):
             return None
         return [(row[0], _type_name(*row[1:4])) for row in rows]
 
+    def relation_columns(self, relation: exp.Expression) -> list[str]:
+        """Names of the columns of a table, view or subquery expression, without fetching rows."""
+        return self.query_columns(self._render(exp.select(exp.Star()).from_(relation.copy())))
+
     def query_columns(self, sql: str) -> list[str]:
         """Names of the columns `sql` (a SELECT) returns, without fetching its rows."""
         wrapped = f"SELECT * FROM (\n{_strip_statement(sql)}\n) AS dinmo_columns_probe LIMIT 0"

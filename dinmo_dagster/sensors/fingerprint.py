@@ -43,7 +43,7 @@ def _hash_aggregate(wh: Any, dialect: str, relation: exp.Expression) -> str | No
     if dialect in ("databricks", "spark"):
         return "sum(cast(hash(*) as bigint))"
     if dialect == "redshift":
-        cols = wh.query_columns(exp.select(exp.Star()).from_(relation.copy()).sql(dialect=dialect))
+        cols = wh.relation_columns(relation)
         if not cols:
             return None
         expr = "fnv_hash(coalesce(cast({c} as varchar), '~'){seed})"
@@ -58,11 +58,9 @@ def _hash_aggregate(wh: Any, dialect: str, relation: exp.Expression) -> str | No
 def fingerprint_sql(wh: Any, project: Project, activation: str) -> str:
     """The one aggregate query behind ``fingerprint``."""
     dialect = wh.dialect
-    _, m = project.model_of(activation)
     model_name = project.segments[project.activations[activation].segment].model
     relation = _relation(project, model_name, dialect)
-    trigger = project.activations[activation].trigger
-    mark = (trigger.watermark_column if trigger else None) or (m.order_by if m.table is not None else None)
+    mark = _mark_column(project, activation)
     parts = ["count(*) AS row_count"]
     if mark:
         parts.append(f"max({exp.column(mark, table='t').sql(dialect=dialect)}) AS mark")
@@ -78,12 +76,13 @@ def fingerprint(wh: Any, project: Project, activation: str) -> str:
     row = wh.query(fingerprint_sql(wh, project, activation))[0]
     out: dict[str, Any] = {"rows": int(row[0])}
     if len(row) > 1:
-        trigger = project.activations[activation].trigger
-        key = "mark" if (trigger and trigger.watermark_column) or _uses_order_by(project, activation) else "hash"
+        key = "mark" if _mark_column(project, activation) else "hash"
         out[key] = None if row[1] is None else str(row[1])
     return json.dumps(out, separators=(",", ":"), sort_keys=True)
 
 
-def _uses_order_by(project: Project, activation: str) -> bool:
+def _mark_column(project: Project, activation: str) -> str | None:
+    """The column whose maximum marks a change: the trigger's watermark, else a table model's order_by."""
     _, m = project.model_of(activation)
-    return m.table is not None and bool(m.order_by)
+    trigger = project.activations[activation].trigger
+    return (trigger.watermark_column if trigger else None) or (m.order_by if m.table is not None else None)
