@@ -195,8 +195,12 @@ def _sql_kind(sql: str) -> str:
     s = " ".join(sql.split()).upper()
     created = _CREATE_TARGET.match(s)
     target = created.group(2) if created else ""
+    if target.startswith("ROWS__") and " AS " in s:
+        return "sql: snapshot: rows delivered (values) + keys/hashes"
     if target.startswith("SNAP__") and " AS " in s:
-        return "sql: create snapshot table (row hash)"
+        return "sql: snapshot: keys + row hashes"
+    if target.startswith("VALS__") or ("VALS__" in s and s.startswith(("DELETE", "INSERT"))):
+        return "sql: promotion: delivered values (difference)"
     if target.startswith("CHG__") and " AS " in s:
         return "sql: create change set (full outer join)"
     if "COUNT(DISTINCT" in s:
@@ -222,7 +226,8 @@ def install_phase_timers() -> None:
     def execute(self, statements):
         stmts = [statements] if isinstance(statements, str) else list(statements)
         kinds = {_sql_kind(s) for s in stmts if s}
-        kind = next((k for k in kinds if "state" not in k and "drop" not in k), None) or min(kinds or {"sql: other"})
+        heavy = sorted(k for k in kinds if "state" not in k and "drop" not in k)
+        kind = heavy[-1] if heavy else min(kinds or {"sql: other"})
         with PHASES.phase(kind):
             return orig_execute(self, statements)
 

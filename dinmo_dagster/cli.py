@@ -104,6 +104,7 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
         job_name,
         partitions_name,
         reap_dead_syncs,
+        snapshot_key,
     )
     from dinmo_dagster.definitions import build_definitions
 
@@ -114,7 +115,9 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
     key = sync.new_partition_key()
     instance.add_dynamic_partitions(partitions_name(activation), [key])
     op = "__".join(activation_key(activation).path)
-    run_config = {"ops": {op: {"config": {"full_refresh": full_refresh}}},
+    # Both steps take the option: the snapshot stores every row for a full refresh.
+    run_config = {"ops": {"__".join(key_(activation).path): {"config": {"full_refresh": full_refresh}}
+                          for key_ in (snapshot_key, activation_key)},
                   # The CLI prints its own summary; keep Dagster's console to warnings and errors.
                   "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     result = defs.resolve_job_def(job_name(activation)).execute_in_process(

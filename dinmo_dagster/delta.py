@@ -99,34 +99,118 @@ def key_stats_sql(source: exp.Expression, pk: str, dialect: str) -> str:
     return render(q, dialect)
 
 
-def create_snapshot_sql(
+def source_rows(
     source: exp.Expression,
-    target: exp.Table,
     pk: str,
-    exported: Sequence[str],
+    columns: Sequence[str],
+    hashed: Sequence[str],
     dialect: str,
     dedupe: bool,
     order_by: str | None = None,
-    extra: Sequence[str] = (),
-) -> list[str]:
-    """Create the snapshot table: the stored columns plus the row hash, NULL keys left out.
+) -> exp.Select:
+    """The rows a sync reads from its segment: ``columns`` plus the row hash over ``hashed``.
 
-    With ``dedupe`` one row per key is kept: the highest ``order_by`` value, then the highest row hash,
-    so the choice is the same on every run.
+    NULL keys are left out. With ``dedupe`` one row per key is kept: the highest ``order_by`` value,
+    then the highest row hash, so the choice is the same on every run.
     """
-    stored = list(exported) + ([pk] if pk not in exported else []) + list(extra)
-    extra_order = [col(order_by)] if dedupe and order_by and order_by not in stored else []
-    inner = exp.select(*[col(c) for c in stored], *extra_order, row_hash(exported, dialect).as_(HASH_COL, quoted=True))
+    extra_order = [col(order_by)] if dedupe and order_by and order_by not in columns else []
+    inner = exp.select(*[col(c) for c in columns], *extra_order, row_hash(hashed, dialect).as_(HASH_COL, quoted=True))
     inner = inner.from_(source.copy()).where(exp.Not(this=exp.Is(this=col(pk), expression=exp.Null())))
-    if dedupe:
-        order = [exp.Ordered(this=col(order_by), desc=True, nulls_first=False)] if order_by else []
-        order.append(exp.Ordered(this=col(HASH_COL), desc=True))
-        rn = exp.Window(this=exp.RowNumber(), partition_by=[col(pk)], order=exp.Order(expressions=order))
-        ranked = exp.select(exp.Star(), rn.as_("_dinmo_rn")).from_(inner.subquery("s"))
-        inner = exp.select(*[col(c) for c in stored], col(HASH_COL)).from_(ranked.subquery("r")).where(
-            exp.EQ(this=col("_dinmo_rn"), expression=lit(1)))
-    create = exp.Create(this=target.copy(), kind="TABLE", expression=inner)
+    if not dedupe:
+        return inner
+    order = [exp.Ordered(this=col(order_by), desc=True, nulls_first=False)] if order_by else []
+    order.append(exp.Ordered(this=col(HASH_COL), desc=True))
+    rn = exp.Window(this=exp.RowNumber(), partition_by=[col(pk)], order=exp.Order(expressions=order))
+    ranked = exp.select(exp.Star(), rn.as_("_dinmo_rn")).from_(inner.subquery("s"))
+    return exp.select(*[col(c) for c in columns], col(HASH_COL)).from_(ranked.subquery("r")).where(
+        exp.EQ(this=col("_dinmo_rn"), expression=lit(1)))
+
+
+def create_table_sql(target: exp.Table, select: exp.Expression, dialect: str) -> list[str]:
+    """Drop ``target`` if it exists, then CREATE TABLE ... AS ``select``."""
+    create = exp.Create(this=target.copy(), kind="TABLE", expression=select)
     return [render(exp.Drop(tables=[target.copy()], kind="TABLE", exists=True), dialect), render(create, dialect)]
+
+
+def narrow_select(source: exp.Expression, narrow: Sequence[str], where: exp.Expression | None = None) -> exp.Select:
+    """The key (and event time), plus the row hash, of every row of ``source``: a snapshot's columns."""
+    src = source.copy() if isinstance(source, exp.Table) else source.copy().subquery("src")
+    q = exp.select(*[col(c) for c in narrow], col(HASH_COL)).from_(src)
+    return q.where(where) if where is not None else q
+
+
+def full_rows_select(src: exp.Select, columns: Sequence[str]) -> exp.Select:
+    """Every row of a full sync, as rows of kind ``added``: the rows table of a full sync (same columns as
+    ``delta_rows_select``)."""
+    return exp.select(exp.Literal.string(ADDED).as_(CHANGE_COL, quoted=True), col(HASH_COL),
+                      *[col(c) for c in columns]).from_(src.copy().subquery("s"))
+
+
+def delta_rows_select(src: exp.Select, base: exp.Select, pk: str, columns: Sequence[str]) -> exp.Select:
+    """The rows a delta sync delivers, in one statement, so the hashes and the values agree.
+
+    A full outer join of keys and row hashes (the segment's ``src`` against the baseline ``base``) finds
+    the changes; the values of added and updated rows are then read from ``src`` again, for the changed
+    keys only, within the same statement (one consistent read of the warehouse). Columns: the change
+    kind, the row hash, then ``columns`` in their order (only the key is set on removed rows).
+    """
+    n_pk, b_pk = col(pk, "n"), col(pk, "b")
+    kind = exp.Case(
+        ifs=[
+            exp.If(this=exp.Is(this=b_pk.copy(), expression=exp.Null()), true=exp.Literal.string(ADDED)),
+            exp.If(this=exp.Is(this=n_pk.copy(), expression=exp.Null()), true=exp.Literal.string(REMOVED)),
+        ],
+        default=exp.Literal.string(UPDATED),
+    )
+    changed = exp.or_(
+        exp.Is(this=n_pk.copy(), expression=exp.Null()),
+        exp.Is(this=b_pk.copy(), expression=exp.Null()),
+        exp.NEQ(this=col(HASH_COL, "n"), expression=col(HASH_COL, "b")),
+    )
+    keys = (
+        exp.select(kind.as_(CHANGE_COL, quoted=True),
+                   exp.Coalesce(this=n_pk.copy(), expressions=[b_pk.copy()]).as_(pk, quoted=True),
+                   col(HASH_COL, "n").as_(HASH_COL, quoted=True))
+        .from_(exp.select(col(pk), col(HASH_COL)).from_(src.copy().subquery("n0")).subquery("n"))
+        .join(exp.select(col(pk), col(HASH_COL)).from_(base.copy().subquery("b0")).subquery("b"),
+              on=exp.EQ(this=n_pk.copy(), expression=b_pk.copy()), join_type="FULL OUTER")
+        .where(changed)
+    )
+    on = exp.and_(
+        exp.EQ(this=col(pk, "v"), expression=col(pk, "k")),
+        exp.NEQ(this=col(CHANGE_COL, "k"), expression=exp.Literal.string(REMOVED)),
+    )
+    return (
+        exp.select(col(CHANGE_COL, "k"), col(HASH_COL, "k"), *[col(c, "k" if c == pk else "v") for c in columns])
+        .from_(keys.subquery("k"))
+        .join(src.copy().subquery("v"), on=on, join_type="LEFT")
+    )
+
+
+def derive_snapshot_select(base: exp.Select, rows: exp.Table, pk: str, narrow: Sequence[str]) -> exp.Select:
+    """The new snapshot of a delta sync: the baseline with this sync's changes applied.
+
+    Derived from what the sync delivers, never read from the segment again: a row that changed after
+    the rows table was taken keeps its baseline hash, and the next sync sends it.
+    """
+    untouched = exp.select(*[col(c, "b") for c in narrow], col(HASH_COL, "b")).from_(base.copy().subquery("b")).where(
+        exp.Not(this=exp.Exists(this=exp.select(lit(1)).from_(exp.alias_(rows.copy(), "r")).where(
+            exp.EQ(this=col(pk, "r"), expression=col(pk, "b"))))))
+    delivered = exp.select(*[col(c) for c in narrow], col(HASH_COL)).from_(rows.copy()).where(
+        exp.NEQ(this=col(CHANGE_COL), expression=exp.Literal.string(REMOVED)))
+    return exp.union(untouched, delivered, distinct=False)
+
+
+def apply_values_sql(values: exp.Table, rows: exp.Table, pk: str, columns: Sequence[str], dialect: str) -> list[str]:
+    """Bring a difference activation's last-delivered values up to date with a delta sync's rows."""
+    keys = exp.select(col(pk)).from_(rows.copy())
+    delete = exp.Delete(this=values.copy(), where=exp.Where(this=exp.In(this=col(pk), query=keys.subquery())))
+    insert = exp.Insert(
+        this=exp.Schema(this=values.copy(), expressions=[ident(c) for c in columns]),
+        expression=exp.select(*[col(c) for c in columns]).from_(rows.copy()).where(
+            exp.NEQ(this=col(CHANGE_COL), expression=exp.Literal.string(REMOVED))),
+    )
+    return [render(delete, dialect), render(insert, dialect)]
 
 
 def create_changes_sql(
@@ -134,8 +218,8 @@ def create_changes_sql(
 ) -> list[str]:
     """One full outer join on the key, reading only keys and row hashes: (kind, key) of each change.
 
-    The values are read afterwards, for the changed keys only (``changed_rows_sql``): added and updated
-    rows from the new snapshot, removed rows from the baseline, so they carry their last synced values.
+    The change counts of a full sync that has a baseline (a ``full_only`` sync, a full refresh): they go
+    into the metadata and the removal guard. Delta syncs get theirs from ``delta_rows_select``.
     """
     n_pk, b_pk = col(pk, "n"), col(pk, "b")
     kind = exp.Case(
@@ -189,13 +273,14 @@ def change_counts_sql(changes: exp.Table, dialect: str) -> str:
 
 
 def export_sql(
-    table: exp.Table, mapping: Sequence[tuple[str, str]], dialect: str, change: str | None = None,
+    table: exp.Expression, mapping: Sequence[tuple[str, str]], dialect: str, kinds: Sequence[str] = (),
     where_false: bool = False,
 ) -> str:
-    """SELECT the exported columns renamed as the mapping says, optionally one kind of change."""
-    q = exp.select(*[col(src).as_(dst, quoted=True) for src, dst in mapping]).from_(table.copy())
-    if change is not None:
-        q = q.where(exp.EQ(this=col(CHANGE_COL), expression=exp.Literal.string(change)))
+    """SELECT the exported columns renamed as the mapping says, optionally only some kinds of change."""
+    src = table.copy() if isinstance(table, exp.Table) else table.copy().subquery("src")
+    q = exp.select(*[col(src_col).as_(dst, quoted=True) for src_col, dst in mapping]).from_(src)
+    if kinds:
+        q = q.where(exp.In(this=col(CHANGE_COL), expressions=[exp.Literal.string(k) for k in kinds]))
     if where_false:
         q = q.where(exp.EQ(this=lit(1), expression=lit(0)))
     return render(q, dialect)
@@ -222,11 +307,11 @@ class StateTable:
 
 BASELINES = StateTable("dinmo_baselines", (
     ("activation", "text"), ("partition_key", "text"), ("snapshot_table", "text"), ("row_count", "bigint"),
-    ("promoted_at", "timestamp"),
+    ("promoted_at", "timestamp"), ("values_table", "text"),
 ))
 SNAPSHOTS = StateTable("dinmo_snapshots", (
     ("activation", "text"), ("partition_key", "text"), ("snapshot_table", "text"), ("row_count", "bigint"),
-    ("created_at", "timestamp"),
+    ("created_at", "timestamp"), ("rows_kind", "text"), ("deduped", "bigint"), ("base_partition", "text"),
 ))
 JOURNAL = StateTable("dinmo_sync_journal", (
     ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("owner", "text"),

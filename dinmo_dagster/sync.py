@@ -92,6 +92,17 @@ class SyncTarget:
     def changes_table(self, partition_key: str) -> exp.Table:
         return self.warehouse.qualify(self.schemas.delta_storage, f"chg__{self.name}__{_table_suffix(partition_key)}")
 
+    def rows_table(self, partition_key: str) -> exp.Table:
+        """The rows a sync delivers, with their values: all of them (full sync) or its changes (delta)."""
+        return self.warehouse.qualify(self.schemas.delta_storage, f"rows__{self.name}__{_table_suffix(partition_key)}")
+
+    def values_table(self) -> exp.Table:
+        """A difference activation's last delivered values of every record: where removed rows come from."""
+        return self.warehouse.qualify(self.schemas.delta_storage, f"vals__{self.name}")
+
+    def keeps_values(self) -> bool:
+        return self.activation.sync_mode == "difference" and self.activation.effective_run_type == "full_then_delta"
+
     def sync_time(self, partition_key: str) -> datetime:
         """The sync's start time in the schedule's time zone (UTC without one)."""
         tz = self.activation.schedule.timezone if self.activation.schedule else "UTC"
@@ -166,24 +177,63 @@ def exported_columns(t: SyncTarget, segment_columns: list[str]) -> list[tuple[st
     return pairs
 
 
-def baseline(t: SyncTarget) -> tuple[str, str, int] | None:
-    """(partition_key, snapshot_table, row_count) of the activation's last successful sync."""
+@dataclass
+class Baseline:
+    """The activation's last successful sync."""
+
+    partition_key: str
+    row_count: int
+    values_table: str | None  # set once a difference activation keeps its delivered values
+
+
+def baseline(t: SyncTarget) -> Baseline | None:
     rows = t.warehouse.query(delta.select_sql(
-        t.state(delta.BASELINES), ["partition_key", "snapshot_table", "row_count"],
-        {"activation": t.name}, t.dialect))
-    return (rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
+        t.state(delta.BASELINES), ["partition_key", "row_count", "values_table"], {"activation": t.name}, t.dialect))
+    return Baseline(rows[0][0], int(rows[0][1]), rows[0][2]) if rows else None
 
 
-def _promote(t: SyncTarget, partition_key: str, rows: int) -> list[str]:
-    """Make this partition's snapshot the baseline: delete + insert in one transaction."""
+def _promote(t: SyncTarget, partition_key: str) -> list[str]:
+    """Statements that make this partition's snapshot the baseline, in one transaction.
+
+    A difference activation's delivered values follow: replaced by the rows of a full sync, or brought
+    up to date with the rows of a delta sync. Applying a delta twice gives the same table, so a
+    promotion that is repeated after a crash is harmless.
+    """
+    info = _snapshot_info(t, partition_key)
+    rows_count, rows_kind = (info[0], info[1]) if info else (0, "none")
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    table = t.state(delta.BASELINES)
-    return [
-        delta.delete_sql(table, {"activation": t.name}, t.dialect),
+    table, dialect = t.state(delta.BASELINES), t.dialect
+    statements: list[str] = []
+    values_table = None
+    if t.keeps_values() and rows_kind in ("full", "delta"):
+        vals, rows = t.values_table(), t.rows_table(partition_key)
+        columns = [c for c in t.warehouse.relation_columns(rows) if c != delta.CHANGE_COL]
+        base = baseline(t)
+        have = base.values_table if base else None
+        if rows_kind == "delta" and have is None and base is not None:
+            # An activation synced before it kept its values (an older version, another mode): its
+            # baseline snapshot may hold them.
+            base_snap = t.snapshot_table(base.partition_key)
+            if set(columns) <= set(t.warehouse.relation_columns(base_snap)):
+                statements += delta.create_table_sql(
+                    vals, exp.select(*[delta.col(c) for c in columns]).from_(base_snap), dialect)
+                have = vals.name
+        if rows_kind == "full" or (have is not None and set(columns) != set(t.warehouse.relation_columns(vals))):
+            # A full sync, or a mapping that changed (then every row changed, and the rows hold them all).
+            statements += delta.create_table_sql(vals, exp.select(*[delta.col(c) for c in columns]).from_(rows).where(
+                exp.NEQ(this=delta.col(delta.CHANGE_COL), expression=exp.Literal.string(delta.REMOVED))), dialect)
+            values_table = vals.name
+        elif have is not None:
+            statements += delta.apply_values_sql(vals, rows, delta.resolve_column(t.model.primary_key, columns),
+                                                 columns, dialect)
+            values_table = vals.name
+    return statements + [
+        delta.delete_sql(table, {"activation": t.name}, dialect),
         delta.insert_sql(table, delta.BASELINES, {
             "activation": t.name, "partition_key": partition_key,
-            "snapshot_table": t.snapshot_table(partition_key).name, "row_count": rows, "promoted_at": now,
-        }, t.dialect),
+            "snapshot_table": t.snapshot_table(partition_key).name, "row_count": rows_count, "promoted_at": now,
+            "values_table": values_table,
+        }, dialect),
     ]
 
 
@@ -201,10 +251,15 @@ def _journal(t: SyncTarget, partition_key: str, run_id: str, state: str, files: 
     ])
 
 
-def take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
-    """Store the rows this sync will deliver, with their row hash, in the delta storage schema."""
+def take_snapshot(t: SyncTarget, partition_key: str, full: bool = False) -> SnapshotResult:
+    """Store what this sync will deliver, with row hashes, in the delta storage schema.
+
+    Two tables per sync: the snapshot (each record's key and row hash: the baseline of the next sync
+    once this one succeeds) and, for ``full_then_delta`` activations, the rows this sync delivers with
+    their values (every row for a full sync, the changes for a delta sync). ``full``: a full refresh.
+    """
     with t.warehouse.session():
-        return _take_snapshot(t, partition_key)
+        return _take_snapshot(t, partition_key, full)
 
 
 def incremental_events(t: SyncTarget) -> bool:
@@ -218,14 +273,14 @@ def lookback(a: Activation) -> timedelta:
     return timedelta(**{unit.rstrip("s") + "s": int(n)})
 
 
-def _take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
+def _take_snapshot(t: SyncTarget, partition_key: str, full: bool) -> SnapshotResult:
     ensure_state(t)
     base = baseline(t)
     # A partition whose files all landed (journal 'written' or 'done') must keep the snapshot it
     # delivered: re-snapshotting it would let recovery promote rows that were never sent.
     delivered = t.warehouse.query(delta.select_sql(
         t.state(delta.JOURNAL), ["state"], {"activation": t.name, "partition_key": partition_key}, t.dialect))
-    if (base and base[0] == partition_key) or any(r[0] in ("written", "done") for r in delivered):
+    if (base and base.partition_key == partition_key) or any(r[0] in ("written", "done") for r in delivered):
         raise SyncError(f"partition '{partition_key}' of activation '{t.name}' was already delivered; "
                         "start a new sync instead of re-running it")
     wh, dialect = t.warehouse, t.dialect
@@ -234,42 +289,76 @@ def _take_snapshot(t: SyncTarget, partition_key: str) -> SnapshotResult:
     mapping = exported_columns(t, seg_columns)
     pk = delta.resolve_column(t.model.primary_key, seg_columns)
     exported = [src for src, _ in mapping]
-    extra: list[str] = []
+    narrow = [pk]
+    window: exp.Expression | None = None
     window_start: datetime | None = None
     if incremental_events(t):
         time_col = delta.resolve_column(t.model.time_column or "", seg_columns)
         if time_col not in seg_columns:
             raise SyncError(f"segment '{t.segment_name}' does not return the event-time column "
                             f"'{t.model.time_column}' of model '{t.model_name}'")
-        extra = [time_col] if time_col not in exported and time_col != pk else []
-        if base is not None:
+        narrow += [time_col] if time_col != pk else []
+        if base is not None and not full:
             # Only events at or after the last delivered event time, minus the lookback for late ones;
             # the diff against the baseline (the previous window) drops the ones already sent.
             cursor = wh.query(delta.render(exp.select(exp.Max(this=delta.col(time_col))).from_(
-                t.snapshot_table(base[0])), dialect))[0][0]
+                t.snapshot_table(base.partition_key)), dialect))[0][0]
             if cursor is not None:
                 if cursor.tzinfo is not None:
                     cursor = cursor.astimezone(timezone.utc).replace(tzinfo=None)
                 window_start = cursor - lookback(t.activation)
-                seg = exp.select(exp.Star()).from_(seg).where(exp.GTE(
-                    this=delta.col(time_col), expression=delta.ts_literal(window_start))).subquery("w")
+                window = exp.GTE(this=delta.col(time_col), expression=delta.ts_literal(window_start))
+                seg = exp.select(exp.Star()).from_(seg).where(window.copy()).subquery("w")
     total, with_key, distinct = wh.query(delta.key_stats_sql(seg, pk, dialect))[0]
     total, with_key, distinct = int(total), int(with_key), int(distinct)
     dedupe = distinct < with_key
     order_by = delta.resolve_column(t.model.order_by, seg_columns) if t.model.order_by else None
     order_by = order_by if order_by in seg_columns else None
-    target = t.snapshot_table(partition_key)
-    wh.execute(delta.create_snapshot_sql(seg, target, pk, exported, dialect, dedupe=dedupe, order_by=order_by,
-                                         extra=extra))
+    # The stored columns in file order: the exported ones, then the key and the event time if not exported.
+    columns = exported + [c for c in narrow if c not in exported]
+    src = delta.source_rows(seg, pk, columns, exported, dialect, dedupe=dedupe, order_by=order_by)
+    target, rows = t.snapshot_table(partition_key), t.rows_table(partition_key)
+    if t.activation.effective_run_type == "full_only":
+        # Every sync exports the whole segment and nothing is computed from the rows it sent: keys
+        # and hashes are enough (change counts, removal guard); the export reads the segment.
+        rows_kind = "none"
+        statements = [delta.drop_table_sql(rows, dialect),
+                      *delta.create_table_sql(target, delta.narrow_select(src, narrow), dialect)]
+    elif base is None or full:
+        rows_kind = "full"
+        statements = [*delta.create_table_sql(rows, delta.full_rows_select(src, columns), dialect),
+                      *delta.create_table_sql(target, delta.narrow_select(rows, narrow), dialect)]
+    else:
+        rows_kind = "delta"
+        base_rows = delta.narrow_select(t.snapshot_table(base.partition_key), narrow, where=window)
+        statements = [*delta.create_table_sql(rows, delta.delta_rows_select(src, base_rows, pk, columns), dialect),
+                      *delta.create_table_sql(target, delta.derive_snapshot_select(base_rows, rows, pk, narrow),
+                                              dialect)]
     snaps = t.state(delta.SNAPSHOTS)
     wh.execute([
+        *statements,
         delta.delete_sql(snaps, {"activation": t.name, "partition_key": partition_key}, dialect),
         delta.insert_sql(snaps, delta.SNAPSHOTS, {
             "activation": t.name, "partition_key": partition_key, "snapshot_table": target.name,
-            "row_count": distinct, "created_at": datetime.now(timezone.utc).replace(tzinfo=None)}, dialect),
+            "row_count": distinct, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
+            "rows_kind": rows_kind, "deduped": int(dedupe),
+            "base_partition": base.partition_key if rows_kind == "delta" and base else None}, dialect),
     ])
     return SnapshotResult(table=target.sql(dialect=dialect), rows=distinct, null_keys=total - with_key,
                           duplicates_dropped=with_key - distinct, columns=exported, window_start=window_start)
+
+
+def _segment_rows(t: SyncTarget, deduped: bool) -> tuple[exp.Select, list[str]]:
+    """The segment's rows as a full_only sync exports them (NULL keys out, deduplicated as its snapshot
+    was), and the segment's columns."""
+    seg = t.segment_relation()
+    seg_columns = t.warehouse.relation_columns(seg)
+    exported = [src for src, _ in exported_columns(t, seg_columns)]
+    pk = delta.resolve_column(t.model.primary_key, seg_columns)
+    order_by = delta.resolve_column(t.model.order_by, seg_columns) if t.model.order_by else None
+    src = delta.source_rows(seg, pk, exported + ([pk] if pk not in exported else []), exported, t.dialect,
+                            dedupe=deduped, order_by=order_by if order_by in seg_columns else None)
+    return src, seg_columns
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,48 +396,66 @@ class _Plan:
 
 
 def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
-    """Decide full or delta, compute the change set in the warehouse, and list the files to write."""
+    """Decide full or delta, count the changes in the warehouse, and list the files to write."""
     a, dialect = t.activation, t.dialect
-    snap = t.snapshot_table(partition_key)
-    new_rows = _snapshot_rows(t, partition_key)
-    if new_rows is None:
+    info = _snapshot_info(t, partition_key)
+    if info is None:
         raise SyncError(f"no snapshot for partition '{partition_key}' of activation '{t.name}': "
                         f"materialize snapshots/{t.name} for this partition first")
-    stored = [c for c in t.warehouse.relation_columns(snap) if c != delta.HASH_COL]
-    mapping = exported_columns(t, stored)
+    new_rows, rows_kind, deduped, against = info
     base = baseline(t)
+    full = force_full or base is None or a.effective_run_type == "full_only" or rows_kind == "full"
+    if rows_kind == "delta" and (full or base is None or base.partition_key != against):
+        # The snapshot holds changes against a baseline that has moved since (recovery completed a sync
+        # that had died after its files landed), or a full refresh was asked of the delivery only: take
+        # it again, now, against the current baseline.
+        _take_snapshot(t, partition_key, full=full)
+        new_rows, rows_kind, deduped, against = _snapshot_info(t, partition_key)  # type: ignore[misc]
+    snap, rows = t.snapshot_table(partition_key), t.rows_table(partition_key)
+    source: exp.Expression
+    if rows_kind == "none":
+        source, stored = _segment_rows(t, deduped)
+    else:
+        source, stored = rows, [c for c in t.warehouse.relation_columns(rows)
+                                if c not in (delta.CHANGE_COL, delta.HASH_COL)]
+    mapping = exported_columns(t, stored)
+    pk = delta.resolve_column(t.model.primary_key, stored)
     changes = None
     counts = ChangeCounts(added=new_rows)
-    pk = delta.resolve_column(t.model.primary_key, stored)
-    base_snap = t.snapshot_table(base[0]) if base is not None else None
-    if base_snap is not None:
+    if not full:
+        counts = _counts(t, rows, new_rows)
+    elif base is not None:
         changes = t.changes_table(partition_key)
-        t.warehouse.execute(delta.create_changes_sql(snap, base_snap, changes, pk, dialect))
+        t.warehouse.execute(delta.create_changes_sql(snap, t.snapshot_table(base.partition_key), changes, pk, dialect))
         counts = _counts(t, changes, new_rows)
-    full = force_full or base is None or a.effective_run_type == "full_only"
     stem = naming.render_template(a.file_name, t.sync_time(partition_key))
 
-    def rows_of(*kinds: str) -> str:
-        if kinds == (delta.REMOVED,):  # removed rows carry their last synced values: from the baseline
-            base_cols = t.warehouse.relation_columns(base_snap)  # type: ignore[union-attr]
-            return delta.changed_rows_sql(base_snap, changes, pk, mapping, kinds, dialect, base_cols)  # type: ignore[arg-type]
-        return delta.changed_rows_sql(snap, changes, pk, mapping, kinds, dialect)  # type: ignore[arg-type]
+    def removed_rows() -> str:
+        # Removed rows carry their last synced values: from the activation's delivered values (or, for
+        # an activation synced before it kept them, from its baseline snapshot).
+        assert base is not None
+        values = (t.warehouse.qualify(t.schemas.delta_storage, base.values_table) if base.values_table
+                  else t.snapshot_table(base.partition_key))
+        return delta.changed_rows_sql(values, rows, pk, mapping, [delta.REMOVED], dialect,
+                                      t.warehouse.relation_columns(values))
 
     files: list[tuple[str, str]] = []
     if a.sync_mode == "difference":
         for kind in DIFFERENCE_SUFFIXES:
             if full:
-                sql = delta.export_sql(snap, mapping, dialect, where_false=kind != delta.ADDED)
+                sql = delta.export_sql(source, mapping, dialect, where_false=kind != delta.ADDED)
+            elif kind == delta.REMOVED:
+                sql = removed_rows()
             else:
-                sql = rows_of(kind)
+                sql = delta.export_sql(rows, mapping, dialect, kinds=[kind])
             files.append((f"{stem}_{kind}", sql))
     elif full or a.sync_mode == "snapshot":
-        files.append((stem, delta.export_sql(snap, mapping, dialect)))
+        files.append((stem, delta.export_sql(source, mapping, dialect)))
     elif a.sync_mode == "upsert" and counts.added + counts.updated:
-        files.append((stem, rows_of(delta.ADDED, delta.UPDATED)))
+        files.append((stem, delta.export_sql(rows, mapping, dialect, kinds=[delta.ADDED, delta.UPDATED])))
     elif a.sync_mode == "insert" and counts.added:
-        files.append((stem, rows_of(delta.ADDED)))
-    return _Plan("full" if full else "delta", counts, files, changes, base[2] if base else None,
+        files.append((stem, delta.export_sql(rows, mapping, dialect, kinds=[delta.ADDED])))
+    return _Plan("full" if full else "delta", counts, files, changes, base.row_count if base else None,
                  [dst for _, dst in mapping], new_rows)
 
 
@@ -429,10 +536,10 @@ def recover(
             notes.append(f"removed {len(files)} file(s) left by the dead sync {partition_key}"
                          + (f" (run {other_run}, marked failed)" if other_run and other_run != run_id else ""))
         elif state == "written":
-            newer = base is None or partition_key > base[0]
+            newer = base is None or partition_key > base.partition_key
             if newer:
-                t.warehouse.execute(_promote(t, partition_key, _snapshot_rows(t, partition_key) or 0))
-                base = (partition_key, "", 0)
+                t.warehouse.execute(_promote(t, partition_key))
+                base = Baseline(partition_key, 0, None)
                 notes.append(f"completed the sync {partition_key}: all its files had landed; "
                              "promoted its snapshot to baseline")
             _journal(t, partition_key, "", "done", files)
@@ -531,7 +638,7 @@ def _write_and_promote(
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    t.warehouse.execute(_promote(t, partition_key, p.new_rows))
+    t.warehouse.execute(_promote(t, partition_key))
     _journal(t, partition_key, run_id, "done", uploaded)
     if p.changes_table is not None:
         t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
@@ -541,11 +648,14 @@ def _write_and_promote(
     return result
 
 
-def _snapshot_rows(t: SyncTarget, partition_key: str) -> int | None:
-    """Rows of a partition's snapshot, from the snapshot registry; None when there is no snapshot."""
-    rows = t.warehouse.query(delta.select_sql(t.state(delta.SNAPSHOTS), ["row_count"],
-                                              {"activation": t.name, "partition_key": partition_key}, t.dialect))
-    return int(rows[0][0]) if rows else None
+def _snapshot_info(t: SyncTarget, partition_key: str) -> tuple[int, str, bool, str | None] | None:
+    """(row count, rows kind, deduplicated, baseline it was computed against) of a partition's snapshot,
+    from the snapshot registry; None when there is no snapshot. Rows kind: 'full', 'delta', or 'none'
+    (a full_only sync keeps no rows)."""
+    rows = t.warehouse.query(delta.select_sql(
+        t.state(delta.SNAPSHOTS), ["row_count", "rows_kind", "deduped", "base_partition"],
+        {"activation": t.name, "partition_key": partition_key}, t.dialect))
+    return (int(rows[0][0]), rows[0][1] or "none", bool(rows[0][2]), rows[0][3]) if rows else None
 
 
 def _history(t: SyncTarget, partition_key: str, run_id: str, status: str, r: SyncResult, a: Activation,
@@ -570,7 +680,7 @@ def apply_retention(t: SyncTarget) -> list[str]:
                                               {"activation": t.name}, t.dialect, order_by="partition_key",
                                               desc=True))
     base = baseline(t)
-    keep = {r[0] for r in rows[: t.activation.keep_snapshots]} | ({base[0]} if base else set())
+    keep = {r[0] for r in rows[: t.activation.keep_snapshots]} | ({base.partition_key} if base else set())
     dropped: list[str] = []
     for partition_key, _table in rows:
         if partition_key in keep:
@@ -578,6 +688,7 @@ def apply_retention(t: SyncTarget) -> list[str]:
         t.warehouse.execute([
             delta.drop_table_sql(t.snapshot_table(partition_key), t.dialect),
             delta.drop_table_sql(t.changes_table(partition_key), t.dialect),
+            delta.drop_table_sql(t.rows_table(partition_key), t.dialect),
             delta.delete_sql(t.state(delta.SNAPSHOTS), {"activation": t.name, "partition_key": partition_key},
                              t.dialect),
         ])
@@ -614,6 +725,7 @@ def preview(t: SyncTarget, partition_key: str, sample_rows: int = 5) -> Preview:
 def drop_snapshot(t: SyncTarget, partition_key: str) -> None:
     t.warehouse.execute([
         delta.drop_table_sql(t.snapshot_table(partition_key), t.dialect),
+        delta.drop_table_sql(t.rows_table(partition_key), t.dialect),
         delta.delete_sql(t.state(delta.SNAPSHOTS), {"activation": t.name, "partition_key": partition_key},
                          t.dialect),
     ])

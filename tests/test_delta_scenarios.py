@@ -230,7 +230,8 @@ class Scenario:
         op = "__".join(activation_assets.activation_key(activation).path)
         result = self.defs(destination).resolve_job_def(activation_assets.job_name(activation)).execute_in_process(
             instance=self.instance, partition_key=key, raise_on_error=False,
-            run_config={"ops": {op: {"config": {"full_refresh": full_refresh}}},
+            run_config={"ops": {"__".join(k(activation).path): {"config": {"full_refresh": full_refresh}}
+                                for k in (activation_assets.snapshot_key, activation_assets.activation_key)},
                         "loggers": {"console": {"config": {"log_level": "ERROR"}}}})
         metadata: dict[str, Any] = {}
         for mat in result.asset_materializations_for_node(op):
@@ -765,7 +766,9 @@ def test_retention_keeps_the_baseline_and_the_newest_snapshots_and_drops_their_p
     suffix = [k.lower().replace(".", "_") for k in keys]
     tables = {r[0] for r in s.sql("select table_name from information_schema.tables "
                                   "where table_schema = 'dinmo_delta_storage'")}
-    assert {t for t in tables if not t.startswith("dinmo_")} == {f"snap__a__{x}" for x in suffix[-2:]}
+    # Each kept sync keeps its snapshot (keys and hashes) and its rows (what it delivered).
+    assert {t for t in tables if not t.startswith("dinmo_")} == {f"{kind}__a__{x}" for x in suffix[-2:]
+                                                                 for kind in ("snap", "rows")}
     assert s.baseline_key("a") == keys[-1]
     assert sorted(s.instance.get_dynamic_partitions("sync_a")) == keys[-2:]
     # one history row per sync, in order, with its counts

@@ -1,6 +1,7 @@
 """Snapshot and activation assets, one dynamic partition per sync, and each activation's sync job.
 
-``snapshots/A`` stores the rows the sync will deliver (with their row hash) in ``dinmo_delta_storage``;
+``snapshots/A`` stores, in ``dinmo_delta_storage``, each record's key and row hash and the rows the sync
+will deliver (every row for a full sync, the changes for a delta sync: ``sync.take_snapshot``);
 ``activations/A`` computes the change set against A's last successful snapshot, writes the files, and
 only then promotes the snapshot to A's baseline. The plain-Python work is in ``dinmo_dagster.sync``.
 """
@@ -129,11 +130,11 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
         key=snapshot_key(name), group_name=f"activation_{name}", partitions_def=parts,
         deps=[segment_key(a.segment)], required_resource_keys={source_key(model.source)},
         kinds={src_kind, "snapshot"}, pool=pool_name(name),
-        description=f"Rows delivered by each sync of activation '{name}', with their row hash",
+        description=f"Keys and row hashes of each sync of activation '{name}', and the rows it delivers",
     )
-    def _snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def _snapshot(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
         t = sync_target(project, name, context.resources)
-        snap = sync.take_snapshot(t, context.partition_key)
+        snap = sync.take_snapshot(t, context.partition_key, full=config.full_refresh)
         if snap.null_keys:
             context.log.warning(f"{snap.null_keys} row(s) of segment '{a.segment}' have a NULL "
                                 f"'{model.primary_key}' and are not synced")
