@@ -626,11 +626,9 @@ def phase_probes(big: InProcess, scratch: Path) -> dict[str, Any]:
     from dinmo_dagster import delta, sync, writers
 
     t = big.target("full_csv")
-    base = sync.baseline(t)
-    if base is None:
-        return {}
-    snap = t.snapshot_table(base[0])
-    sql = delta.export_sql(snap, [(c, c) for c in COLUMNS], "duckdb")
+    # The rows a full_only sync exports: the segment, read as the sync reads it.
+    src, _ = sync._segment_rows(t, deduped=False)
+    sql = delta.export_sql(src, [(c, c) for c in COLUMNS], "duckdb")
     out: dict[str, Any] = {}
     started = time.perf_counter()
     batches: list[pa.RecordBatch] = []

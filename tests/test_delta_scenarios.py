@@ -865,3 +865,29 @@ def test_a_column_added_to_the_mapping_is_sent_for_every_record_and_is_empty_on_
     }
     md = nxt.metadata
     assert (md["rows_added"], md["rows_updated"], md["rows_removed"], md["rows_unchanged"]) == (0, 19, 1, 0)
+    # From now on removed records carry ltv too: it was sent with every record above.
+    s.sql("delete from raw.customers where customer_id = 2")
+    last = s.run("a")
+    assert last.success, last.error
+    assert read_csv(last.new_files[f"{stem(last.key)}_removed.csv"]) == (
+        ["id", "email", "ltv"], [{"id": "2", "email": "c2@example.com", "ltv": "200"}])
+
+
+def test_a_record_updated_then_removed_is_removed_with_the_values_it_was_last_sent_with(scenario) -> None:
+    s = scenario({"a": activation(sync_mode="difference", mapping={"customer_id": "id", "email": "email"})})
+    assert s.run("a").success
+    s.sql("update raw.customers set email = 'new3@example.com' where customer_id = 3")
+    second = s.run("a")
+    assert second.success, second.error
+    assert read_csv(second.new_files[f"{stem(second.key)}_updated.csv"]) == (
+        ["id", "email"], [{"id": "3", "email": "new3@example.com"}])
+    # Changed again, then deleted, with no sync in between: the destination only ever had the second email.
+    s.sql("update raw.customers set email = 'never-sent@example.com' where customer_id = 3",
+          "delete from raw.customers where customer_id = 3")
+    third = s.run("a")
+    assert third.success, third.error
+    assert {name: read_csv(data) for name, data in third.new_files.items()} == {
+        f"{stem(third.key)}_added.csv": (["id", "email"], []),
+        f"{stem(third.key)}_updated.csv": (["id", "email"], []),
+        f"{stem(third.key)}_removed.csv": (["id", "email"], [{"id": "3", "email": "new3@example.com"}]),
+    }

@@ -205,3 +205,44 @@ def test_a_killed_cli_sync_holding_the_pool_slot_does_not_block_the_next(tmp_pat
     with dg.DagsterInstance.get() as instance:
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.event_log_storage.get_concurrency_info(pool_name("people")).active_slot_count == 0
+
+
+def people_csv(env) -> list[list[str]]:
+    return list(csv.reader(io.StringIO((env.dir / "out" / "people.csv").read_text(encoding="utf-8"))))
+
+
+def test_a_change_made_between_the_snapshot_and_the_delivery_is_sent_by_the_next_sync(env) -> None:
+    snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
+    db = duckdb.connect(str(env.dir / "wh.duckdb"))
+    try:
+        db.execute("update raw.customers set name = 'x2' where customer_id = 2")
+        t = sync_target(env.project, "people", env.resources)
+        sync.take_snapshot(t, "20250102T000000.000000Z")
+        db.execute("update raw.customers set name = 'y2' where customer_id = 2")
+        db.execute("update raw.customers set name = 'z3' where customer_id = 3")
+    finally:
+        db.close()
+    # The delivery sends the rows its snapshot holds: what the baseline will say was sent.
+    second = sync.deliver(t, "20250102T000000.000000Z")
+    assert (second.sync_type, second.counts.updated) == ("delta", 1)
+    assert people_csv(env) == [["customer_id", "name"], ["2", "x2"]]
+    third = snapshot_and_deliver(env, "people", "20250103T000000.000000Z")
+    assert (third.sync_type, third.counts.updated) == ("delta", 2)
+    assert sorted(people_csv(env)[1:]) == [["2", "y2"], ["3", "z3"]]
+
+
+def test_a_full_refresh_asked_of_the_delivery_only_exports_every_record(env) -> None:
+    """A run launched from the UI with full_refresh set on activations/A only: the snapshot holds the
+    changes, so the delivery takes every row itself."""
+    snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
+    db = duckdb.connect(str(env.dir / "wh.duckdb"))
+    try:
+        db.execute("update raw.customers set name = 'x2' where customer_id = 2")
+    finally:
+        db.close()
+    t = sync_target(env.project, "people", env.resources)
+    sync.take_snapshot(t, "20250102T000000.000000Z")
+    result = sync.deliver(t, "20250102T000000.000000Z", force_full=True)
+    assert (result.sync_type, result.rows_written) == ("full", 5)
+    assert people_csv(env) == [["customer_id", "name"], ["1", "c1"], ["2", "x2"], ["3", "c3"], ["4", "c4"],
+                               ["5", "c5"]]
