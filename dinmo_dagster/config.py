@@ -59,7 +59,7 @@ class _SourceBase(_Strict):
 class DuckDBSource(_SourceBase):
     type: Literal["duckdb"]
     path: str
-    memory_limit: str | None = "256MB"
+    memory_limit: str | None = "128MB"
     preserve_insertion_order: bool = False
 
 
