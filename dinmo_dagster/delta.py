@@ -146,14 +146,15 @@ def full_rows_select(src: exp.Select, columns: Sequence[str]) -> exp.Select:
                       *[col(c) for c in columns]).from_(src.copy().subquery("s"))
 
 
-def delta_rows_select(src: exp.Select, base: exp.Select, pk: str, columns: Sequence[str]) -> exp.Select:
-    """The rows a delta sync delivers, in one statement, so the hashes and the values agree.
+def changes_select(new: exp.Expression, base: exp.Expression, pk: str, with_hash: bool = False) -> exp.Select:
+    """(kind, key[, new row hash]) of each change: one full outer join of keys and row hashes only.
 
-    A full outer join of keys and row hashes (the segment's ``src`` against the baseline ``base``) finds
-    the changes; the values of added and updated rows are then read from ``src`` again, for the changed
-    keys only, within the same statement (one consistent read of the warehouse). Columns: the change
-    kind, the row hash, then ``columns`` in their order (only the key is set on removed rows).
+    ``new`` and ``base`` are tables or SELECTs with the key and the row hash column.
     """
+    def keys_and_hashes(rel: exp.Expression, alias: str) -> exp.Subquery:
+        src = rel.copy() if isinstance(rel, exp.Table) else rel.copy().subquery(f"{alias}0")
+        return exp.select(col(pk), col(HASH_COL)).from_(src).subquery(alias)
+
     n_pk, b_pk = col(pk, "n"), col(pk, "b")
     kind = exp.Case(
         ifs=[
@@ -167,15 +168,27 @@ def delta_rows_select(src: exp.Select, base: exp.Select, pk: str, columns: Seque
         exp.Is(this=b_pk.copy(), expression=exp.Null()),
         exp.NEQ(this=col(HASH_COL, "n"), expression=col(HASH_COL, "b")),
     )
-    keys = (
-        exp.select(kind.as_(CHANGE_COL, quoted=True),
-                   exp.Coalesce(this=n_pk.copy(), expressions=[b_pk.copy()]).as_(pk, quoted=True),
-                   col(HASH_COL, "n").as_(HASH_COL, quoted=True))
-        .from_(exp.select(col(pk), col(HASH_COL)).from_(src.copy().subquery("n0")).subquery("n"))
-        .join(exp.select(col(pk), col(HASH_COL)).from_(base.copy().subquery("b0")).subquery("b"),
-              on=exp.EQ(this=n_pk.copy(), expression=b_pk.copy()), join_type="FULL OUTER")
+    columns = [kind.as_(CHANGE_COL, quoted=True),
+               exp.Coalesce(this=n_pk.copy(), expressions=[b_pk.copy()]).as_(pk, quoted=True)]
+    if with_hash:
+        columns.append(col(HASH_COL, "n").as_(HASH_COL, quoted=True))
+    return (
+        exp.select(*columns)
+        .from_(keys_and_hashes(new, "n"))
+        .join(keys_and_hashes(base, "b"), on=exp.EQ(this=n_pk.copy(), expression=b_pk.copy()), join_type="FULL OUTER")
         .where(changed)
     )
+
+
+def delta_rows_select(src: exp.Select, base: exp.Select, pk: str, columns: Sequence[str]) -> exp.Select:
+    """The rows a delta sync delivers, in one statement, so the hashes and the values agree.
+
+    A full outer join of keys and row hashes (the segment's ``src`` against the baseline ``base``) finds
+    the changes; the values of added and updated rows are then read from ``src`` again, for the changed
+    keys only, within the same statement (one consistent read of the warehouse). Columns: the change
+    kind, the row hash, then ``columns`` in their order (only the key is set on removed rows).
+    """
+    keys = changes_select(src, base, pk, with_hash=True)
     on = exp.and_(
         exp.EQ(this=col(pk, "v"), expression=col(pk, "k")),
         exp.NEQ(this=col(CHANGE_COL, "k"), expression=exp.Literal.string(REMOVED)),
@@ -221,29 +234,7 @@ def create_changes_sql(
     The change counts of a full sync that has a baseline (a ``full_only`` sync, a full refresh): they go
     into the metadata and the removal guard. Delta syncs get theirs from ``delta_rows_select``.
     """
-    n_pk, b_pk = col(pk, "n"), col(pk, "b")
-    kind = exp.Case(
-        ifs=[
-            exp.If(this=exp.Is(this=b_pk.copy(), expression=exp.Null()), true=exp.Literal.string(ADDED)),
-            exp.If(this=exp.Is(this=n_pk.copy(), expression=exp.Null()), true=exp.Literal.string(REMOVED)),
-        ],
-        default=exp.Literal.string(UPDATED),
-    )
-    key = exp.Coalesce(this=n_pk.copy(), expressions=[b_pk.copy()]).as_(pk, quoted=True)
-    changed = exp.or_(
-        exp.Is(this=n_pk.copy(), expression=exp.Null()),
-        exp.Is(this=b_pk.copy(), expression=exp.Null()),
-        exp.NEQ(this=col(HASH_COL, "n"), expression=col(HASH_COL, "b")),
-    )
-    select = (
-        exp.select(kind.as_(CHANGE_COL, quoted=True), key)
-        .from_(exp.select(col(pk), col(HASH_COL)).from_(current.copy()).subquery("n"))
-        .join(exp.select(col(pk), col(HASH_COL)).from_(baseline.copy()).subquery("b"),
-              on=exp.EQ(this=n_pk.copy(), expression=b_pk.copy()), join_type="FULL OUTER")
-        .where(changed)
-    )
-    create = exp.Create(this=target.copy(), kind="TABLE", expression=select)
-    return [render(exp.Drop(tables=[target.copy()], kind="TABLE", exists=True), dialect), render(create, dialect)]
+    return create_table_sql(target, changes_select(current, baseline, pk), dialect)
 
 
 def changed_rows_sql(
