@@ -59,7 +59,7 @@ class _SourceBase(_Strict):
 class DuckDBSource(_SourceBase):
     type: Literal["duckdb"]
     path: str
-    memory_limit: str | None = "128MB"
+    memory_limit: str | None = "64MB"
     preserve_insertion_order: bool = False
 
 

@@ -211,14 +211,24 @@ def _promote(t: SyncTarget, partition_key: str) -> list[str]:
         base = baseline(t)
         have = base.values_table if base else None
         if rows_kind == "delta" and have is None and base is not None:
-            # An activation synced before it kept its values (an older version, another mode): its
-            # baseline snapshot may hold them.
+            # An activation synced before it kept its values (an older version's full-width snapshot,
+            # or another sync mode): start from what its baseline snapshot holds. Without values there,
+            # records not sent since carry only their key when removed, until a full refresh.
             base_snap = t.snapshot_table(base.partition_key)
-            if set(columns) <= set(t.warehouse.relation_columns(base_snap)):
+            base_columns = t.warehouse.relation_columns(base_snap)
+            if set(columns) <= set(base_columns):
                 statements += delta.create_table_sql(
                     vals, exp.select(*[delta.col(c) for c in columns]).from_(base_snap), dialect)
-                have = vals.name
-        if rows_kind == "full" or (have is not None and set(columns) != set(t.warehouse.relation_columns(vals))):
+            else:
+                known = [c for c in columns if c in base_columns]
+                statements += delta.create_table_sql(vals, exp.select(*[delta.col(c) for c in columns]).from_(
+                    rows).where(exp.EQ(this=delta.lit(1), expression=delta.lit(0))), dialect)
+                statements.append(delta.render(exp.Insert(
+                    this=exp.Schema(this=vals.copy(), expressions=[delta.ident(c) for c in known]),
+                    expression=exp.select(*[delta.col(c) for c in known]).from_(base_snap)), dialect))
+            have = vals.name
+        existing = base.values_table if base else None
+        if rows_kind == "full" or (existing is not None and set(columns) != set(t.warehouse.relation_columns(vals))):
             # A full sync, or a mapping that changed (then every row changed, and the rows hold them all).
             statements += delta.create_table_sql(vals, exp.select(*[delta.col(c) for c in columns]).from_(rows).where(
                 exp.NEQ(this=delta.col(delta.CHANGE_COL), expression=exp.Literal.string(delta.REMOVED))), dialect)

@@ -891,3 +891,23 @@ def test_a_record_updated_then_removed_is_removed_with_the_values_it_was_last_se
         f"{stem(third.key)}_updated.csv": (["id", "email"], []),
         f"{stem(third.key)}_removed.csv": (["id", "email"], [{"id": "3", "email": "new3@example.com"}]),
     }
+
+
+def test_an_activation_switched_to_difference_keeps_values_from_its_next_sync_on(scenario) -> None:
+    s = scenario({"a": activation(sync_mode="upsert", mapping={"customer_id": "id", "email": "email"})})
+    assert s.run("a").success
+    s.activations["a"]["sync_mode"] = "difference"
+    s.write_project()
+    s.sql("update raw.customers set email = 'new4@example.com' where customer_id = 4",
+          "delete from raw.customers where customer_id = 5")
+    second = s.run("a")
+    assert second.success, second.error
+    # Upsert kept no values: customer 5 goes with its key only. Customer 4's new email was sent here.
+    assert read_csv(second.new_files[f"{stem(second.key)}_removed.csv"]) == (
+        ["id", "email"], [{"id": "5", "email": ""}])
+    s.sql("delete from raw.customers where customer_id in (4, 6)")
+    third = s.run("a")
+    assert third.success, third.error
+    header, removed = read_csv(third.new_files[f"{stem(third.key)}_removed.csv"])
+    assert (header, sorted(removed, key=lambda r: int(r["id"]))) == (
+        ["id", "email"], [{"id": "4", "email": "new4@example.com"}, {"id": "6", "email": ""}])

@@ -507,7 +507,7 @@ class DuckDBWarehouse(Warehouse):
     )
 
     memory_limit: str | None = Field(
-        default="128MB",
+        default="64MB",
         description=(
             "DuckDB's memory_limit for the tool's connections (e.g. '256MB', '2GB'); DuckDB spills to disk"
             " beyond it. None: DuckDB's own default (80% of RAM)."
