@@ -1,8 +1,10 @@
 """One activation's sync, end to end, with no Dagster imports.
 
-The way of a row: warehouse query -> Arrow batches -> mapping (in the SELECT) -> FileWriter parts ->
-Destination upload -> baseline promotion. The Dagster assets in ``assets/`` call ``take_snapshot`` and
-``deliver``; the CLI's ``preview`` calls ``preview``.
+The way of a row: the snapshot step stores keys and row hashes, and the rows the sync delivers (all of
+them, or the changes) -> warehouse query over those rows (over the segment for ``full_only``) -> Arrow
+batches -> mapping (in the SELECT) -> FileWriter parts -> Destination upload -> baseline promotion. The
+Dagster assets in ``assets/`` call ``take_snapshot`` and ``deliver``; the CLI's ``preview`` calls
+``preview``.
 
 Guarantees (SPEC section 10):
 - the baseline moves only after every file of the sync is in the destination;
@@ -402,7 +404,6 @@ class _Plan:
     changes_table: exp.Table | None
     baseline_rows: int | None
     names: list[str]  # destination column names, in file order
-    new_rows: int  # rows of this sync's snapshot
 
 
 def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
@@ -466,7 +467,7 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     elif a.sync_mode == "insert" and counts.added:
         files.append((stem, delta.export_sql(rows, mapping, dialect, kinds=[delta.ADDED])))
     return _Plan("full" if full else "delta", counts, files, changes, base.row_count if base else None,
-                 [dst for _, dst in mapping], new_rows)
+                 [dst for _, dst in mapping])
 
 
 def _removal_guard(t: SyncTarget, p: _Plan, forced: bool = False) -> None:
