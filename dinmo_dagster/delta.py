@@ -132,10 +132,14 @@ def create_table_sql(target: exp.Table, select: exp.Expression, dialect: str) ->
     return [render(exp.Drop(tables=[target.copy()], kind="TABLE", exists=True), dialect), render(create, dialect)]
 
 
+def relation(source: exp.Expression, alias: str = "src") -> exp.Expression:
+    """A FROM item: a table as it is, a SELECT as a subquery named ``alias``."""
+    return source.copy() if isinstance(source, exp.Table) else source.copy().subquery(alias)
+
+
 def narrow_select(source: exp.Expression, narrow: Sequence[str], where: exp.Expression | None = None) -> exp.Select:
     """The key (and event time), plus the row hash, of every row of ``source``: a snapshot's columns."""
-    src = source.copy() if isinstance(source, exp.Table) else source.copy().subquery("src")
-    q = exp.select(*[col(c) for c in narrow], col(HASH_COL)).from_(src)
+    q = exp.select(*[col(c) for c in narrow], col(HASH_COL)).from_(relation(source))
     return q.where(where) if where is not None else q
 
 
@@ -152,8 +156,7 @@ def changes_select(new: exp.Expression, base: exp.Expression, pk: str, with_hash
     ``new`` and ``base`` are tables or SELECTs with the key and the row hash column.
     """
     def keys_and_hashes(rel: exp.Expression, alias: str) -> exp.Subquery:
-        src = rel.copy() if isinstance(rel, exp.Table) else rel.copy().subquery(f"{alias}0")
-        return exp.select(col(pk), col(HASH_COL)).from_(src).subquery(alias)
+        return exp.select(col(pk), col(HASH_COL)).from_(relation(rel, f"{alias}0")).subquery(alias)
 
     n_pk, b_pk = col(pk, "n"), col(pk, "b")
     kind = exp.Case(
@@ -209,20 +212,21 @@ def derive_snapshot_select(base: exp.Select, rows: exp.Table, pk: str, narrow: S
     untouched = exp.select(*[col(c, "b") for c in narrow], col(HASH_COL, "b")).from_(base.copy().subquery("b")).where(
         exp.Not(this=exp.Exists(this=exp.select(lit(1)).from_(exp.alias_(rows.copy(), "r")).where(
             exp.EQ(this=col(pk, "r"), expression=col(pk, "b"))))))
-    delivered = exp.select(*[col(c) for c in narrow], col(HASH_COL)).from_(rows.copy()).where(
+    return exp.union(untouched, sent_rows_select(rows, [*narrow, HASH_COL]), distinct=False)
+
+
+def sent_rows_select(rows: exp.Table, columns: Sequence[str]) -> exp.Select:
+    """``columns`` of the rows a sync sends with values (its added and updated rows, not its removed ones)."""
+    return exp.select(*[col(c) for c in columns]).from_(rows.copy()).where(
         exp.NEQ(this=col(CHANGE_COL), expression=exp.Literal.string(REMOVED)))
-    return exp.union(untouched, delivered, distinct=False)
 
 
 def apply_values_sql(values: exp.Table, rows: exp.Table, pk: str, columns: Sequence[str], dialect: str) -> list[str]:
     """Bring a difference activation's last-delivered values up to date with a delta sync's rows."""
     keys = exp.select(col(pk)).from_(rows.copy())
     delete = exp.Delete(this=values.copy(), where=exp.Where(this=exp.In(this=col(pk), query=keys.subquery())))
-    insert = exp.Insert(
-        this=exp.Schema(this=values.copy(), expressions=[ident(c) for c in columns]),
-        expression=exp.select(*[col(c) for c in columns]).from_(rows.copy()).where(
-            exp.NEQ(this=col(CHANGE_COL), expression=exp.Literal.string(REMOVED))),
-    )
+    insert = exp.Insert(this=exp.Schema(this=values.copy(), expressions=[ident(c) for c in columns]),
+                        expression=sent_rows_select(rows, columns))
     return [render(delete, dialect), render(insert, dialect)]
 
 
@@ -268,8 +272,7 @@ def export_sql(
     where_false: bool = False,
 ) -> str:
     """SELECT the exported columns renamed as the mapping says, optionally only some kinds of change."""
-    src = table.copy() if isinstance(table, exp.Table) else table.copy().subquery("src")
-    q = exp.select(*[col(src_col).as_(dst, quoted=True) for src_col, dst in mapping]).from_(src)
+    q = exp.select(*[col(src_col).as_(dst, quoted=True) for src_col, dst in mapping]).from_(relation(table))
     if kinds:
         q = q.where(exp.In(this=col(CHANGE_COL), expressions=[exp.Literal.string(k) for k in kinds]))
     if where_false:
@@ -359,15 +362,6 @@ def _where(filters: dict[str, object]) -> exp.Expression:
 
 def delete_sql(table: exp.Table, filters: dict[str, object], dialect: str) -> str:
     return render(exp.Delete(this=table.copy(), where=exp.Where(this=_where(filters))), dialect)
-
-
-def update_sql(table: exp.Table, values: dict[str, object], filters: dict[str, object], dialect: str) -> str:
-    upd = exp.Update(
-        this=table.copy(),
-        expressions=[exp.EQ(this=col(k), expression=_value(v)) for k, v in values.items()],
-        where=exp.Where(this=_where(filters)),
-    )
-    return render(upd, dialect)
 
 
 def select_sql(

@@ -197,56 +197,57 @@ def baseline(t: SyncTarget) -> Baseline | None:
 def _promote(t: SyncTarget, partition_key: str) -> list[str]:
     """Statements that make this partition's snapshot the baseline, in one transaction.
 
-    A difference activation's delivered values follow: replaced by the rows of a full sync, or brought
-    up to date with the rows of a delta sync. Applying a delta twice gives the same table, so a
-    promotion that is repeated after a crash is harmless.
+    A difference activation's delivered values follow (``_values_sql``).
     """
     info = _snapshot_info(t, partition_key)
     rows_count, rows_kind = (info[0], info[1]) if info else (0, "none")
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    table, dialect = t.state(delta.BASELINES), t.dialect
-    statements: list[str] = []
-    values_table = None
-    if t.keeps_values() and rows_kind in ("full", "delta"):
-        vals, rows = t.values_table(), t.rows_table(partition_key)
-        columns = [c for c in t.warehouse.relation_columns(rows) if c != delta.CHANGE_COL]
-        base = baseline(t)
-        have = base.values_table if base else None
-        if rows_kind == "delta" and have is None and base is not None:
-            # An activation synced before it kept its values (an older version's full-width snapshot,
-            # or another sync mode): start from what its baseline snapshot holds. Without values there,
-            # records not sent since carry only their key when removed, until a full refresh.
-            base_snap = t.snapshot_table(base.partition_key)
-            base_columns = t.warehouse.relation_columns(base_snap)
-            if set(columns) <= set(base_columns):
-                statements += delta.create_table_sql(
-                    vals, exp.select(*[delta.col(c) for c in columns]).from_(base_snap), dialect)
-            else:
-                known = [c for c in columns if c in base_columns]
-                statements += delta.create_table_sql(vals, exp.select(*[delta.col(c) for c in columns]).from_(
-                    rows).where(exp.EQ(this=delta.lit(1), expression=delta.lit(0))), dialect)
-                statements.append(delta.render(exp.Insert(
-                    this=exp.Schema(this=vals.copy(), expressions=[delta.ident(c) for c in known]),
-                    expression=exp.select(*[delta.col(c) for c in known]).from_(base_snap)), dialect))
-            have = vals.name
-        existing = base.values_table if base else None
-        if rows_kind == "full" or (existing is not None and set(columns) != set(t.warehouse.relation_columns(vals))):
-            # A full sync, or a mapping that changed (then every row changed, and the rows hold them all).
-            statements += delta.create_table_sql(vals, exp.select(*[delta.col(c) for c in columns]).from_(rows).where(
-                exp.NEQ(this=delta.col(delta.CHANGE_COL), expression=exp.Literal.string(delta.REMOVED))), dialect)
-            values_table = vals.name
-        elif have is not None:
-            statements += delta.apply_values_sql(vals, rows, delta.resolve_column(t.model.primary_key, columns),
-                                                 columns, dialect)
-            values_table = vals.name
+    statements, values_table = _values_sql(t, partition_key, rows_kind)
+    table = t.state(delta.BASELINES)
     return statements + [
-        delta.delete_sql(table, {"activation": t.name}, dialect),
+        delta.delete_sql(table, {"activation": t.name}, t.dialect),
         delta.insert_sql(table, delta.BASELINES, {
             "activation": t.name, "partition_key": partition_key,
-            "snapshot_table": t.snapshot_table(partition_key).name, "row_count": rows_count, "promoted_at": now,
-            "values_table": values_table,
-        }, dialect),
+            "snapshot_table": t.snapshot_table(partition_key).name, "row_count": rows_count,
+            "promoted_at": datetime.now(timezone.utc).replace(tzinfo=None), "values_table": values_table,
+        }, t.dialect),
     ]
+
+
+def _values_sql(t: SyncTarget, partition_key: str, rows_kind: str) -> tuple[list[str], str | None]:
+    """Statements that bring a difference activation's delivered values (``vals__A``) up to this sync,
+    and the table's name (None when the activation keeps none).
+
+    A full sync replaces them with its rows; so does a delta whose mapping changed (every hash changed,
+    so its rows hold every record). Other deltas delete and re-insert their changed keys: applying one
+    twice gives the same table, so a promotion repeated after a crash is harmless.
+    """
+    if not t.keeps_values() or rows_kind not in ("full", "delta"):
+        return [], None
+    wh, dialect = t.warehouse, t.dialect
+    vals, rows = t.values_table(), t.rows_table(partition_key)
+    columns = [c for c in wh.relation_columns(rows) if c != delta.CHANGE_COL]
+    base = baseline(t)
+    if rows_kind == "full":
+        return delta.create_table_sql(vals, delta.sent_rows_select(rows, columns), dialect), vals.name
+    if base is None:  # a delta with no baseline left to apply it to: nothing to keep
+        return [], None
+    if base.values_table is not None:
+        if set(columns) != set(wh.relation_columns(vals)):
+            return delta.create_table_sql(vals, delta.sent_rows_select(rows, columns), dialect), vals.name
+        statements: list[str] = []
+    else:
+        # An activation synced before it kept its values (an older version's full-width snapshot, or
+        # another sync mode): start from what its baseline snapshot holds. Without values there, records
+        # not sent since carry only their key when removed, until a full refresh.
+        base_snap = t.snapshot_table(base.partition_key)
+        known = [c for c in columns if c in wh.relation_columns(base_snap)]
+        empty = exp.select(*[delta.col(c) for c in columns]).from_(rows).where(
+            exp.EQ(this=delta.lit(1), expression=delta.lit(0)))
+        statements = [*delta.create_table_sql(vals, empty, dialect), delta.render(exp.Insert(
+            this=exp.Schema(this=vals.copy(), expressions=[delta.ident(c) for c in known]),
+            expression=exp.select(*[delta.col(c) for c in known]).from_(base_snap)), dialect)]
+    pk = delta.resolve_column(t.model.primary_key, columns)
+    return statements + delta.apply_values_sql(vals, rows, pk, columns, dialect), vals.name
 
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
@@ -324,8 +325,7 @@ def _take_snapshot(t: SyncTarget, partition_key: str, full: bool) -> SnapshotRes
     total, with_key, distinct = wh.query(delta.key_stats_sql(seg, pk, dialect))[0]
     total, with_key, distinct = int(total), int(with_key), int(distinct)
     dedupe = distinct < with_key
-    order_by = delta.resolve_column(t.model.order_by, seg_columns) if t.model.order_by else None
-    order_by = order_by if order_by in seg_columns else None
+    order_by = _order_by(t, seg_columns)
     # The stored columns in file order: the exported ones, then the key and the event time if not exported.
     columns = exported + [c for c in narrow if c not in exported]
     src = delta.source_rows(seg, pk, columns, exported, dialect, dedupe=dedupe, order_by=order_by)
@@ -367,10 +367,15 @@ def _segment_rows(t: SyncTarget, deduped: bool) -> tuple[exp.Select, list[str]]:
     seg_columns = t.warehouse.relation_columns(seg)
     exported = [src for src, _ in exported_columns(t, seg_columns)]
     pk = delta.resolve_column(t.model.primary_key, seg_columns)
-    order_by = delta.resolve_column(t.model.order_by, seg_columns) if t.model.order_by else None
     src = delta.source_rows(seg, pk, exported + ([pk] if pk not in exported else []), exported, t.dialect,
-                            dedupe=deduped, order_by=order_by if order_by in seg_columns else None)
+                            dedupe=deduped, order_by=_order_by(t, seg_columns))
     return src, seg_columns
+
+
+def _order_by(t: SyncTarget, seg_columns: list[str]) -> str | None:
+    """The model's order_by column as the segment spells it; None when absent (de-duplication order)."""
+    order_by = delta.resolve_column(t.model.order_by, seg_columns) if t.model.order_by else None
+    return order_by if order_by in seg_columns else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -687,23 +692,14 @@ def _history(t: SyncTarget, partition_key: str, run_id: str, status: str, r: Syn
 
 def apply_retention(t: SyncTarget) -> list[str]:
     """Keep the baseline and the newest N snapshots; drop older tables. Returns dropped partition keys."""
-    rows = t.warehouse.query(delta.select_sql(t.state(delta.SNAPSHOTS), ["partition_key", "snapshot_table"],
-                                              {"activation": t.name}, t.dialect, order_by="partition_key",
-                                              desc=True))
+    keys = [r[0] for r in t.warehouse.query(delta.select_sql(
+        t.state(delta.SNAPSHOTS), ["partition_key"], {"activation": t.name}, t.dialect, order_by="partition_key",
+        desc=True))]
     base = baseline(t)
-    keep = {r[0] for r in rows[: t.activation.keep_snapshots]} | ({base.partition_key} if base else set())
-    dropped: list[str] = []
-    for partition_key, _table in rows:
-        if partition_key in keep:
-            continue
-        t.warehouse.execute([
-            delta.drop_table_sql(t.snapshot_table(partition_key), t.dialect),
-            delta.drop_table_sql(t.changes_table(partition_key), t.dialect),
-            delta.drop_table_sql(t.rows_table(partition_key), t.dialect),
-            delta.delete_sql(t.state(delta.SNAPSHOTS), {"activation": t.name, "partition_key": partition_key},
-                             t.dialect),
-        ])
-        dropped.append(partition_key)
+    keep = set(keys[: t.activation.keep_snapshots]) | ({base.partition_key} if base else set())
+    dropped = [k for k in keys if k not in keep]
+    if dropped:
+        t.warehouse.execute([sql for k in dropped for sql in _drop_snapshot_sql(t, k)])
     return dropped
 
 
@@ -734,9 +730,12 @@ def preview(t: SyncTarget, partition_key: str, sample_rows: int = 5) -> Preview:
 
 
 def drop_snapshot(t: SyncTarget, partition_key: str) -> None:
-    t.warehouse.execute([
-        delta.drop_table_sql(t.snapshot_table(partition_key), t.dialect),
-        delta.drop_table_sql(t.rows_table(partition_key), t.dialect),
-        delta.delete_sql(t.state(delta.SNAPSHOTS), {"activation": t.name, "partition_key": partition_key},
-                         t.dialect),
-    ])
+    t.warehouse.execute(_drop_snapshot_sql(t, partition_key))
+
+
+def _drop_snapshot_sql(t: SyncTarget, partition_key: str) -> list[str]:
+    """Drop a partition's tables (snapshot, rows, change counts) and its registry row."""
+    tables = (t.snapshot_table(partition_key), t.rows_table(partition_key), t.changes_table(partition_key))
+    return [*(delta.drop_table_sql(table, t.dialect) for table in tables),
+            delta.delete_sql(t.state(delta.SNAPSHOTS), {"activation": t.name, "partition_key": partition_key},
+                             t.dialect)]
