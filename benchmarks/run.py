@@ -30,6 +30,7 @@ Results go to --out as JSON, and a table is printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -364,8 +365,7 @@ class InProcess:
             "snapshot_s": round(t1 - t0, 3), "deliver_s": round(t2 - t1, 3),
             "sync_type": result.sync_type, "rows": snap.rows, "rows_written": result.rows_written,
             "bytes": result.bytes, "files": len(result.files),
-            "counts": {"added": result.counts.added, "updated": result.counts.updated,
-                       "removed": result.counts.removed, "unchanged": result.counts.unchanged},
+            "counts": dataclasses.asdict(result.counts),
             "phases": PHASES.report(),
         }
 
@@ -429,11 +429,10 @@ def mutate(db: Path, round_no: int, total_rows: int, next_id: int) -> dict[str, 
     inserts = total_rows // modulus
     con = duckdb.connect(str(db))
     try:
-        updated = con.execute(f"SELECT count(*) FROM raw.customers WHERE customer_id % {modulus} = {upd_r}").fetchone()[0]
-        removed = con.execute(f"SELECT count(*) FROM raw.customers WHERE customer_id % {modulus} = {del_r}").fetchone()[0]
-        con.execute(f"UPDATE raw.customers SET amount = amount + 1, note = 'updated' "
-                    f"WHERE customer_id % {modulus} = {upd_r}")
-        con.execute(f"DELETE FROM raw.customers WHERE customer_id % {modulus} = {del_r}")
+        # UPDATE and DELETE return the number of rows they touched.
+        updated = con.execute(f"UPDATE raw.customers SET amount = amount + 1, note = 'updated' "
+                              f"WHERE customer_id % {modulus} = {upd_r}").fetchone()[0]
+        removed = con.execute(f"DELETE FROM raw.customers WHERE customer_id % {modulus} = {del_r}").fetchone()[0]
         con.execute(f"INSERT INTO raw.customers {rows_sql(next_id, next_id + inserts)}")
         con.execute("CHECKPOINT")
     finally:
@@ -519,8 +518,8 @@ def child_sync(project_dir: str, activation: str, idle: bool = False) -> dict[st
 
 def figure_memory(small: InProcess, small_dir: str, big_dir: str) -> dict[str, Any]:
     # Give the small project a baseline too, so both sizes run the same (steady-state) sync.
+    small.refresh("full_csv")  # both activations read segment 'everyone'
     for act in ("full_csv", "full_parquet"):
-        small.refresh(act)
         small.sync(act)
     out: dict[str, Any] = {"idle": child_sync(small_dir, "full_csv", idle=True)}
     print(f"  idle child (imports + resources): {out['idle']['peak_rss_mb']:.0f} MB", flush=True)
@@ -579,8 +578,7 @@ def figure_process(big_dir: str, db: Path, scratch: Path, repeats: int) -> dict[
         home = scratch / f"dagster_home_{i}"
         if home.exists():
             shutil.rmtree(home)
-        home.mkdir(parents=True)
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        home.mkdir(parents=True)  # empty: `dinmo sync` writes its own dagster.yaml, as for a user
         env = dict(os.environ, DAGSTER_HOME=str(home))
         env.pop("DINMO_PROJECT_DIR", None)
         r = run_child([DINMO, "--project", big_dir, "sync", "full_csv"], env=env)
@@ -627,8 +625,8 @@ def phase_probes(big: InProcess, scratch: Path) -> dict[str, Any]:
 
     t = big.target("full_csv")
     # The rows a full_only sync exports: the segment, read as the sync reads it.
-    src, _ = sync._segment_rows(t, deduped=False)
-    sql = delta.export_sql(src, [(c, c) for c in COLUMNS], "duckdb")
+    src, seg_columns = sync._segment_rows(t, deduped=False)
+    sql = delta.export_sql(src, sync.exported_columns(t, seg_columns), "duckdb")
     out: dict[str, Any] = {}
     started = time.perf_counter()
     batches: list[pa.RecordBatch] = []
@@ -758,12 +756,12 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": args.rows, "small_rows": args.small_rows, "versions": _versions(), "targets": TARGETS,
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_start": list(os.getloadavg()),
         "notes": ("figure 1 and 2 run take_snapshot + deliver in-process (no Dagster run); figure 3 runs the "
                   "same in a child process and reads its peak RSS (RUSAGE_CHILDREN of a small launcher); figure 4 runs the dinmo CLI "
                   "(a real Dagster run, fresh DAGSTER_HOME) and a pandas script as whole processes"),
     }
-    load = os.getloadavg()[0]
+    load = res["load_average_at_start"][0]
     if load > 0.5 * (os.cpu_count() or 1):
         print(f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs: other work is running, times will be "
               "noisy (the JSON keeps the load average and each sync's CPU time)", flush=True)
@@ -795,8 +793,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if "full" in skip:  # the big project needs its baseline as well
                     big = InProcess(str(big_dir))
+                    big.refresh("full_csv")  # both activations read segment 'everyone'
                     for act in ("full_csv", "full_parquet"):
-                        big.refresh(act)
                         big.sync(act)
                     big.close()
                 res["memory"] = figure_memory(small, str(small_dir), str(big_dir))

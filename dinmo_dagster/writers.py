@@ -604,11 +604,9 @@ class _Sink:
         """How many more uncompressed bytes fit, leaving `tail` bytes still to write, within `limit`."""
         if not self.gzip:
             return limit - self.out - tail
-        # gzip header 10 + trailer 8 + final empty block 2 + slack.
-        budget = limit - self.out_at_flush - 10 - 8 - 2 - 16
-        # zlib's conservative deflateBound, n + (n+7)/8 + (n+63)/64 + 5 <= n * 1.140625 + 7, bounds
-        # the segment since the last flush: solve for the largest n that still fits.
-        return int((budget - 12) / 1.140625) - self.pending - tail
+        # The largest n whose _gzip_bound still fits after the bytes flushed so far.
+        budget = limit - self.out_at_flush - _GZIP_FRAME
+        return int((budget - _DEFLATE_EXTRA) / _DEFLATE_FACTOR) - self.pending - tail
 
     def tighten(self) -> bool:
         """Flush the compressor so the bytes so far are counted exactly; False when nothing changed."""
@@ -646,8 +644,7 @@ class _TextParts:
         if limit is not None:
             # A part holding nothing but its frame must already fit.
             frame = len(fmt.header) + self.tail
-            # For gzip: the worst-case deflate expansion of the frame plus header, trailer and slack.
-            need = frame if not gzip else int(frame * 1.140625) + 12 + 36
+            need = frame if not gzip else _gzip_bound(frame)
             if need > limit:
                 raise ValueError(f"max_file_bytes={limit} is too small: an empty file needs {need} bytes")
 
@@ -970,13 +967,22 @@ def write_parts(
             finally:
                 for future in in_flight:
                     future.cancel()
-        parts.finish()
-        namer.deliver_ready()
+        parts.finish()  # delivers the last part itself
     except BaseException:
         parts.abort()
         namer.discard_ready()
         raise
     return namer.parts
+
+
+# zlib's conservative deflateBound, n + (n+7)/8 + (n+63)/64 + 5 <= n * 1.140625 + 7 (+5 of slack), plus
+# the gzip header 10, trailer 8, final empty block 2 and 16 of slack.
+_DEFLATE_FACTOR, _DEFLATE_EXTRA, _GZIP_FRAME = 1.140625, 12, 10 + 8 + 2 + 16
+
+
+def _gzip_bound(n: int) -> int:
+    """The most bytes a gzip file holding ``n`` bytes can take."""
+    return int(n * _DEFLATE_FACTOR) + _DEFLATE_EXTRA + _GZIP_FRAME
 
 
 def _render_threads() -> int:
@@ -990,7 +996,9 @@ def _drain_one(in_flight: deque[Future], parts: _TextParts | _ParquetParts, name
     while not future.done():
         namer.deliver_ready()
         with namer.changed:
-            if not namer.ready:
+            # Checked under the lock that wake() takes: a result finished during the upload above is seen
+            # here instead of costing a timed-out wait.
+            if not namer.ready and not future.done():
                 namer.changed.wait(0.5)
     in_flight.popleft()
     result = future.result()

@@ -11,13 +11,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from dinmo_dagster.emulator import free_port
 
 _PG_MISSING = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: "
@@ -64,12 +65,6 @@ def _pg_bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     bindir = _pg_bindir()
@@ -93,7 +88,7 @@ def postgres_server():
             raise RuntimeError(f"{' '.join(args[:2])} failed:\n{proc.stdout}\n{proc.stderr}")
 
     server = PostgresServer(
-        host="127.0.0.1", port=_free_port(), database="dinmo_test", user="dinmo", password="s3cret-Pa55word"
+        host="127.0.0.1", port=free_port(), database="dinmo_test", user="dinmo", password="s3cret-Pa55word"
     )
     pwfile = base / "pwfile"
     started = False

@@ -126,17 +126,20 @@ def test_a_run_dagster_reports_finished_never_blocks(env) -> None:
         snapshot_and_deliver(env, "people", "20250105T000000.000000Z", is_alive=lambda run_id, owner: True)
 
 
-def read_events(env, result: sync.SyncResult) -> list[tuple[str, str, str]]:
+def csv_rows(path: Path) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def read_events(result: sync.SyncResult) -> list[tuple[str, str, str]]:
     assert len(result.files) == 1
-    path = Path(result.files[0].removeprefix("file://"))
-    rows = list(csv.reader(io.StringIO(path.read_text())))
+    rows = csv_rows(Path(result.files[0].removeprefix("file://")))
     assert rows[0] == ["order_id", "amount", "ordered_at"]
     return [tuple(r) for r in rows[1:]]
 
 
 def test_event_sync_delivers_each_event_once_including_late_ones(env) -> None:
     r1 = snapshot_and_deliver(env, "events", "20250414T120000.000000Z")
-    assert sorted(read_events(env, r1)) == [
+    assert sorted(read_events(r1)) == [
         (str(i), f"{10 * i}.00", (T0 - timedelta(hours=10 - i)).isoformat(timespec="microseconds")) for i in range(1, 6)]
     last = T0 - timedelta(hours=5)  # the newest event delivered
     with duckdb.connect(str(env.dir / "wh.duckdb")) as con:
@@ -152,7 +155,7 @@ def test_event_sync_delivers_each_event_once_including_late_ones(env) -> None:
     assert snap.window_start == last - timedelta(hours=2)
     r2 = sync.deliver(t, "20250414T130000.000000Z")
     assert (r2.sync_type, r2.counts.added) == ("delta", 2)
-    assert sorted(read_events(env, r2)) == [
+    assert sorted(read_events(r2)) == [
         ("6", "60.00", (last + timedelta(minutes=30)).isoformat(timespec="microseconds")),
         ("7", "70.00", (last - timedelta(minutes=90)).isoformat(timespec="microseconds")),
     ]
@@ -208,7 +211,7 @@ def test_a_killed_cli_sync_holding_the_pool_slot_does_not_block_the_next(tmp_pat
 
 
 def people_csv(env) -> list[list[str]]:
-    return list(csv.reader(io.StringIO((env.dir / "out" / "people.csv").read_text(encoding="utf-8"))))
+    return csv_rows(env.dir / "out" / "people.csv")
 
 
 def test_a_change_made_between_the_snapshot_and_the_delivery_is_sent_by_the_next_sync(env) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -227,14 +226,6 @@ def _source_tick(project: Any, instance: dg.DagsterInstance, name: str, cursor: 
         return sensor_def.evaluate_tick(context)
 
 
-@dataclass
-class Tick:
-    run_requests: list[Any]
-    skip_message: str | None
-    cursor: str | None
-    dynamic_partitions_requests: list[Any]
-
-
 @pytest.mark.parametrize("activation", ["vip_daily", "people_hash", "people_mark"])
 def test_source_change_sensor_fires_only_after_a_change(project_dir: Path, instance, activation: str) -> None:
     defs = load_project(project_dir)
@@ -396,7 +387,7 @@ def test_sync_steps_share_the_activation_pool(project_dir: Path) -> None:
         assert graph.get(key).pools == {"dinmo_activation_vip_daily"}
 
 
-def test_pool_limit_of_one_is_applied_to_a_sync(project_dir: Path, tmp_path: Path) -> None:
+def test_pool_limit_of_one_is_applied_to_a_sync(project_dir: Path) -> None:
     """With ``concurrency: pools: default_limit: 1`` a sync's steps claim the activation's pool, limit 1."""
     overrides = {"concurrency": {"pools": {"default_limit": 1}}}
     with dg.instance_for_test(overrides=overrides) as inst:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from typing import Any
 
 import duckdb
 import pytest
+
+from dinmo_dagster.emulator import free_port
 
 WEBSERVER = Path(sys.executable).parent / "dagster-webserver"
 
@@ -29,12 +30,6 @@ destinations:
 activations:
   vip_files: {segment: vip, destination: out, file_name: vip, format: csv}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -62,7 +57,7 @@ def webserver(tmp_path: Path) -> Any:
         "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
         "concurrency:\n  pools:\n    default_limit: 1\n")
     (tmp_path / "workspace.yaml").write_text("load_from:\n  - python_module: dinmo_dagster.definitions\n")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "DINMO_PROJECT_DIR": str(project)}
     log = open(tmp_path / "webserver.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(WEBSERVER), "-w", str(tmp_path / "workspace.yaml"), "-h", "127.0.0.1",

@@ -12,7 +12,6 @@ import xml.etree.ElementTree as ET
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,7 +21,6 @@ from dinmo_dagster import writers
 from dinmo_dagster.writers import FormatOptions, PartFile, write_parts, xml_name_problem
 
 UTC = timezone.utc
-PARIS = ZoneInfo("Europe/Paris")
 BIG = Decimal("1234567890123456789012345678.1234567890")  # 38 digits: beyond float and int64
 NEG_BIG = Decimal("-1234567890123456789012345678.1234567890")  # a literal: -BIG would round to 28 digits
 
@@ -102,13 +100,6 @@ def write(
     if schema is None:
         schema = table.schema if isinstance(table, pa.Table) else batches[0].schema
     return write_parts(batches, schema, options, base, limit, workdir, lambda part: None)
-
-
-def read(part: PartFile) -> str:
-    data = part.path.read_bytes()
-    if part.name.endswith(".gz"):
-        data = gzip.decompress(data)
-    return data.decode("utf-8")
 
 
 # ----------------------------------------------------------------------------------------------- CSV

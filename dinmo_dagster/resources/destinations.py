@@ -24,7 +24,6 @@ batches of records instead of files.
 import logging
 import os
 import random
-import re
 import shutil
 import tempfile
 import uuid
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydantic
 import requests
 import tenacity
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource
 from pydantic import Field
 
 if TYPE_CHECKING:
@@ -58,15 +57,10 @@ logger = logging.getLogger("dinmo_dagster.destinations")
 
 T = TypeVar("T")
 
-STORAGE_EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
-# google-cloud-storage requires resumable chunk sizes to be multiples of 256 KiB.
-_CHUNK_UNIT = 256 * 1024
 # HTTP statuses worth another try: request timeout, rate limiting, server-side trouble.
 TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Causes quoted in messages are cut to this length (GCS error bodies can be long).
 _MAX_CAUSE_CHARS = 300
-# Real GCS rule: 3-63 characters per dot-separated part, lowercase letters, digits, '-', '_', '.'.
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 # Prefix of the temporary files LocalDestination writes before renaming; list() hides them.
 _LOCAL_TMP_PREFIX = ".dinmo-tmp-"
 
@@ -185,14 +179,6 @@ def run_with_retries(
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_secret(value: str | None) -> str | None:
-    """Read a ``dagster.EnvVar`` when the resource is used outside a Dagster run (CLI, tests):
-    inside a run Dagster has already replaced it by the variable's value."""
-    if isinstance(value, EnvVar):
-        return value.get_value()
-    return value
-
-
 class Destination(ConfigurableResource, ABC):
     """A place that stores finished export files under object paths (``"folder/name.csv"``).
 
@@ -236,6 +222,9 @@ class Destination(ConfigurableResource, ABC):
         return prefix
 
     # -- the interface -----------------------------------------------------------------------------
+
+    def validate_settings(self) -> None:
+        """Check the settings without any network call; raise DestinationError on a bad one."""
 
     @abstractmethod
     def uri(self, object_path: str) -> str:
@@ -307,7 +296,7 @@ class RecordDestination(ConfigurableResource, ABC):
 
 
 # --------------------------------------------------------------------------------------------------
-# Google Cloud Storage
+# Local folder
 # --------------------------------------------------------------------------------------------------
 
 
@@ -464,6 +453,5 @@ def destination_from_config(name: str, config: dict) -> Destination:
         fields = sorted({str(err["loc"][0]) for err in exc.errors() if err.get("loc")})
         detail = f" ({', '.join(fields)})" if fields else ""
         raise DestinationError(f"{prefix}: invalid settings for type {kind}{detail}") from None
-    if kind == "gcs":
-        destination.validate_settings()  # type: ignore[attr-defined]
+    destination.validate_settings()
     return destination

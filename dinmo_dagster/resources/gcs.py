@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dagster import EnvVar
 from dagster_gcp import GCSResource
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
@@ -21,13 +23,10 @@ from google.cloud import storage
 from google.oauth2 import service_account
 from pydantic import Field, PrivateAttr
 
+from dinmo_dagster.emulator import STORAGE_EMULATOR_ENV_VAR
 from dinmo_dagster.resources.destinations import (
-    _BUCKET_RE,
-    _CHUNK_UNIT,
-    STORAGE_EMULATOR_ENV_VAR,
     Destination,
     DestinationError,
-    _resolve_secret,
     _status_of,
     describe_exception,
     is_transient,
@@ -37,6 +36,19 @@ from dinmo_dagster.resources.destinations import (
 __all__ = ["GCSDestination"]
 
 T = TypeVar("T")
+
+# google-cloud-storage requires resumable chunk sizes to be multiples of 256 KiB.
+_CHUNK_UNIT = 256 * 1024
+# Real GCS rule: 3-63 characters per dot-separated part, lowercase letters, digits, '-', '_', '.'.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+
+def _resolve_secret(value: str | None) -> str | None:
+    """Read a ``dagster.EnvVar`` when the resource is used outside a Dagster run (CLI, tests):
+    inside a run Dagster has already replaced it by the variable's value."""
+    if isinstance(value, EnvVar):
+        return value.get_value()
+    return value
 
 
 class GCSDestination(Destination, GCSResource):
@@ -367,10 +379,3 @@ def _content_type(object_path: str) -> str:
     if object_path.endswith(".parquet"):
         return "application/vnd.apache.parquet"
     return mime or "application/octet-stream"
-
-
-# --------------------------------------------------------------------------------------------------
-# Local folder
-# --------------------------------------------------------------------------------------------------
-
-

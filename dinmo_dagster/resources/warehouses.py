@@ -273,6 +273,15 @@ class Warehouse(ConfigurableResource, ABC):
 
         return pa.RecordBatchReader.from_batches(schema, batches())
 
+    def _guarded(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """``batches``, with a driver error while fetching one reported as a WarehouseError."""
+        while True:
+            with self._wrap("streaming the result failed"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
     def _arrow_schema(self, description: Sequence[Any]) -> pa.Schema:
         return pa.schema([pa.field(col[0], pa.string()) for col in description])
 
@@ -524,11 +533,17 @@ class DuckDBWarehouse(Warehouse):
     def _target(self) -> str:
         return f"DuckDB database {self._value('path')}"
 
-    def _settings(self, con: Any) -> None:
+    def _connection_settings(self, con: Any) -> None:
+        """Settings each connection (and each cursor of a shared one) needs."""
         # timestamps with time zone come out in UTC, whatever the machine's time zone
         _quietly(lambda: con.execute("SET TimeZone = 'UTC'"))
         # no progress bar on the terminal of `dinmo sync` or in Dagster's captured logs
         _quietly(lambda: con.execute("SET enable_progress_bar = false"))
+
+    def _settings(self, con: Any) -> None:
+        """Settings of a newly opened database: the connection's, plus the database-wide ones that its
+        cursors share."""
+        self._connection_settings(con)
         if self.memory_limit:
             limit = str(self.memory_limit)
             if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit, re.IGNORECASE):
@@ -558,7 +573,7 @@ class DuckDBWarehouse(Warehouse):
             # on one is not disturbed by statements on the other, and nothing reopens the file.
             cur = self._shared.cursor()
             try:
-                self._settings(cur)
+                self._connection_settings(cur)
                 yield cur
             finally:
                 cur.close()
@@ -607,17 +622,8 @@ class DuckDBWarehouse(Warehouse):
             with self._wrap("query failed"):
                 reader = con.sql(sql).to_arrow_reader(batch_rows)
 
-            def batches() -> Iterator[pa.RecordBatch]:
-                it = iter(reader)
-                while True:
-                    with self._wrap("streaming the result failed"):
-                        batch = next(it, None)
-                    if batch is None:
-                        return
-                    yield batch
-
             try:
-                yield pa.RecordBatchReader.from_batches(reader.schema, batches())
+                yield pa.RecordBatchReader.from_batches(reader.schema, self._guarded(iter(reader)))
             finally:
                 _quietly(reader.close)
 
@@ -891,6 +897,9 @@ class SnowflakeWarehouse(Warehouse):
         with self._connection() as conn:
             cur = conn.cursor()
             try:
+                if not hasattr(cur, "fetch_arrow_batches"):
+                    yield self._cursor_reader(cur, sql, batch_rows)
+                    return
                 with self._wrap("query failed"):
                     cur.execute(sql)
                     schema = self._arrow_schema(cur.description)
@@ -900,24 +909,7 @@ class SnowflakeWarehouse(Warehouse):
                         for batch in table.to_batches(max_chunksize=batch_rows):
                             yield _cast_batch(batch.rename_columns(schema.names), schema)
 
-                def row_batches() -> Iterator[pa.RecordBatch]:
-                    while True:
-                        rows = cur.fetchmany(batch_rows)
-                        if not rows:
-                            return
-                        yield _rows_to_batch(rows, schema)
-
-                source = arrow_batches() if hasattr(cur, "fetch_arrow_batches") else row_batches()
-
-                def batches() -> Iterator[pa.RecordBatch]:
-                    while True:
-                        with self._wrap("streaming the result failed"):
-                            batch = next(source, None)
-                        if batch is None:
-                            return
-                        yield batch
-
-                yield pa.RecordBatchReader.from_batches(schema, batches())
+                yield pa.RecordBatchReader.from_batches(schema, self._guarded(arrow_batches()))
             finally:
                 _quietly(cur.close)
 
