@@ -104,7 +104,8 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
         job_name,
         partitions_name,
         reap_dead_syncs,
-        snapshot_key,
+        step_failure_text,
+        sync_ops_config,
     )
     from dinmo_dagster.definitions import build_definitions
 
@@ -114,10 +115,8 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
         _print(f"sync {activation}: run {run_id} had died (its process is gone): marked it failed")
     key = sync.new_partition_key()
     instance.add_dynamic_partitions(partitions_name(activation), [key])
-    op = "__".join(activation_key(activation).path)
-    # Both steps take the option: the snapshot stores every row for a full refresh.
-    run_config = {"ops": {"__".join(key_(activation).path): {"config": {"full_refresh": full_refresh}}
-                          for key_ in (snapshot_key, activation_key)},
+    op = activation_key(activation).to_python_identifier()
+    run_config = {"ops": sync_ops_config(activation, full_refresh),
                   # The CLI prints its own summary; keep Dagster's console to warnings and errors.
                   "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     result = defs.resolve_job_def(job_name(activation)).execute_in_process(
@@ -131,34 +130,23 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
                 metadata = {k: v.value for k, v in mat.metadata.items()}
     error = ""
     warnings: list[str] = []
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            ev = event.event_specific_data
-            if ev is not None and not ev.passed:
-                line = f"{'/'.join(ev.asset_key.path)} {ev.check_name}: {ev.description}"
-                if ev.severity == dg.AssetCheckSeverity.ERROR:
-                    error = error or line
-                else:
-                    warnings.append(line)
+    for ev in result.get_asset_check_evaluations():
+        if not ev.passed:
+            line = f"{'/'.join(ev.asset_key.path)} {ev.check_name}: {ev.description}"
+            if ev.severity == dg.AssetCheckSeverity.ERROR:
+                error = error or line
+            else:
+                warnings.append(line)
     metadata["warnings"] = warnings
     if not result.success and not error:
         for event in result.all_events:
             if event.is_step_failure:
-                data = event.step_failure_data
-                err = data.error if data else None
-                user = data.user_failure_data if data else None
-                error = (user.description if user and user.description else None) or (
-                    _root_message(err) if err else event.message or "")
+                text = step_failure_text(event)
+                error = text if text is not None else event.message or ""
                 break
         if not error:
             error = "the sync run failed; see the run's logs in the Dagster UI"
     return result.success, metadata, error
-
-
-def _root_message(err: Any) -> str:
-    while getattr(err, "cause", None) is not None:
-        err = err.cause
-    return (err.message or "").strip()
 
 
 def _print_sync(activation: str, ok: bool, md: dict[str, Any], error: str) -> None:

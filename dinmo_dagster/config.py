@@ -518,8 +518,14 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
 def _check_references(p: Project) -> list[str]:
     """Cross-entry rules: references exist, options agree, templates are valid."""
     from dinmo_dagster import naming, writers
+    from dinmo_dagster.schedules import schedule_problem
 
     out: list[str] = []
+
+    def check_schedule(key: str, s: Schedule) -> None:
+        problem = schedule_problem(s)
+        if problem:
+            out.append(f"{where(key)}: {key}.schedule: {problem}")
 
     def where(key: str) -> str:
         return p.origins.get(key.split(".")[0] + "." + key.split(".")[1], "?")
@@ -532,14 +538,10 @@ def _check_references(p: Project) -> list[str]:
     for name, m in p.models.items():
         ref(f"models.{name}.source", m.source, p.sources, "source")
         if m.schedule is not None:
-            from dinmo_dagster.schedules import schedule_problem
-
             if not m.materialized:
                 out.append(f"{where(f'models.{name}')}: models.{name}.schedule: only a materialized model "
                            "(materialized: true) is refreshed on a schedule; a view is always live")
-            problem = schedule_problem(m.schedule)
-            if problem:
-                out.append(f"{where(f'models.{name}')}: models.{name}.schedule: {problem}")
+            check_schedule(f"models.{name}", m.schedule)
         for i, rel in enumerate(m.relationships):
             ref(f"models.{name}.relationships[{i}].model", rel.model, p.models, "model")
         if m.kind == "fact" and not m.time_column:
@@ -584,9 +586,5 @@ def _check_references(p: Project) -> list[str]:
             out.append(f"{where(k)}: {k}.compression: 'gzip' applies to csv, json and xml; "
                        "for parquet use parquet.compression")
         if a.schedule is not None:
-            from dinmo_dagster.schedules import schedule_problem
-
-            problem = schedule_problem(a.schedule)
-            if problem:
-                out.append(f"{where(k)}: {k}.schedule: {problem}")
+            check_schedule(k, a.schedule)
     return out

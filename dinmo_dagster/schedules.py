@@ -68,10 +68,11 @@ def to_cron(s: Schedule) -> str | list[str]:
 
 def _schedule_definition(name: str, s: Schedule) -> dg.ScheduleDefinition:
     from dinmo_dagster import sync
-    from dinmo_dagster.assets.activations import job_name, partitions_name
+    from dinmo_dagster.assets.activations import job_name, sync_run_request
+    from dinmo_dagster.sensors.control import schedule_name
 
     @dg.schedule(
-        name=f"{name}_schedule",
+        name=schedule_name(name),
         job_name=job_name(name),
         cron_schedule=to_cron(s),
         execution_timezone=s.timezone,
@@ -82,13 +83,7 @@ def _schedule_definition(name: str, s: Schedule) -> dg.ScheduleDefinition:
     def _tick(context):  # type: ignore[no-untyped-def]  # dagster inspects the context annotation
         # One partition per tick, named after the tick's time: a retried tick reuses the run key
         # and Dagster does not start a second sync.
-        from dinmo_dagster.assets.activations import reap_dead_syncs
-
-        reap_dead_syncs(context.instance, name)  # a killed CLI sync must not hold the pool slot
-        key = sync.new_partition_key(context.scheduled_execution_time)
-        if not context.instance.has_dynamic_partition(partitions_name(name), key):
-            context.instance.add_dynamic_partitions(partitions_name(name), [key])
-        return dg.RunRequest(run_key=key, partition_key=key)
+        return sync_run_request(context.instance, name, sync.new_partition_key(context.scheduled_execution_time))
 
     return _tick
 

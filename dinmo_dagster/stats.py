@@ -82,20 +82,21 @@ def record_segment_stats(
 
 
 def record_overlaps(wh: Any, stats_schema: str, model: str, segments: dict[str, exp.Table], pk: str,
-                    focus: str | None = None) -> list[tuple[str, str, int]]:
-    """Pairwise intersections (by primary key) between the segments of one model.
-
-    With ``focus``, only the pairs that include that segment (the one just materialized).
-    """
-    names = sorted(segments)
-    out: list[tuple[str, str, int]] = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if focus is not None and focus not in (a, b):
-                continue
-            q = exp.select(exp.Count(this=exp.Star())).from_(segments[a].copy().as_("a")).join(
-                segments[b].copy().as_("b"), on=exp.EQ(this=delta.col(pk, "a"), expression=delta.col(pk, "b")))
-            out.append((a, b, int(wh.query(delta.render(q, wh.dialect))[0][0])))
+                    focus: str) -> list[tuple[str, str, int]]:
+    """Intersections (by primary key) of ``focus`` (the segment just materialized) with each other segment
+    of its model, counted in one query; pairs are named in alphabetical order."""
+    others = [n for n in sorted(segments) if n != focus]
+    counts: dict[str, int] = {}
+    if others:
+        branches = [
+            exp.select(exp.Literal.string(other).as_("other"), exp.Count(this=exp.Star()))
+            .from_(segments[focus].copy().as_("a"))
+            .join(segments[other].copy().as_("b"), on=exp.EQ(this=delta.col(pk, "a"), expression=delta.col(pk, "b")))
+            for other in others
+        ]
+        query = branches[0] if len(branches) == 1 else exp.union(*branches, distinct=False)
+        counts = {other: int(n) for other, n in wh.query(delta.render(query, wh.dialect))}
+    out = [(*sorted((focus, other)), counts[other]) for other in others]
     if out:
         table = _ensure(wh, stats_schema, SEGMENT_OVERLAPS)
         now = datetime.now(timezone.utc).replace(tzinfo=None)

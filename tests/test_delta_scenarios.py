@@ -227,11 +227,10 @@ class Scenario:
         """Run the activation's sync job for a new partition (the job `dinmo sync` runs)."""
         key = key or self.next_key()
         self.instance.add_dynamic_partitions(activation_assets.partitions_name(activation), [key])
-        op = "__".join(activation_assets.activation_key(activation).path)
+        op = activation_assets.activation_key(activation).to_python_identifier()
         result = self.defs(destination).resolve_job_def(activation_assets.job_name(activation)).execute_in_process(
             instance=self.instance, partition_key=key, raise_on_error=False,
-            run_config={"ops": {"__".join(k(activation).path): {"config": {"full_refresh": full_refresh}}
-                                for k in (activation_assets.snapshot_key, activation_assets.activation_key)},
+            run_config={"ops": activation_assets.sync_ops_config(activation, full_refresh),
                         "loggers": {"console": {"config": {"log_level": "ERROR"}}}})
         metadata: dict[str, Any] = {}
         for mat in result.asset_materializations_for_node(op):

@@ -74,20 +74,51 @@ def reap_dead_syncs(instance: dg.DagsterInstance, activation: str) -> list[str]:
     in_progress = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
     for run in instance.get_runs(filters=dg.RunsFilter(job_name=job_name(activation), statuses=in_progress)):
         if sync.process_alive(run.tags.get(OWNER_TAG, "")) is False:
-            fail_dead_run(instance, run.run_id, f"the process of this sync of activation '{activation}' died; "
+            fail_dead_run(instance, run, f"the process of this sync of activation '{activation}' died; "
                                                 "marked failed by the next sync")
             reaped.append(run.run_id)
     return reaped
 
 
-def fail_dead_run(instance: dg.DagsterInstance, run_id: str, message: str) -> None:
+def fail_dead_run(instance: dg.DagsterInstance, run: dg.DagsterRun, message: str) -> None:
     """Mark a dead run failed (when Dagster still thinks it runs) and free the pool slots it held."""
-    run = instance.get_run_by_id(run_id)
-    if run is None:
-        return
     if not run.is_finished:
         instance.report_run_failed(run, message=message)
-    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+
+
+def sync_ops_config(activation: str, full_refresh: bool = False) -> dict[str, Any]:
+    """The ``ops`` run config of a sync: both steps take ``full_refresh`` (a full refresh's snapshot
+    stores every row)."""
+    return {key(activation).to_python_identifier(): {"config": {"full_refresh": full_refresh}}
+            for key in (snapshot_key, activation_key)}
+
+
+def sync_run_request(instance: dg.DagsterInstance, activation: str, key: str,
+                     tags: dict[str, str] | None = None) -> dg.RunRequest:
+    """A run of the activation's sync job for partition ``key``, the partition added first (a retried
+    evaluation finds it), after reaping dead syncs (a killed CLI sync must not hold the pool slot).
+    The run key is the partition key: a retried tick does not start a second sync."""
+    reap_dead_syncs(instance, activation)
+    if not instance.has_dynamic_partition(partitions_name(activation), key):
+        instance.add_dynamic_partitions(partitions_name(activation), [key])
+    return dg.RunRequest(run_key=key, partition_key=key, tags=tags)
+
+
+def step_failure_text(event: dg.DagsterEvent) -> str | None:
+    """What a failed step reports: its dg.Failure description, else the message at the root of its
+    error's cause chain; None when the event carries neither."""
+    data = event.step_failure_data
+    if data is None:
+        return None
+    if data.user_failure_data and data.user_failure_data.description:
+        return data.user_failure_data.description
+    err = data.error
+    if err is None:
+        return None
+    while err.cause is not None:
+        err = err.cause
+    return (err.message or "").strip()
 
 
 def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
@@ -170,8 +201,10 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
             return None if run is None else not run.is_finished
 
         def mark_dead(run_id: str) -> None:
-            fail_dead_run(instance, run_id, f"sync of activation '{name}' died; cleaned up by run "
-                                            f"{context.run.run_id}")
+            run = instance.get_run_by_id(run_id)
+            if run is not None:
+                fail_dead_run(instance, run, f"sync of activation '{name}' died; cleaned up by run "
+                                             f"{context.run.run_id}")
 
         try:
             result = sync.deliver(t, context.partition_key, run_id=context.run.run_id,

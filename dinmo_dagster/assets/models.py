@@ -7,6 +7,7 @@ key), above it the check fails with ERROR and the downstream sync stops in the s
 """
 
 
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
@@ -77,21 +78,13 @@ def model_select(wh: Any, project: Project, name: str) -> exp.Expression:
     """The SELECT behind a model's view: its table or SQL, plus calculated fields and custom attributes."""
     m = project.models[name]
     dialect = wh.dialect
-    if m.table is not None:
-        base: exp.Expression = exp.select(exp.Star()).from_(exp.to_table(m.table, dialect=dialect))
-    else:
-        base = _parse_select(m.sql or "", dialect, f"models.{name}.sql")
+    base = _base_select(project, name, dialect)
     if not m.calculated_fields and not m.custom_attributes:
         return base
     from dinmo_dagster import filters
 
     info = filters_model_infos(wh, project, exclude=name)
-    this = filters.ModelInfo(
-        name=name, relation=model_relation(wh, project, name), primary_key=m.primary_key,
-        columns=tuple(wh.query_columns(delta.render(base, dialect))),
-        relationships={r.name: filters.Relationship(r.name, r.model, r.type, dict(r.on)) for r in m.relationships},
-        time_column=m.time_column,
-    )
+    this = _model_info(wh, project, name, wh.query_columns(delta.render(base, dialect)))
     info[name] = this
     sql = filters.compile_model_select(
         base, this, [f.model_dump(exclude_none=True) for f in m.calculated_fields],
@@ -99,25 +92,37 @@ def model_select(wh: Any, project: Project, name: str) -> exp.Expression:
     return sqlglot.parse_one(sql, read=dialect)
 
 
-def filters_model_infos(wh: Any, project: Project, exclude: str | None = None) -> dict[str, Any]:
-    """What the filter compiler needs about every model of the same source whose view exists."""
+def _base_select(project: Project, name: str, dialect: str) -> exp.Expression:
+    """A model's own SELECT: ``SELECT *`` of its table, or its SQL."""
+    m = project.models[name]
+    if m.table is not None:
+        return exp.select(exp.Star()).from_(exp.to_table(m.table, dialect=dialect))
+    return _parse_select(m.sql or "", dialect, f"models.{name}.sql")
+
+
+def _model_info(wh: Any, project: Project, name: str, columns: Sequence[str]) -> Any:
+    """The filter compiler's view of a model (a ``filters.ModelInfo``) with these columns."""
     from dinmo_dagster import filters
 
+    m = project.models[name]
+    return filters.ModelInfo(
+        name=name, relation=model_relation(wh, project, name), primary_key=m.primary_key, columns=tuple(columns),
+        relationships={r.name: filters.Relationship(r.name, r.model, r.type, dict(r.on)) for r in m.relationships},
+        time_column=m.time_column,
+    )
+
+
+def filters_model_infos(wh: Any, project: Project, exclude: str | None = None) -> dict[str, Any]:
+    """What the filter compiler needs about every model of the same source whose view exists."""
     out: dict[str, Any] = {}
-    for name, m in project.models.items():
+    for name in project.models:
         if name == exclude:
             continue
-        rel = model_relation(wh, project, name)
         try:
-            cols = wh.relation_columns(rel)
+            cols = wh.relation_columns(model_relation(wh, project, name))
         except Exception:  # noqa: BLE001 - the view does not exist yet (a project that never synced)
             cols = _declared_columns(wh, project, name)
-        out[name] = filters.ModelInfo(
-            name=name, relation=rel, primary_key=m.primary_key, columns=tuple(cols),
-            relationships={r.name: filters.Relationship(r.name, r.model, r.type, dict(r.on))
-                           for r in m.relationships},
-            time_column=m.time_column,
-        )
+        out[name] = _model_info(wh, project, name, cols)
     return out
 
 
@@ -125,11 +130,7 @@ def _declared_columns(wh: Any, project: Project, name: str) -> list[str]:
     """A model's columns before its view exists: its table's or SQL's, plus its calculated fields."""
     m = project.models[name]
     try:
-        if m.table is not None:
-            base = exp.select(exp.Star()).from_(exp.to_table(m.table, dialect=wh.dialect))
-        else:
-            base = _parse_select(m.sql or "", wh.dialect, f"models.{name}.sql")
-        cols = wh.query_columns(delta.render(base, wh.dialect))
+        cols = wh.query_columns(delta.render(_base_select(project, name, wh.dialect), wh.dialect))
     except Exception:  # noqa: BLE001 - another source, or a broken table: the compiler reports what is used
         return []
     return [*cols, *(f.name for f in m.calculated_fields), *(c.name for c in m.custom_attributes)]

@@ -43,7 +43,7 @@ def source_change_sensor(project: Project, name: str) -> dg.SensorDefinition:
     from dinmo_dagster.assets.activations import job_name, partitions_name
     from dinmo_dagster.resources import source_key
 
-    _, model = project.model_of(name)
+    seg, model = project.model_of(name)
     key = source_key(model.source)
     parts = dg.DynamicPartitionsDefinition(name=partitions_name(name))
 
@@ -52,7 +52,7 @@ def source_change_sensor(project: Project, name: str) -> dg.SensorDefinition:
         minimum_interval_seconds=control.SOURCE_SENSOR_INTERVAL_S, default_status=dg.DefaultSensorStatus.RUNNING,
         required_resource_keys={key},
         description=f"Sync activation '{name}' when the source of model "
-                    f"'{project.segments[project.activations[name].segment].model}' changes",
+                    f"'{seg.model}' changes",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         fp = fingerprint(getattr(context.resources, key), project, name)
@@ -60,18 +60,16 @@ def source_change_sensor(project: Project, name: str) -> dg.SensorDefinition:
             return dg.SensorResult(skip_reason=f"first fingerprint recorded: {fp}", cursor=fp)
         if fp == context.cursor:
             return dg.SkipReason(f"source unchanged: {fp}")
-        from dinmo_dagster.assets.activations import reap_dead_syncs
+        from dinmo_dagster.assets.activations import sync_run_request
 
-        reap_dead_syncs(context.instance, name)  # a killed CLI sync must not hold the pool slot
         pk = sync.new_partition_key()
-        # Added here as well as requested below: the run request is resolved against the instance's
-        # partitions, and a retried evaluation must find the partition it asks for.
-        if not context.instance.has_dynamic_partition(parts.name, pk):
-            context.instance.add_dynamic_partitions(parts.name, [pk])
+        # The partition is added by sync_run_request as well as requested below: the run request is
+        # resolved against the instance's partitions.
+        request = sync_run_request(context.instance, name, pk,
+                                   tags={"dinmo/activation": name, "dinmo/trigger": "source_change"})
         context.log.info(f"source changed: {context.cursor} -> {fp}; syncing '{name}' as partition {pk}")
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=pk, partition_key=pk,
-                                        tags={"dinmo/activation": name, "dinmo/trigger": "source_change"})],
+            run_requests=[request],
             dynamic_partitions_requests=[parts.build_add_request([pk])],
             cursor=fp,
         )
@@ -207,17 +205,12 @@ def short_error(project: Project, text: str) -> str:
 
 
 def _failure_text(context: dg.RunFailureSensorContext) -> str:
+    from dinmo_dagster.assets.activations import step_failure_text
+
     for event in context.get_step_failure_events():
-        data = event.step_failure_data
-        if data is None:
-            continue
-        if data.user_failure_data and data.user_failure_data.description:
-            return data.user_failure_data.description
-        err = data.error
-        while err is not None and err.cause is not None:
-            err = err.cause
-        if err is not None and err.message:
-            return err.message
+        text = step_failure_text(event)
+        if text:
+            return text
     return context.failure_event.message or ""
 
 
@@ -227,10 +220,11 @@ def pause_after_failures(instance: Any, project: Project, activation: str, last_
     from dinmo_dagster.assets.activations import job_name
 
     n = project.settings.consecutive_failures_to_pause
-    running = [t for t in control.instigators(project, activation) if control.is_running(instance, t, origin)]
+    states = [(t, control.find_state(instance, t, origin)) for t in control.instigators(project, activation)]
+    running = [(t, st) for t, st in states if control.status_of(st, t) != "STOPPED"]
     if not running:
         return None
-    starts = [s for s in (control.start_timestamp(instance, t, origin) for t in running) if s]
+    starts = [s for s in (control.start_timestamp(st) for _, st in running) if s]
     since = datetime.fromtimestamp(max(starts), timezone.utc) if starts else None
     records = instance.get_run_records(
         filters=dg.RunsFilter(job_name=job_name(activation), created_after=since,
@@ -238,9 +232,9 @@ def pause_after_failures(instance: Any, project: Project, activation: str, last_
         limit=n)
     if len(records) < n or any(r.dagster_run.status != dg.DagsterRunStatus.FAILURE for r in records):
         return None
-    for t in running:
-        control.pause(instance, t, origin)
-    return (f"paused activation '{activation}' ({', '.join(t.name for t in running)}) after {n} consecutive "
+    for t, st in running:
+        control.pause(instance, t, origin, st)
+    return (f"paused activation '{activation}' ({', '.join(t.name for t, _ in running)}) after {n} consecutive "
             f"failed syncs; last error: {short_error(project, last_error)}")
 
 

@@ -109,22 +109,17 @@ def find_state(instance: Any, t: Instigator, origin: RemoteRepositoryOrigin | No
     return found[0] if len(found) == 1 else None
 
 
-def status_of(instance: Any, t: Instigator, origin: RemoteRepositoryOrigin | None) -> str:
-    """RUNNING, DECLARED_IN_CODE (running by default) or STOPPED, as Dagster computes it."""
-    state = find_state(instance, t, origin)
+def status_of(state: InstigatorState | None, t: Instigator) -> str:
+    """RUNNING, DECLARED_IN_CODE (running by default) or STOPPED, as Dagster computes it from the stored
+    state of ``t`` (``find_state``)."""
     if state is None or state.status == InstigatorStatus.DECLARED_IN_CODE:
         return InstigatorStatus.DECLARED_IN_CODE.value if t.default_running else InstigatorStatus.STOPPED.value
     return InstigatorStatus.RUNNING.value if state.status == InstigatorStatus.RUNNING else \
         InstigatorStatus.STOPPED.value
 
 
-def is_running(instance: Any, t: Instigator, origin: RemoteRepositoryOrigin | None) -> bool:
-    return status_of(instance, t, origin) != InstigatorStatus.STOPPED.value
-
-
-def start_timestamp(instance: Any, t: Instigator, origin: RemoteRepositoryOrigin | None) -> float | None:
-    """When ``t`` was last started (None when unknown)."""
-    state = find_state(instance, t, origin)
+def start_timestamp(state: InstigatorState | None) -> float | None:
+    """When the instigator of this stored state was last started (None when unknown)."""
     data = state.instigator_data if state else None
     if isinstance(data, ScheduleInstigatorData):
         return data.start_timestamp
@@ -133,12 +128,16 @@ def start_timestamp(instance: Any, t: Instigator, origin: RemoteRepositoryOrigin
     return None
 
 
-def pause(instance: Any, t: Instigator, origin: RemoteRepositoryOrigin | None) -> str | None:
-    """Stop ``t`` if it runs; returns the status it had (to restore later), or None if untouched."""
-    previous = status_of(instance, t, origin)
+def pause(instance: Any, t: Instigator, origin: RemoteRepositoryOrigin | None,
+          state: InstigatorState | None = None) -> str | None:
+    """Stop ``t`` if it runs; returns the status it had (to restore later), or None if untouched.
+
+    ``state``: its stored state when the caller has just read it (else it is read here).
+    """
+    state = state if state is not None else find_state(instance, t, origin)
+    previous = status_of(state, t)
     if previous == InstigatorStatus.STOPPED.value:
         return None
-    state = find_state(instance, t, origin)
     if state is not None:
         if t.kind == "schedule":
             instance.stop_schedule(state.instigator_origin_id, state.selector_id, None)

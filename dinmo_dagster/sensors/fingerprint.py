@@ -30,8 +30,9 @@ def _relation(project: Project, model_name: str, dialect: str) -> exp.Expression
     return exp.Subquery(this=query, alias=exp.TableAlias(this=exp.to_identifier("t")))
 
 
-def _hash_aggregate(wh: Any, dialect: str, relation: exp.Expression) -> str | None:
+def _hash_aggregate(wh: Any, relation: exp.Expression) -> str | None:
     """SQL of an order-independent hash of every row of ``t`` (None: row count only)."""
+    dialect = wh.dialect
     if dialect == "duckdb":
         return "sum(hash(t))"
     if dialect == "postgres":
@@ -58,14 +59,14 @@ def _hash_aggregate(wh: Any, dialect: str, relation: exp.Expression) -> str | No
 def fingerprint_sql(wh: Any, project: Project, activation: str) -> str:
     """The one aggregate query behind ``fingerprint``."""
     dialect = wh.dialect
-    model_name = project.segments[project.activations[activation].segment].model
-    relation = _relation(project, model_name, dialect)
+    seg, _ = project.model_of(activation)
+    relation = _relation(project, seg.model, dialect)
     mark = _mark_column(project, activation)
     parts = ["count(*) AS row_count"]
     if mark:
         parts.append(f"max({exp.column(mark, table='t').sql(dialect=dialect)}) AS mark")
     else:
-        agg = _hash_aggregate(wh, dialect, relation)
+        agg = _hash_aggregate(wh, relation)
         if agg:
             parts.append(f"{agg} AS rows_hash")
     return f"SELECT {', '.join(parts)} FROM {relation.sql(dialect=dialect)}"
@@ -75,7 +76,7 @@ def fingerprint(wh: Any, project: Project, activation: str) -> str:
     """``{"rows": N, "mark": ...}`` or ``{"rows": N, "hash": ...}`` as compact JSON."""
     row = wh.query(fingerprint_sql(wh, project, activation))[0]
     out: dict[str, Any] = {"rows": int(row[0])}
-    if len(row) > 1:
+    if len(row) > 1:  # the second column is the mark when the activation has one, else the hash
         key = "mark" if _mark_column(project, activation) else "hash"
         out[key] = None if row[1] is None else str(row[1])
     return json.dumps(out, separators=(",", ":"), sort_keys=True)
