@@ -49,7 +49,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             cols = wh.query_columns(delta.render(_inline_views(wh, project, model_select(wh, project, name)),
                                                 wh.dialect))
             needed = [m.primary_key, *m.identifiers, *m.categorical, *([m.time_column] if m.time_column else [])]
-            missing = [c for c in needed if c not in cols]
+            missing = _missing(needed, cols)
             if missing:
                 problems.append(Problem(f"models.{name}", f"column '{missing[0]}' does not exist; "
                                                           f"columns: {', '.join(cols)}"))
@@ -63,12 +63,12 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
         try:
             q = _inline_views(wh, project, segment_select(wh, project, name))
             cols = wh.relation_columns(q.subquery("s"))
-            if m.primary_key not in cols:
+            if _missing([m.primary_key], cols):
                 problems.append(Problem(f"segments.{name}", f"does not return the primary key '{m.primary_key}'"))
                 continue
             for aname, a in project.activations.items():
                 if a.segment == name and a.mapping:
-                    missing = [c for c in a.mapping if c not in cols]
+                    missing = _missing(a.mapping, cols)
                     if missing:
                         problems.append(Problem(f"activations.{aname}",
                                                 f"mapping: column '{missing[0]}' is not in segment '{name}'; "
@@ -141,6 +141,12 @@ def validate_connections(project: Project) -> list[str]:
 
     with dg.build_resources(build_resources(project)) as resources:
         return [str(p) for p in check_project(project, resources)]
+
+
+def _missing(names: Any, columns: list[str]) -> list[str]:
+    """The configured ``names`` the warehouse's ``columns`` lack, matched as the sync matches them
+    (``delta.resolve_column``: Snowflake reports unquoted names in upper case)."""
+    return [n for n in names if delta.resolve_column(n, columns) not in columns]
 
 
 def _short(exc: BaseException) -> str:

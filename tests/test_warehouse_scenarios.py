@@ -190,3 +190,10 @@ def test_same_files_and_rows_on_every_warehouse(warehouse_project) -> None:
     assert [len(read_csv(out / f"big_{k}.csv")) for k in ("added", "updated", "removed")] == [1, 1, 1]
     u3 = do_sync(env, "ups", "20250103T000001.000000Z")
     assert (u3.files, u3.rows_written) == ([], 0)
+
+
+def test_validation_finds_nothing_wrong_on_every_warehouse(warehouse_project) -> None:
+    """Configured names match the warehouse's whatever case it reports them in (Snowflake: upper case)."""
+    from dinmo_dagster.validation import check_project
+
+    assert [str(p) for p in check_project(warehouse_project.project, warehouse_project.resources)] == []
