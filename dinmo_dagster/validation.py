@@ -27,10 +27,16 @@ class Problem:
 
 def check_project(project: Project, resources: Any) -> list[Problem]:
     """Connect to everything the project uses and report what is broken."""
-    from dinmo_dagster.assets.models import model_select, segment_select
     from dinmo_dagster.resources import destination_key, source_key
 
     problems: list[Problem] = []
+    inliners: dict[str, _Inliner] = {}
+
+    def inliner(source: str) -> _Inliner:
+        if source not in inliners:
+            inliners[source] = _Inliner(getattr(resources, source_key(source)), project)
+        return inliners[source]
+
     broken_sources: set[str] = set()
     for name in project.sources:
         try:
@@ -46,8 +52,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             if m.table and wh.table_columns(m.table) is None:
                 problems.append(Problem(f"models.{name}", f"table {m.table} does not exist"))
                 continue
-            cols = wh.query_columns(delta.render(_inline_views(wh, project, model_select(wh, project, name)),
-                                                wh.dialect))
+            cols = wh.query_columns(delta.render(inliner(m.source).select("model", name), wh.dialect))
             needed = [m.primary_key, *m.identifiers, *m.categorical, *([m.time_column] if m.time_column else [])]
             missing = _missing(needed, cols)
             if missing:
@@ -61,7 +66,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             continue
         wh = getattr(resources, source_key(m.source))
         try:
-            q = _inline_views(wh, project, segment_select(wh, project, name))
+            q = inliner(m.source).select("segment", name)
             cols = wh.relation_columns(q.subquery("s"))
             if _missing([m.primary_key], cols):
                 problems.append(Problem(f"segments.{name}", f"does not return the primary key '{m.primary_key}'"))
@@ -83,39 +88,51 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
     return problems
 
 
-def _inline_views(wh: Any, project: Project, query: exp.Expression, depth: int = 0) -> exp.Expression:
-    """``query`` with references to the models' and segments' views replaced by their SELECTs.
+class _Inliner:
+    """Models' and segments' SELECTs with references to their views replaced by the SELECTs behind them.
 
     A project that never synced has no views yet in ``dinmo_segments``, and existing views may be
     stale; validating against the SELECTs behind them checks the entities as the next sync will
-    build them, without creating anything in the warehouse.
+    build them, without creating anything in the warehouse. One per source: the views it can replace
+    and the filter compiler's model columns are read once.
     """
-    from dinmo_dagster.assets.models import model_relation, model_select, segment_relation, segment_select
 
-    if depth > 5:
-        return query
-    views: dict[str, tuple[str, str]] = {}
-    for name, m in project.models.items():
-        if getattr(wh, "source_name", None) in (None, "", m.source):
-            views[model_relation(wh, project, name).sql(dialect=wh.dialect)] = ("model", name)
-    for name, seg in project.segments.items():
-        if getattr(wh, "source_name", None) in (None, "", project.models[seg.model].source):
-            views[segment_relation(wh, project, name).sql(dialect=wh.dialect)] = ("segment", name)
+    def __init__(self, wh: Any, project: Project) -> None:
+        from dinmo_dagster.assets.models import filters_model_infos, model_relation, segment_relation
 
-    def swap(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Table):
-            bare = node.copy()
-            bare.set("alias", None)
-            found = views.get(bare.sql(dialect=wh.dialect))
-            if found is not None:
-                kind, name = found
-                select = model_select(wh, project, name) if kind == "model" else segment_select(wh, project, name)
-                inner = _inline_views(wh, project, select, depth + 1)
-                alias = node.alias or f"{kind}_{name}"
-                return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias)))
-        return node
+        self.wh, self.project = wh, project
+        self.infos = filters_model_infos(wh, project)
+        self.views: dict[str, tuple[str, str]] = {}
+        for name, m in project.models.items():
+            if getattr(wh, "source_name", None) in (None, "", m.source):
+                self.views[model_relation(wh, project, name).sql(dialect=wh.dialect)] = ("model", name)
+        for name, seg in project.segments.items():
+            if getattr(wh, "source_name", None) in (None, "", project.models[seg.model].source):
+                self.views[segment_relation(wh, project, name).sql(dialect=wh.dialect)] = ("segment", name)
 
-    return query.copy().transform(swap)
+    def select(self, kind: str, name: str, depth: int = 0) -> exp.Expression:
+        from dinmo_dagster.assets.models import model_select, segment_select
+
+        build = model_select if kind == "model" else segment_select
+        return self._inline(build(self.wh, self.project, name, self.infos), depth)
+
+    def _inline(self, query: exp.Expression, depth: int) -> exp.Expression:
+        if depth > 5:
+            return query
+
+        def swap(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.Table):
+                bare = node.copy()
+                bare.set("alias", None)
+                found = self.views.get(bare.sql(dialect=self.wh.dialect))
+                if found is not None:
+                    kind, name = found
+                    alias = node.alias or f"{kind}_{name}"
+                    return exp.Subquery(this=self.select(kind, name, depth + 1),
+                                        alias=exp.TableAlias(this=exp.to_identifier(alias)))
+            return node
+
+        return query.copy().transform(swap)
 
 
 def affected_activations(project: Project, problems: list[Problem]) -> dict[str, str]:

@@ -74,8 +74,11 @@ def _parse_select(sql: str, dialect: str, where: str) -> exp.Expression:
     return parsed
 
 
-def model_select(wh: Any, project: Project, name: str) -> exp.Expression:
-    """The SELECT behind a model's view: its table or SQL, plus calculated fields and custom attributes."""
+def model_select(wh: Any, project: Project, name: str, infos: dict[str, Any] | None = None) -> exp.Expression:
+    """The SELECT behind a model's view: its table or SQL, plus calculated fields and custom attributes.
+
+    ``infos``: ``filters_model_infos`` of the source when the caller already has them.
+    """
     m = project.models[name]
     dialect = wh.dialect
     base = _base_select(project, name, dialect)
@@ -83,7 +86,7 @@ def model_select(wh: Any, project: Project, name: str) -> exp.Expression:
         return base
     from dinmo_dagster import filters
 
-    info = filters_model_infos(wh, project, exclude=name)
+    info = dict(infos) if infos is not None else filters_model_infos(wh, project, exclude=name)
     this = _model_info(wh, project, name, wh.query_columns(delta.render(base, dialect)))
     info[name] = this
     sql = filters.compile_model_select(
@@ -136,7 +139,7 @@ def _declared_columns(wh: Any, project: Project, name: str) -> list[str]:
     return [*cols, *(f.name for f in m.calculated_fields), *(c.name for c in m.custom_attributes)]
 
 
-def segment_select(wh: Any, project: Project, name: str) -> exp.Expression:
+def segment_select(wh: Any, project: Project, name: str, infos: dict[str, Any] | None = None) -> exp.Expression:
     """The SELECT behind a segment's view: its SQL over ``{{ model }}``, or its compiled filter."""
     s: Segment = project.segments[name]
     dialect = wh.dialect
@@ -146,7 +149,7 @@ def segment_select(wh: Any, project: Project, name: str) -> exp.Expression:
         return _parse_select(text, dialect, f"segments.{name}.sql")
     from dinmo_dagster import filters
 
-    infos = filters_model_infos(wh, project)
+    infos = infos if infos is not None else filters_model_infos(wh, project)
     seg_rel = {n: segment_relation(wh, project, n) for n, other in project.segments.items()
                if other.model == s.model and n != name}
     try:
