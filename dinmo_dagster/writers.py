@@ -2,14 +2,14 @@
 
 Every text format is rendered with vectorised pyarrow compute, one batch at a time: each column is
 turned into its text form once per batch and the rows are assembled with ``binary_join_element_wise``.
-No per-row Python runs except for rare types (binary, nested). Knowing each rendered row's exact byte
-length makes splitting exact for uncompressed text.
+No per-row Python runs except for rare types (binary, nested, intervals, years outside 1-9999). Knowing
+each rendered row's exact byte length makes splitting exact for uncompressed text.
 
 Format choices (the README repeats them):
 
 * CSV: RFC 4180 quoting, UTF-8, ``\\n`` line ends. A field is quoted when it contains the delimiter,
-  a double quote, CR or LF (quotes doubled inside); an empty string is written ``""`` so that it
-  differs from NULL, which is an empty unquoted field (as DuckDB's COPY does). Booleans ``true`` /
+  a double quote, CR or LF (quotes doubled inside); an empty string (or empty binary) is written ``""`` so
+  that it differs from NULL, which is an empty unquoted field (as DuckDB's COPY does). Booleans ``true`` /
   ``false``; decimals keep their scale (``12.50``), never scientific notation; floats use the
   shortest round-trip text (``nan``/``inf`` as such). pyarrow's own CSVWriter is not used because
   its "needed" style quotes every string value and it cannot report per-row sizes for splitting.
@@ -17,19 +17,46 @@ Format choices (the README repeats them):
   (microseconds: ``2025-04-14T09:05:07.042000``, seconds: none). A timezone-aware column is written
   at its wall clock in its own timezone with a ``+HH:MM`` offset (``+00:00`` for UTC). Dates
   ``2025-04-14``; times ``09:05:07.042000``.
+* Infinite and far timestamps and dates (all text formats): DuckDB hands Arrow ``'infinity'`` and
+  ``'-infinity'`` as the int64 limits +/-(2^63-1) for timestamps of every unit and as the int32
+  limits +/-(2^31-1) days for dates (the PostgreSQL source loads its infinities to the same values).
+  They are written ``infinity`` / ``-infinity``, the warehouses' own text (a string in JSON). Years
+  outside 1-9999 are written in full, as Arrow writes the years it can: ``5881580-07-10``,
+  ``294247-01-10T04:00:54.775806``, and astronomical years before year 1 (1 BC is ``0000``, 44 BC
+  ``-0043``). A timezone-aware value that far is written in UTC (``+00:00``).
+* Intervals (DuckDB/PostgreSQL ``INTERVAL``, Arrow month_day_nano and durations; all text formats):
+  ISO 8601 durations as PostgreSQL's IntervalStyle ``iso_8601`` writes them: ``P1Y2M-3DT4H5M6.789S``,
+  ``PT-1H-2M-3S``, ``PT0S``. Months, days and time stay apart and each part carries its own sign.
+  A string in JSON.
+* Nested values (lists, structs, maps): compact JSON text in CSV and XML, JSON values in JSON. Inside
+  them NaN and infinities are ``null`` (as in a float column), timestamps, dates and intervals have
+  the text above, binary is base64 and decimals are strings of their exact text; maps are
+  ``[[key, value], ...]``.
 * JSON: an array of objects, one object per line (``[\\n{...},\\n{...}\\n]``), or newline-delimited
   JSON with ``json_lines`` (extension ``jsonl``, so consumers do not parse it as one document).
   Integers and decimals are JSON numbers (decimals written from their exact text, scale kept:
   ``12.50``), NaN/Infinity become ``null``, NULL is ``null``, timestamps/dates are ISO strings,
-  binary is base64 text, non-ASCII stays UTF-8.
+  binary is base64 text, non-ASCII stays UTF-8. Files parse with a strict parser (no ``NaN``).
 * XML: ``<?xml version="1.0" encoding="UTF-8"?>`` then ``<records>`` with one ``<record>`` per row
   and one element per column (names configurable). A NULL value omits the element (an empty
-  element would be indistinguishable from an empty string). Text escapes ``& < >`` and CR; a value
-  with a character XML 1.0 cannot carry (control characters other than tab, LF, CR) is an error.
-  Column names must be valid XML names (no ``:``); ``xml_name_problem`` says why one is not.
+  element would be indistinguishable from an empty string). Text escapes ``& < >`` and CR. A value
+  holding a character XML 1.0 cannot carry even as a reference (controls other than tab, LF, CR;
+  U+FFFE; U+FFFF) fails the export with ``ExportError`` naming the column, rather than alter the
+  data: the batch holding it is refused before it reaches a file, the unfinished part is removed,
+  and the sync removes the parts it had already delivered. Column names must be valid XML names
+  (no ``:``); ``xml_name_problem`` says why one is not.
 * Parquet: ``pyarrow.parquet.ParquetWriter``, Arrow types kept, ``snappy`` by default, about
-  100k rows per row group.
+  100k rows per row group. Infinite and far timestamps and dates keep their stored integers (DuckDB
+  reads them back as infinity). ``timestamp[s]`` is written as ``timestamp[ms]`` (Parquet has no
+  seconds unit), infinity kept at the int64 limits where pyarrow's own conversion would overflow.
+  Parquet cannot hold an INTERVAL (pyarrow has no mapping for month_day_nano): such a column fails
+  the export before any file exists (cast it in the segment); Arrow durations are kept.
 * ``compression="gzip"`` (text formats only) appends ``.gz``.
+
+Types: ``check_exportable(schema, format)`` lists the columns a format cannot hold (INTERVAL in
+Parquet; unions and other types no format here renders; invalid XML names), one line each naming the
+column and what to do. ``write_parts`` runs it before opening any file and raises ``ExportError``
+with those lines, so an export fails before writing even when its caller did not check first.
 
 Threads: the batch source is iterated and ``deliver`` is called only in the calling thread; worker
 threads render text batches (pyarrow compute releases the GIL) or write Parquet row groups, so
@@ -45,7 +72,6 @@ after closing, and re-split in halves if an estimate was ever wrong.
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import decimal
 import json
 import os
@@ -65,7 +91,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["CSV_DELIMITERS", "FormatOptions", "PartFile", "write_parts", "xml_name_problem"]
+__all__ = [
+    "CSV_DELIMITERS",
+    "ExportError",
+    "FormatOptions",
+    "PartFile",
+    "check_exportable",
+    "write_parts",
+    "xml_name_problem",
+]
 
 CSV_DELIMITERS: tuple[str, ...] = (",", ";", "|", "\t")
 _FORMATS = ("csv", "json", "xml", "parquet")
@@ -164,6 +198,93 @@ class PartFile:
     bytes: int
 
 
+class ExportError(ValueError):
+    """A value or column type the chosen format cannot hold; raised before the part holding it is kept."""
+
+
+_FORMAT_LABELS = {"csv": "CSV", "json": "JSON", "xml": "XML", "parquet": "Parquet"}
+
+
+def check_exportable(schema: pa.Schema, fmt: str) -> list[str]:
+    """Why columns of `schema` cannot be exported as `fmt` (csv, json, xml, parquet): one line each.
+
+    Each problem names the column, its type and what to do, for example ``column "dur" has type
+    INTERVAL, which Parquet cannot hold: cast it in the segment (for example to VARCHAR or to a number
+    of seconds)``. An empty list means every column can be written (values XML 1.0 cannot carry, such
+    as U+FFFF, are only known when the rows are read). `write_parts` runs this before opening any file.
+    """
+    if fmt not in _FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(_FORMATS)}")
+    label = _FORMAT_LABELS[fmt]
+    # Parquet: one probe of the whole schema; each column is probed alone only when that one fails.
+    parquet_ok = fmt == "parquet" and _parquet_writable(schema)
+    problems: list[str] = []
+    for field in schema:
+        t = field.type
+        if fmt == "parquet":
+            if _contains(t, pa.types.is_interval) or not (
+                parquet_ok or _parquet_writable(pa.schema([field]))
+            ):
+                problems.append(_cannot_hold(field.name, t, label))
+            continue
+        if not _renderable(t):
+            problems.append(_cannot_hold(field.name, t, label))
+        if fmt == "xml":
+            problem = xml_name_problem(field.name)
+            if problem:
+                problems.append(f"column {field.name!r} cannot be an XML element: {problem}")
+    return problems
+
+
+def _cannot_hold(name: str, t: pa.DataType, label: str) -> str:
+    hint = "VARCHAR or to a number of seconds" if _contains(t, pa.types.is_interval) else "VARCHAR"
+    type_name = (
+        "INTERVAL" if pa.types.is_interval(t) else str(t).replace("month_day_nano_interval", "INTERVAL")
+    )
+    return (
+        f'column "{name}" has type {type_name}, which {label} cannot hold: cast it in the segment '
+        f"(for example to {hint})"
+    )
+
+
+def _children(t: pa.DataType) -> list[pa.DataType]:
+    if pa.types.is_dictionary(t):
+        return [t.value_type]
+    if pa.types.is_map(t):
+        return [t.key_type, t.item_type]
+    if pa.types.is_struct(t):
+        return [t.field(i).type for i in range(t.num_fields)]
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return [t.value_type]
+    return []
+
+
+def _contains(t: pa.DataType, predicate: Callable[[pa.DataType], bool]) -> bool:
+    """Whether `t`, or a type nested in it, satisfies `predicate`."""
+    return predicate(t) or any(_contains(c, predicate) for c in _children(t))
+
+
+def _renderable(t: pa.DataType) -> bool:
+    """Whether the text formats can write values of `t` (unions, run-end encoded, list views: no)."""
+    if _children(t):
+        return all(_renderable(c) for c in _children(t))
+    return isinstance(t, pa.BaseExtensionType) or any(
+        check(t)
+        for check in (pa.types.is_null, pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating,
+                      pa.types.is_decimal, _is_stringy, _is_binary, pa.types.is_date, pa.types.is_time,
+                      pa.types.is_timestamp, pa.types.is_duration, pa.types.is_interval)
+    )  # fmt: skip
+
+
+def _parquet_writable(schema: pa.Schema) -> bool:
+    """Whether pyarrow's ParquetWriter accepts `schema` (it refuses intervals, unions, ...)."""
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), schema).close()
+    except (pa.ArrowException, TypeError):
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------------
 # Column rendering (vectorised)
 # --------------------------------------------------------------------------------------------------
@@ -189,24 +310,24 @@ def _is_binary(t: pa.DataType) -> bool:
 
 
 def _json_default(value: object) -> object:
+    # Values _json_ready leaves to Python: decimals (exact text), binary (base64), extension values.
     if isinstance(value, decimal.Decimal):
         return format(value, "f")
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
-        return value.isoformat()
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(value).decode("ascii")
-    if isinstance(value, _dt.timedelta):
-        return value.total_seconds()
     return str(value)
 
 
 def _python_text(arr: pa.Array, fn: Callable[[object], str]) -> pa.Array:
-    # Rare types only (binary, nested): per-value Python is acceptable there.
+    # Rare types only (binary, nested, intervals): per-value Python is acceptable there.
     return pa.array([None if v is None else fn(v) for v in arr.to_pylist()], pa.string())
 
 
 def _nested_json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, default=_json_default, separators=(",", ":"))
+    # allow_nan=False: a NaN that slipped past _json_ready fails here instead of making invalid JSON.
+    return json.dumps(
+        value, ensure_ascii=False, default=_json_default, separators=(",", ":"), allow_nan=False
+    )
 
 
 def _set_t_separator(s: pa.Array) -> pa.Array:
@@ -229,6 +350,100 @@ def _set_t_separator(s: pa.Array) -> pa.Array:
     return pa.StringArray.from_buffers(n, offsets_buf, pa.py_buffer(data), validity, s.null_count, s.offset)
 
 
+# ---- Infinite and far timestamps and dates ------------------------------------------------------
+# DuckDB hands 'infinity' / '-infinity' to Arrow as the largest / smallest-but-one integer of the
+# column's storage (int64 for timestamps in every unit, int32 days for dates); PostgreSQL stores them
+# as the largest and smallest integers. Arrow's own cast turns them, and any year past about 32767,
+# into '<value out of range: ...>', so those values are written here instead.
+
+_INT64_MAX, _INT32_MAX = 2**63 - 1, 2**31 - 1
+_INFINITY = {_INT64_MAX: "infinity", -_INT64_MAX: "-infinity", -_INT64_MAX - 1: "-infinity",
+             _INT32_MAX: "infinity", -_INT32_MAX: "-infinity", -_INT32_MAX - 1: "-infinity"}  # fmt: skip
+# Days from 1970-01-01 to 0001-01-01 and to 10000-01-01: Arrow's text is used for years 1-9999 only.
+_FIRST_DAY, _END_DAY = -719_162, 2_932_897
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_FRACTION_DIGITS = {"s": 0, "ms": 3, "us": 6, "ns": 9}
+
+
+def _civil_date(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a day number from 1970-01-01, proleptic Gregorian, any year.
+
+    Howard Hinnant's ``civil_from_days``, the algorithm Arrow itself uses for years it can format.
+    """
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def _year_text(year: int) -> str:
+    # As Arrow writes years: four digits at least, astronomical numbering (1 BC is 0000, 2 BC -0001).
+    return f"{year:04d}" if year >= 0 else f"-{-year:04d}"
+
+
+def _far_temporal_text(value: int, t: pa.DataType) -> str:
+    """ISO 8601 text of a timestamp or date outside years 1-9999 (or 'infinity' / '-infinity')."""
+    width_max = _INT32_MAX if pa.types.is_date32(t) else _INT64_MAX
+    if abs(value) >= width_max:
+        return _INFINITY[value]
+    if pa.types.is_date32(t):
+        y, m, d = _civil_date(value)
+        return f"{_year_text(y)}-{m:02d}-{d:02d}"
+    if pa.types.is_date64(t):
+        y, m, d = _civil_date(value // 86_400_000)
+        return f"{_year_text(y)}-{m:02d}-{d:02d}"
+    per_second = _PER_SECOND[t.unit]
+    days, rest = divmod(value, 86_400 * per_second)
+    seconds, fraction = divmod(rest, per_second)
+    y, m, d = _civil_date(days)
+    text = (
+        f"{_year_text(y)}-{m:02d}-{d:02d}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    )
+    digits = _FRACTION_DIGITS[t.unit]
+    if digits:
+        text += f".{fraction:0{digits}d}"
+    # The instant in UTC: a time zone's offset is not known this far from today.
+    return text + "+00:00" if t.tz is not None else text
+
+
+def _far_mask(arr: pa.Array) -> pa.Array | None:
+    """Which values of a timestamp/date array fall outside years 1-9999 (None when none do)."""
+    t = arr.type
+    if pa.types.is_date32(t):
+        ints, lo, hi = arr.view(pa.int32()), _FIRST_DAY, _END_DAY - 1
+    else:
+        per_day = 86_400_000 if pa.types.is_date64(t) else 86_400 * _PER_SECOND[t.unit]
+        ints, lo, hi = arr.view(pa.int64()), _FIRST_DAY * per_day, _END_DAY * per_day - 1
+        if pa.types.is_timestamp(t) and t.tz is not None and t.tz not in _UTC_NAMES:
+            # A day of margin: the wall clock in a zone can cross into year 0 or 10000.
+            lo, hi = lo + per_day, hi - per_day
+        # The int64 limits are infinity even where they are ordinary instants (nanoseconds: 1677-2262).
+        lo, hi = max(lo, -_INT64_MAX + 1), min(hi, _INT64_MAX - 1)
+    if len(arr) == arr.null_count:
+        return None
+    bounds = pc.min_max(ints).as_py()
+    if bounds["min"] >= lo and bounds["max"] <= hi:
+        return None
+    return pc.fill_null(pc.or_(pc.less(ints, lo), pc.greater(ints, hi)), False)
+
+
+def _temporal_text(arr: pa.Array, fast: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """`fast` (Arrow's text) for years 1-9999; infinity and far years written by _far_temporal_text."""
+    mask = _far_mask(arr)
+    if mask is None:
+        return fast(arr)
+    # Arrow's cast would print '<value out of range: ...>' for these (or raise): null them first.
+    text = fast(pc.if_else(mask, pa.scalar(None, arr.type), arr))
+    ints = arr.filter(mask).view(pa.int32() if pa.types.is_date32(arr.type) else pa.int64())
+    far = pa.array([_far_temporal_text(v, arr.type) for v in ints.to_pylist()], pa.string())
+    return pc.replace_with_mask(text, mask, far)
+
+
 def _timestamp_text(arr: pa.Array) -> pa.Array:
     t: pa.TimestampType = arr.type
     if t.tz is None:
@@ -240,6 +455,105 @@ def _timestamp_text(arr: pa.Array) -> pa.Array:
     text = pc.strftime(arr, format=fmt)
     # strftime writes +0200; ISO 8601 extended form wants +02:00.
     return pc.replace_substring_regex(text, pattern=r"([+-]\d\d)(\d\d)$", replacement=r"\1:\2")
+
+
+# ---- Intervals and durations ---------------------------------------------------------------------
+
+
+def _trunc_divmod(n: int, d: int) -> tuple[int, int]:
+    """divmod rounding toward zero, so each part keeps the sign of the whole (-90 min: -1 h, -30 min)."""
+    q = abs(n) // d
+    q = -q if n < 0 else q
+    return q, n - q * d
+
+
+def _iso_duration(months: int, days: int, nanoseconds: int) -> str:
+    """ISO 8601 duration, as PostgreSQL's IntervalStyle iso_8601 writes it (P1Y2M-3DT4H5M6.789S).
+
+    Months, days and time stay apart (a month is not a fixed number of days, nor a day of hours); each
+    part carries its own sign; 14 months are 1Y2M and 25 hours stay 25H.
+    """
+    if not (months or days or nanoseconds):
+        return "PT0S"
+    years, months = _trunc_divmod(months, 12)
+    text = "P" + "".join(f"{v}{u}" for v, u in ((years, "Y"), (months, "M"), (days, "D")) if v)
+    if nanoseconds:
+        hours, rest = _trunc_divmod(nanoseconds, 3_600_000_000_000)
+        minutes, rest = _trunc_divmod(rest, 60_000_000_000)
+        text += "T" + "".join(f"{v}{u}" for v, u in ((hours, "H"), (minutes, "M")) if v)
+        if rest:
+            whole, fraction = divmod(abs(rest), 1_000_000_000)
+            seconds = ("-" if rest < 0 else "") + str(whole)
+            if fraction:
+                seconds += "." + f"{fraction:09d}".rstrip("0")
+            text += seconds + "S"
+    return text
+
+
+def _interval_text(arr: pa.Array) -> pa.Array:
+    """ISO 8601 durations of an INTERVAL (month_day_nano) or a duration column."""
+    if pa.types.is_duration(arr.type):
+        scale = 1_000_000_000 // _PER_SECOND[arr.type.unit]
+        return _python_text(arr.view(pa.int64()), lambda v: _iso_duration(0, 0, v * scale))
+    return _python_text(arr, lambda v: _iso_duration(v.months, v.days, v.nanoseconds))
+
+
+# ---- Nested values ---------------------------------------------------------------------------------
+
+
+def _is_interval(t: pa.DataType) -> bool:
+    return pa.types.is_interval(t) or pa.types.is_duration(t)
+
+
+def _rebuild(arr: pa.Array, leaf: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """`arr` with `leaf` applied to every non-nested array inside it (lists, structs and maps rebuilt,
+    field names kept; dictionaries decoded)."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        return _rebuild(arr.dictionary_decode(), leaf)
+    mask = arr.is_null() if arr.null_count else None
+    if pa.types.is_map(t):
+        entries = arr.values  # every entry of the underlying storage; the offsets pick this slice's
+        keys, items = _rebuild(entries.field(0), leaf), _rebuild(entries.field(1), leaf)
+        return pa.MapArray.from_arrays(arr.offsets, keys, items, mask=mask)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        values = _rebuild(arr.values, leaf)
+        field = pa.field(t.value_field.name, values.type, t.value_field.nullable)
+        cls, make = (pa.ListArray, pa.list_) if pa.types.is_list(t) else (pa.LargeListArray, pa.large_list)
+        return cls.from_arrays(arr.offsets, values, type=make(field), mask=mask)
+    if pa.types.is_fixed_size_list(t):
+        size = t.list_size
+        values = _rebuild(arr.values.slice(arr.offset * size, len(arr) * size), leaf)
+        field = pa.field(t.value_field.name, values.type, t.value_field.nullable)
+        return pa.FixedSizeListArray.from_arrays(values, type=pa.list_(field, size), mask=mask)
+    if pa.types.is_struct(t):
+        children = [_rebuild(arr.field(i), leaf) for i in range(t.num_fields)]
+        fields = [pa.field(t.field(i).name, c.type, t.field(i).nullable) for i, c in enumerate(children)]
+        return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
+    return leaf(arr)
+
+
+def _json_leaf(arr: pa.Array) -> pa.Array:
+    """A leaf of a nested value in the form json.dumps writes as it appears in a top-level column."""
+    t = arr.type
+    if pa.types.is_floating(t):
+        # NaN and infinities have no JSON form: null, as in a top-level column.
+        arr = arr.cast(pa.float64())
+        return pc.if_else(pc.is_finite(arr), arr, pa.scalar(None, pa.float64()))
+    if pa.types.is_temporal(t):
+        return _text(arr)
+    if isinstance(t, pa.BaseExtensionType):
+        return _python_text(arr, str)
+    return arr
+
+
+def _json_ready(arr: pa.Array) -> pa.Array:
+    """A nested array whose values ``to_pylist`` can give and ``json.dumps`` can write strictly."""
+    return _rebuild(arr, _json_leaf)
+
+
+def _nested_text(arr: pa.Array) -> pa.Array:
+    return _python_text(_json_ready(arr), _nested_json)
 
 
 def _decimal_text(arr: pa.Array) -> pa.Array:
@@ -264,28 +578,30 @@ def _text(arr: pa.Array) -> pa.Array:
     if pa.types.is_null(t):
         return pa.nulls(len(arr), pa.string())
     if pa.types.is_timestamp(t):
-        return _timestamp_text(arr)
+        return _temporal_text(arr, _timestamp_text)
+    if pa.types.is_date(t):
+        return _temporal_text(arr, lambda a: pc.cast(a, pa.string()))
     if pa.types.is_decimal(t):
         return _decimal_text(arr)
-    if (
-        pa.types.is_boolean(t)
-        or pa.types.is_integer(t)
-        or pa.types.is_floating(t)
-        or pa.types.is_date(t)
-        or pa.types.is_time(t)
-    ):
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_time(t):
         return pc.cast(arr, pa.string())
     if _is_binary(t):
         return _python_text(arr, lambda v: base64.b64encode(v).decode("ascii"))
-    if pa.types.is_duration(t):
-        return pc.cast(arr.cast(pa.int64()), pa.string())
-    return _python_text(arr, _nested_json)
+    if _is_interval(t):
+        return _interval_text(arr)
+    if isinstance(t, pa.BaseExtensionType):
+        # arrow.uuid and the like: their Python value's text (a UUID in its usual form).
+        return _python_text(arr, str)
+    return _nested_text(arr)
 
 
-def _may_match(s: pa.Array, chars: bytes, control: bool = False, empty: bool = False) -> bool:
+def _may_match(
+    s: pa.Array, chars: bytes, control: bool = False, empty: bool = False, nonchar: bool = False
+) -> bool:
     """Cheap scan of a StringArray's raw bytes: False means no value holds any of `chars`.
 
-    With `control`, bytes below 0x20 count too; with `empty`, so does an empty (non-null) string.
+    With `control`, bytes below 0x20 count too; with `empty`, so does an empty (non-null) string;
+    with `nonchar`, so do U+FFFE and U+FFFF (UTF-8 EF BF BE / EF BF BF), which XML 1.0 excludes.
     """
     n = len(s)
     if n == 0 or s.null_count == n:
@@ -303,6 +619,10 @@ def _may_match(s: pa.Array, chars: bytes, control: bool = False, empty: bool = F
     data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
     if control and bool((data < 0x20).any()):
         return True
+    if nonchar and data.size >= 3:
+        lead = np.flatnonzero(data[:-2] == 0xEF)
+        if lead.size and bool(((data[lead + 1] == 0xBF) & (data[lead + 2] >= 0xBE)).any()):
+            return True
     return any(bool((data == c).any()) for c in chars)
 
 
@@ -315,7 +635,8 @@ def _replace_where(s: pa.Array, pattern: str, fix: Callable[[pa.Array], pa.Array
 
 
 def _may_need_escaping(t: pa.DataType) -> bool:
-    # Numbers, booleans and temporal text never contain delimiters, quotes or markup.
+    # Numbers, booleans and temporal text (ISO 8601 durations too) never contain delimiters, quotes
+    # or markup. Binary is scanned: its base64 text is empty for an empty value, quoted in CSV.
     return not (
         pa.types.is_boolean(t)
         or pa.types.is_integer(t)
@@ -323,7 +644,6 @@ def _may_need_escaping(t: pa.DataType) -> bool:
         or pa.types.is_decimal(t)
         or pa.types.is_temporal(t)
         or pa.types.is_null(t)
-        or _is_binary(t)
     )
 
 
@@ -372,19 +692,18 @@ def _json_value(arr: pa.Array) -> pa.Array:
         # NaN and infinities have no JSON form.
         finite = pc.is_finite(arr)
         frag = pc.if_else(finite, pc.cast(arr, pa.string()), pa.scalar(None, pa.string()))
-    elif pa.types.is_duration(t):
-        frag = _text(arr)
     elif pa.types.is_temporal(t) or _is_binary(t):
+        # Dates, timestamps ('infinity' too) and ISO 8601 durations are JSON strings.
         frag = _json_quoted(_text(arr))
-    elif _is_stringy(t):
-        text = arr.cast(pa.string())
+    elif _is_stringy(t) or isinstance(t, pa.BaseExtensionType):
+        text = _text(arr)
         if _may_match(text, b'\\"', control=True):
             text = _replace_where(text, '[\\\\"\\x00-\\x1f]', _json_escape)
         frag = _json_quoted(text)
     elif pa.types.is_null(t):
         frag = pa.nulls(len(arr), pa.string())
     else:
-        frag = _python_text(arr, _nested_json)
+        frag = _nested_text(arr)
     return pc.fill_null(frag, "null")
 
 
@@ -398,15 +717,16 @@ def _xml_escape(sub: pa.Array) -> pa.Array:
 
 def _xml_element(arr: pa.Array, name: str) -> pa.Array:
     text = _text(arr)
-    if _may_need_escaping(arr.type) and _may_match(text, b"&<>\r", control=True):
+    if _may_need_escaping(arr.type) and _may_match(text, b"&<>\r", control=True, nonchar=True):
         bad = pc.fill_null(pc.match_substring_regex(text, _XML_BAD_CHARS), False)
         if pc.any(bad).as_py():
             value = text.filter(bad)[0].as_py()
             match = _XML_BAD_CHAR.search(value)
             char = match.group() if match else "?"
-            raise ValueError(
-                f"column {name!r} holds a character XML 1.0 cannot represent (U+{ord(char):04X}); "
-                "clean it in the segment's SQL or export another format"
+            # Not even a character reference can carry these in XML 1.0: refuse rather than alter data.
+            raise ExportError(
+                f'column "{name}" holds a character XML 1.0 cannot carry (U+{ord(char):04X}): remove it in '
+                "the segment (for example with regexp_replace) or export another format"
             )
         text = _replace_where(text, "[&<>\\r]", _xml_escape)
     return pc.fill_null(pc.binary_join_element_wise(f"<{name}>", text, f"</{name}>", ""), "")
@@ -717,10 +1037,39 @@ class _TextParts:
             self.sink = None
 
 
+def _is_seconds(t: pa.DataType) -> bool:
+    return pa.types.is_timestamp(t) and t.unit == "s"
+
+
+def _seconds_to_millis(arr: pa.Array) -> pa.Array:
+    """timestamp[s] as timestamp[ms], what Parquet stores, with +/-infinity kept at the int64 limits.
+
+    pyarrow's own conversion overflows on DuckDB's infinity (the int64 limit in seconds) and fails.
+    """
+    if not _is_seconds(arr.type):
+        return arr
+    ints = arr.view(pa.int64())
+    limit = _INT64_MAX // 1000
+    over, under = pc.greater(ints, limit), pc.less(ints, -limit)
+    millis = pc.multiply(pc.if_else(pc.or_(over, under), 0, ints), 1000)
+    millis = pc.if_else(over, _INT64_MAX, pc.if_else(under, -_INT64_MAX, millis))
+    return millis.view(pa.timestamp("ms", arr.type.tz))
+
+
+def _parquet_field(field: pa.Field) -> pa.Field:
+    if not _contains(field.type, _is_seconds):
+        return field
+    return field.with_type(_rebuild(pa.array([], field.type), _seconds_to_millis).type)
+
+
 class _ParquetParts:
     """Writes batches into one or more Parquet files, each under the size limit."""
 
     def __init__(self, schema: pa.Schema, options: FormatOptions, limit: int | None, namer: _Namer) -> None:
+        # Columns holding timestamp[s] are written as timestamp[ms] (see _seconds_to_millis).
+        self.convert = [_contains(t, _is_seconds) for t in schema.types]
+        if any(self.convert):
+            schema = pa.schema([_parquet_field(f) for f in schema], metadata=schema.metadata)
         self.schema, self.limit, self.namer = schema, limit, namer
         self.compression = options.parquet_compression
         self.use_dictionary: bool | list[str] = True
@@ -787,6 +1136,12 @@ class _ParquetParts:
     def add(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
+        if any(self.convert):
+            columns = [
+                _rebuild(c, _seconds_to_millis) if convert else c
+                for c, convert in zip(batch.columns, self.convert)
+            ]
+            batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         self.buffer.append(batch)
         self.buffered += batch.num_rows
         if self.buffered >= _ROW_GROUP_ROWS:
@@ -938,6 +1293,10 @@ def write_parts(
         raise ValueError(f"max_file_bytes must be positive, got {max_file_bytes}")
     if len(schema) == 0:
         raise ValueError("an export needs at least one column")
+    # Before any file exists: a column the format cannot hold fails the export, not its last part.
+    problems = check_exportable(schema, options.format)
+    if problems:
+        raise ExportError("; ".join(problems))
     workdir = Path(workdir)
     namer = _Namer(base_name, options.extension, workdir, deliver)
     parts: _TextParts | _ParquetParts

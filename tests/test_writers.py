@@ -340,9 +340,10 @@ def test_xml_name_problem(name: str, problem: str | None) -> None:
 def test_xml_rejects_characters_xml_cannot_carry(tmp_path: Path) -> None:
     table = pa.table({"name": ["ok", "bell\x07"]})
     with pytest.raises(
-        ValueError, match=r"column 'name' holds a character XML 1.0 cannot represent \(U\+0007\)"
+        writers.ExportError, match=r'^column "name" holds a character XML 1.0 cannot carry \(U\+0007\)'
     ):
         write(table, FormatOptions("xml"), tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------- Parquet
