@@ -307,16 +307,21 @@ SNAPSHOTS = StateTable("dinmo_snapshots", (
     ("activation", "text"), ("partition_key", "text"), ("snapshot_table", "text"), ("row_count", "bigint"),
     ("created_at", "timestamp"), ("rows_kind", "text"), ("deduped", "bigint"), ("base_partition", "text"),
 ))
+# One row per sync: its state (writing, written, done, failed, abandoned), the objects it wrote or is
+# about to write (JSON list), the working directory of its part files, its sync mode, and its counts
+# (JSON, for the history row of a sync that recovery completes).
 JOURNAL = StateTable("dinmo_sync_journal", (
     ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("owner", "text"),
-    ("state", "text"), ("files", "text"), ("updated_at", "timestamp"),
+    ("state", "text"), ("files", "text"), ("updated_at", "timestamp"), ("workdir", "text"),
+    ("sync_mode", "text"), ("summary", "text"),
 ))
+# status: success, failed, or recovered (completed by the run ``completed_by`` after its own died).
 SYNC_HISTORY = StateTable("sync_history", (
     ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("status", "text"),
     ("sync_type", "text"), ("run_type", "text"), ("sync_mode", "text"), ("rows_added", "bigint"),
     ("rows_updated", "bigint"), ("rows_removed", "bigint"), ("rows_unchanged", "bigint"),
     ("rows_written", "bigint"), ("files", "bigint"), ("bytes", "bigint"), ("started_at", "timestamp"),
-    ("finished_at", "timestamp"), ("error", "text"),
+    ("finished_at", "timestamp"), ("error", "text"), ("completed_by", "text"),
 ))
 
 

@@ -6,11 +6,18 @@ batches -> mapping (in the SELECT) -> FileWriter parts -> Destination upload -> 
 Dagster assets in ``assets/`` call ``take_snapshot`` and ``deliver``; the CLI's ``preview`` calls
 ``preview``.
 
-Guarantees (SPEC section 10):
+Guarantees:
 - the baseline moves only after every file of the sync is in the destination;
 - before its first upload a sync journals what it is about to write; a later sync removes what a dead
-  one left behind, or, when all of it landed, promotes it without sending it twice;
-- a sync that fails in-process deletes the files it had already uploaded.
+  one left behind, or, when all of it landed, promotes it without sending it twice (and records it in
+  the sync history as ``recovered``);
+- a sync that fails in-process deletes the files it had already uploaded;
+- a file an earlier sync delivered is never overwritten by a later sync whose file name renders the
+  same (``snapshot`` syncs may replace the activation's own earlier snapshot): the later sync fails
+  before writing anything (``_check_overwrites``);
+- part files are written in a private working directory whose name carries the host, pid and process
+  start time, recorded in the journal: the next sync of the activation, and any sync on the machine,
+  removes what a dead process left there (``sweep_workdirs``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -140,7 +148,9 @@ class SyncResult:
     bytes: int = 0
     duration_s: float = 0.0
     dropped_partitions: list[str] = field(default_factory=list)
-    recovered: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)  # what recovery did, one line each
+    recovered_partitions: list[str] = field(default_factory=list)  # dead syncs this one completed
+    recovered_files: list[str] = field(default_factory=list)  # their files (URIs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,15 +263,112 @@ def _values_sql(t: SyncTarget, partition_key: str, rows_kind: str) -> tuple[list
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _journal(t: SyncTarget, partition_key: str, run_id: str, state: str, files: list[str]) -> None:
+def _journal(t: SyncTarget, partition_key: str, run_id: str, state: str, files: list[str],
+             workdir: Path | None = None, summary: dict[str, Any] | None = None) -> None:
+    """Record a sync's state, the objects it wrote (or is about to write), its working directory and
+    its counts (``summary``: what recovery puts in the sync history)."""
     table = t.state(delta.JOURNAL)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     t.warehouse.execute([
         delta.delete_sql(table, {"activation": t.name, "partition_key": partition_key}, t.dialect),
         delta.insert_sql(table, delta.JOURNAL, {
             "activation": t.name, "partition_key": partition_key, "run_id": run_id, "owner": OWNER, "state": state,
-            "files": json.dumps(files), "updated_at": now}, t.dialect),
+            "files": json.dumps(files), "updated_at": now, "workdir": str(workdir) if workdir else None,
+            "sync_mode": t.activation.sync_mode, "summary": json.dumps(summary) if summary else None}, t.dialect),
     ])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Working directories of part files
+# ---------------------------------------------------------------------------------------------------------
+
+WORKDIR_PREFIX = "dinmo-sync-"
+# Directories of versions that named them without their process (``dinmo-sync-<8 random characters>``):
+# removed once untouched for this long, since nothing tells whether their process still runs.
+LEGACY_WORKDIR_AGE_S = 24 * 3600
+_WORKDIR_RE = re.compile(r"^dinmo-sync-(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)-[a-z0-9_]+$")
+_LEGACY_WORKDIR_RE = re.compile(r"^dinmo-sync-[a-z0-9_]{8}$")
+
+
+def _host_token() -> str:
+    """This machine's name as it appears in working directory names."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _process_start(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``); 0 when unknown.
+
+    With the pid it identifies a process: a pid reused by a later process has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+        return int(data[data.rindex(b")") + 2:].split()[19])  # field 22, counted after "pid (comm) "
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def new_workdir() -> Path:
+    """A private (0700) directory for this process's part files, in the system temporary directory
+    (``TMPDIR``): ``dinmo-sync-<host>-<pid>-<process start>-<random>``, so that any later sync on this
+    machine can tell whether the process that made it is gone."""
+    pid = os.getpid()
+    return Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{_host_token()}-{pid}-{_process_start(pid)}-"))
+
+
+def _workdir_dead(name: str) -> bool | None:
+    """Whether the process that made working directory ``name`` is gone; None when the name says
+    nothing of its process (not ours, or an older version's)."""
+    m = _WORKDIR_RE.match(name)
+    if m is None:
+        return None
+    if m["host"] != _host_token():
+        return False  # another machine's (a shared temporary directory): syncs there clean it up
+    pid, start = int(m["pid"]), int(m["start"])
+    if process_alive(f"{socket.gethostname()}:{pid}") is False:
+        return True
+    current = _process_start(pid)
+    return bool(start and current and current != start)  # the pid now belongs to another process
+
+
+def _untouched_for(path: Path, seconds: float) -> bool:
+    """Nothing in directory ``path`` (nor the directory itself) changed for ``seconds``."""
+    try:
+        newest = max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.iterdir())])
+    except OSError:
+        return False
+    return time.time() - newest > seconds
+
+
+def sweep_workdirs() -> list[str]:
+    """Remove the working directories (and the customer rows in them) that syncs on this machine left
+    when their process died; returns their names. A directory of a live process is never touched."""
+    try:
+        candidates = sorted(Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"))
+    except OSError:
+        return []
+    removed = []
+    for path in candidates:
+        if path.is_symlink() or not path.is_dir():
+            continue
+        dead = _workdir_dead(path.name)
+        if dead is None and _LEGACY_WORKDIR_RE.match(path.name):
+            dead = _untouched_for(path, LEGACY_WORKDIR_AGE_S)
+        if dead:
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path.name)
+    return removed
+
+
+def _remove_workdir(workdir: str | None, owner: str) -> None:
+    """Remove a dead sync's working directory, as recorded in the journal: only on the machine that
+    ran it, and only a directory named as this module names them (never any other path)."""
+    if not workdir or owner.rpartition(":")[0] != socket.gethostname():
+        return
+    path = Path(workdir)
+    if path.is_absolute() and _WORKDIR_RE.match(path.name) and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def take_snapshot(t: SyncTarget, partition_key: str, full: bool = False) -> SnapshotResult:
@@ -446,22 +553,25 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
         counts = _counts(t, changes, new_rows)
     stem = naming.render_template(a.file_name, t.sync_time(partition_key))
 
-    def removed_rows() -> str:
+    def removed_rows(change_set: exp.Table) -> str:
         # Removed rows carry their last synced values: from the activation's delivered values (or, for
         # an activation synced before it kept them, from its baseline snapshot).
         assert base is not None
         values = (t.warehouse.qualify(t.schemas.delta_storage, base.values_table) if base.values_table
                   else t.snapshot_table(base.partition_key))
-        return delta.changed_rows_sql(values, rows, pk, mapping, [delta.REMOVED], dialect,
+        return delta.changed_rows_sql(values, change_set, pk, mapping, [delta.REMOVED], dialect,
                                       t.warehouse.relation_columns(values))
 
     files: list[tuple[str, str]] = []
     if a.sync_mode == "difference":
         for kind in DIFFERENCE_SUFFIXES:
-            if full:
+            if full and kind == delta.REMOVED and changes is not None and t.keeps_values():
+                # A full refresh over a baseline still tells the consumer which records left the segment.
+                sql = removed_rows(changes)
+            elif full:
                 sql = delta.export_sql(source, mapping, dialect, where_false=kind != delta.ADDED)
             elif kind == delta.REMOVED:
-                sql = removed_rows()
+                sql = removed_rows(rows)
             else:
                 sql = delta.export_sql(rows, mapping, dialect, kinds=[kind])
             files.append((f"{stem}_{kind}", sql))
@@ -479,11 +589,13 @@ def _removal_guard(t: SyncTarget, p: _Plan, forced: bool = False) -> None:
     """Refuse a sync that would remove more than max_removed_pct of the destination's records.
 
     Only syncs that take records away are guarded: a snapshot (it replaces the file set) and a
-    difference delta (its ``_removed`` file). A full difference sync lists no removal, and an explicit
-    full refresh (``forced``) is the user's override, as the guard's own message says.
+    ``full_then_delta`` difference sync (its ``_removed`` file). A ``full_only`` difference sync lists no
+    removal, and an explicit full refresh (``forced``) is the user's override, as the guard's own
+    message says: it still lists the removed records in ``_removed``.
     """
     a = t.activation
-    removes = a.sync_mode == "snapshot" or (a.sync_mode == "difference" and p.sync_type == "delta")
+    removes = a.sync_mode == "snapshot" or (a.sync_mode == "difference" and (p.sync_type == "delta"
+                                                                              or t.keeps_values()))
     if forced or not removes or not p.baseline_rows or p.counts.removed == 0:
         return
     pct = 100.0 * p.counts.removed / p.baseline_rows
@@ -509,18 +621,29 @@ def process_alive(owner: str) -> bool | None:
     return True
 
 
+@dataclass
+class Recovery:
+    """What ``recover`` did: one line per action, and the dead syncs it completed, with their files."""
+
+    notes: list[str] = field(default_factory=list)
+    partitions: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # URIs
+
+
 def recover(
     t: SyncTarget,
     run_id: str = "",
     is_alive: Callable[[str, str], bool | None] | None = None,
-    on_dead: Callable[[str], None] | None = None,
-) -> list[str]:
+    on_dead: Callable[[str, bool], None] | None = None,
+) -> Recovery:
     """The concurrency guard and the clean-up after dead syncs.
 
-    A journal entry in 'writing' state belongs to a sync that is still running (then this one refuses
-    to start: two syncs of one activation never overlap) or to one that died: its files are removed
-    and ``on_dead(run_id)`` marks its run failed. Entries in 'written' state (every file landed, the
-    baseline not yet moved) are completed by promoting their snapshot, without sending anything again.
+    A journal entry in 'writing' or 'written' state belongs to a sync that is still running (then this
+    one refuses to start: two syncs of one activation never overlap) or to one that died. A dead
+    'writing' sync's files and working directory are removed, it gets a ``failed`` history row, and
+    ``on_dead(run_id, False)`` marks its run failed. A dead 'written' sync (every file landed, the
+    baseline not yet moved) is completed by promoting its snapshot, without sending anything again; it
+    gets a ``recovered`` history row and ``on_dead(run_id, True)`` marks its run failed, saying so.
     """
 
     def alive(partition_key: str, other_run: str, owner: str) -> bool:
@@ -533,33 +656,75 @@ def recover(
         return told if told is not None else bool(pid_alive)
 
     rows = t.warehouse.query(delta.select_sql(
-        t.state(delta.JOURNAL), ["partition_key", "state", "files", "run_id", "owner"], {"activation": t.name},
-        t.dialect, order_by="partition_key"))
-    for partition_key, state, _files, other_run, owner in rows:
-        if state == "writing" and other_run != run_id and alive(partition_key, other_run or "", owner or ""):
+        t.state(delta.JOURNAL), ["partition_key", "state", "files", "run_id", "owner", "workdir", "summary"],
+        {"activation": t.name}, t.dialect, order_by="partition_key"))
+    for partition_key, state, _files, other_run, owner, _workdir, _summary in rows:
+        if (state in ("writing", "written") and other_run != run_id
+                and alive(partition_key, other_run or "", owner or "")):
             raise SyncError(f"another sync of activation '{t.name}' is running (partition {partition_key}, "
                             f"run {other_run or 'unknown'}); two syncs of one activation never overlap. "
                             "Try again when it has finished")
-    notes: list[str] = []
+    done = Recovery()
     base = baseline(t)
-    for partition_key, state, files_json, other_run, _owner in rows:
+    for partition_key, state, files_json, other_run, owner, workdir, summary_json in rows:
         files = json.loads(files_json or "[]")
+        summary = json.loads(summary_json or "{}")
+        dead_run = other_run if other_run and other_run != run_id else ""
         if state == "writing":
             t.destination.delete(files)
+            _remove_workdir(workdir, owner or "")
             _journal(t, partition_key, "", "abandoned", files)
-            if other_run and other_run != run_id and on_dead is not None:
-                on_dead(other_run)
-            notes.append(f"removed {len(files)} file(s) left by the dead sync {partition_key}"
-                         + (f" (run {other_run}, marked failed)" if other_run and other_run != run_id else ""))
+            _history_once(t, partition_key, other_run or "", summary,
+                          f"the sync's process died before all its files landed; its {len(files)} file(s) "
+                          f"were removed by run {run_id or 'unknown'}")
+            if dead_run and on_dead is not None:
+                on_dead(dead_run, False)
+            done.notes.append(f"removed {len(files)} file(s) left by the dead sync {partition_key}"
+                              + (f" (run {dead_run}, marked failed)" if dead_run else ""))
         elif state == "written":
-            newer = base is None or partition_key > base.partition_key
-            if newer:
+            if base is None or partition_key > base.partition_key:
                 t.warehouse.execute(_promote(t, partition_key))
                 base = Baseline(partition_key, 0, None)
-                notes.append(f"completed the sync {partition_key}: all its files had landed; "
-                             "promoted its snapshot to baseline")
-            _journal(t, partition_key, "", "done", files)
-    return notes
+                _history(t, partition_key, other_run or "", "recovered", _summary_result(summary, files), t.activation,
+                         _summary_start(summary), None, completed_by=run_id)
+                if dead_run and on_dead is not None:
+                    on_dead(dead_run, True)
+                done.partitions.append(partition_key)
+                done.files += [t.destination.uri(f) for f in files]
+                done.notes.append(f"completed the sync {partition_key}: all its files had landed; "
+                                  "promoted its snapshot to baseline")
+            _journal(t, partition_key, "", "done", files, summary=summary)
+    return done
+
+
+def _summary(t: SyncTarget, r: SyncResult, started_at: datetime) -> dict[str, Any]:
+    """A sync's counts as the journal keeps them (no customer data): what recovery records."""
+    return {"sync_type": r.sync_type, "added": r.counts.added, "updated": r.counts.updated,
+            "removed": r.counts.removed, "unchanged": r.counts.unchanged, "rows_written": r.rows_written,
+            "bytes": r.bytes, "started_at": started_at.isoformat()}
+
+
+def _summary_result(summary: dict[str, Any], files: list[str]) -> SyncResult:
+    counts = ChangeCounts(added=int(summary.get("added", 0)), updated=int(summary.get("updated", 0)),
+                          removed=int(summary.get("removed", 0)), unchanged=int(summary.get("unchanged", 0)))
+    return SyncResult(sync_type=summary.get("sync_type", "unknown"), counts=counts,
+                      rows_written=int(summary.get("rows_written", 0)), files=list(files),
+                      bytes=int(summary.get("bytes", 0)))
+
+
+def _summary_start(summary: dict[str, Any]) -> datetime | None:
+    started = summary.get("started_at")
+    return datetime.fromisoformat(started) if started else None
+
+
+def _history_once(t: SyncTarget, partition_key: str, run_id: str, summary: dict[str, Any], error: str) -> None:
+    """A ``failed`` history row for a sync that died, unless that run recorded its own outcome."""
+    recorded = t.warehouse.query(delta.select_sql(
+        t.state(delta.SYNC_HISTORY), ["status"], {"activation": t.name, "partition_key": partition_key,
+                                                 "run_id": run_id}, t.dialect))
+    if not recorded:
+        _history(t, partition_key, run_id, "failed", _summary_result(summary, []), t.activation,
+                 _summary_start(summary), error)
 
 
 def deliver(
@@ -569,12 +734,13 @@ def deliver(
     force_full: bool = False,
     on_log: Callable[[str], None] = log.info,
     is_alive: Callable[[str, str], bool | None] | None = None,
-    on_dead: Callable[[str], None] | None = None,
+    on_dead: Callable[[str, bool], None] | None = None,
 ) -> SyncResult:
     """Compute the change set against the baseline, write the files, then promote the baseline.
 
     ``is_alive(run_id, owner)`` tells whether another sync's run still runs (None: unknown; then its
-    process is checked when it ran on this machine); ``on_dead(run_id)`` is told about runs found dead.
+    process is checked when it ran on this machine); ``on_dead(run_id, completed)`` is told about runs
+    found dead: ``completed`` when all their files had landed and this sync completed them.
     """
     with t.warehouse.session():
         return _deliver(t, partition_key, run_id, force_full, on_log, is_alive, on_dead)
@@ -590,48 +756,59 @@ def _deliver(
     force_full: bool,
     on_log: Callable[[str], None],
     is_alive: Callable[[str, str], bool | None] | None,
-    on_dead: Callable[[str], None] | None,
+    on_dead: Callable[[str, bool], None] | None,
 ) -> SyncResult:
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).replace(tzinfo=None)
     ensure_state(t)
+    swept = sweep_workdirs()
+    if swept:
+        on_log(f"removed {len(swept)} working director{'y' if len(swept) == 1 else 'ies'} of dead syncs: "
+               + ", ".join(swept))
     recovered = recover(t, run_id, is_alive, on_dead)
-    # Claim the activation at once: a concurrent sync's recover() now sees this one running.
-    _journal(t, partition_key, run_id, "writing", [])
-    _ACTIVE.add((t.name, partition_key))
+    workdir = new_workdir()
     try:
-        return _write_and_promote(t, partition_key, run_id, force_full, on_log, recovered, started, started_at)
+        # Claim the activation at once: a concurrent sync's recover() now sees this one running.
+        _journal(t, partition_key, run_id, "writing", [], workdir, {"started_at": started_at.isoformat()})
+        _ACTIVE.add((t.name, partition_key))
+        try:
+            return _write_and_promote(t, partition_key, run_id, force_full, on_log, recovered, started, started_at,
+                                      workdir)
+        finally:
+            _ACTIVE.discard((t.name, partition_key))
     finally:
-        _ACTIVE.discard((t.name, partition_key))
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _write_and_promote(
     t: SyncTarget, partition_key: str, run_id: str, force_full: bool, on_log: Callable[[str], None],
-    recovered: list[str], started: float, started_at: datetime,
+    recovered: Recovery, started: float, started_at: datetime, workdir: Path,
 ) -> SyncResult:
     a = t.activation
-    for note in recovered:
+    for note in recovered.notes:
         on_log(note)
     p = plan(t, partition_key, force_full=force_full)
+    options = _format_options(a)
     try:
         _removal_guard(t, p, forced=force_full)
+        _check_overwrites(t, p, partition_key, options.extension)
     except SyncError as exc:  # a refused sync is a failed sync: it gets its history row too
         _journal(t, partition_key, run_id, "failed", [])
         _history(t, partition_key, run_id, "failed", SyncResult(sync_type=p.sync_type, counts=p.counts), a,
                  started_at, str(exc)[:500])
         raise
-    options = _format_options(a)
     max_bytes = int(a.max_file_size_mb * 1024 * 1024) if a.max_file_size_mb else None
-    result = SyncResult(sync_type=p.sync_type, counts=p.counts, recovered=recovered)
+    result = SyncResult(sync_type=p.sync_type, counts=p.counts, recovered=recovered.notes,
+                        recovered_partitions=recovered.partitions, recovered_files=recovered.files)
     uploaded: list[str] = []
-    workdir = Path(tempfile.mkdtemp(prefix="dinmo-sync-"))
+    summary = _summary(t, result, started_at)
     try:
         for stem, sql in p.files:
             def upload(part: writers.PartFile) -> None:
                 path = naming.join_object_name(a.folder, part.name)
                 uploaded.append(path)
                 # Journal before the upload, so a kill mid-upload still knows what to remove.
-                _journal(t, partition_key, run_id, "writing", uploaded)
+                _journal(t, partition_key, run_id, "writing", uploaded, workdir, summary)
                 result.bytes += t.destination.upload(part.path, path)
                 result.rows_written += part.rows
                 result.files.append(t.destination.uri(path))
@@ -643,7 +820,7 @@ def _write_and_promote(
                 schema = pa.schema([f.with_name(n) for f, n in zip(reader.schema, p.names)])
                 batches = (pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in reader)
                 writers.write_parts(batches, schema, options, stem, max_bytes, workdir, upload)
-        _journal(t, partition_key, run_id, "written", uploaded)
+        _journal(t, partition_key, run_id, "written", uploaded, workdir, _summary(t, result, started_at))
     except BaseException as exc:
         try:
             t.destination.delete(uploaded)
@@ -652,16 +829,103 @@ def _write_and_promote(
             on_log(f"could not remove the files of the failed sync yet: {cleanup_exc}")
         _history(t, partition_key, run_id, "failed", result, a, started_at, str(exc)[:500])
         raise
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     t.warehouse.execute(_promote(t, partition_key))
-    _journal(t, partition_key, run_id, "done", uploaded)
+    _journal(t, partition_key, run_id, "done", uploaded, summary=_summary(t, result, started_at))
     if p.changes_table is not None:
         t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
     result.dropped_partitions = apply_retention(t)
     result.duration_s = time.monotonic() - started
     _history(t, partition_key, run_id, "success", result, a, started_at, None)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Never overwrite a delivered file
+# ---------------------------------------------------------------------------------------------------------
+
+_TIME_UNITS = (("year", "{YYYY}"), ("month", "{MM}"), ("day", "{DD}"), ("hour", "{HH}"), ("minute", "{mm}"),
+               ("second", "{ss}"))
+
+
+def _missing_time_variables(t: SyncTarget) -> list[str]:
+    """The date and time variables, down to the second, that the file name template does not render.
+
+    Found by rendering the template at clocks one unit apart: ``{X}`` covers every unit to the second.
+    """
+    tz = t.sync_time(new_partition_key()).tzinfo
+    clock = datetime(2001, 2, 3, 4, 5, 6, 7000, tzinfo=tz)
+    steps = {"year": clock.replace(year=2002), "month": clock.replace(month=3), "day": clock.replace(day=4),
+             "hour": clock.replace(hour=5), "minute": clock.replace(minute=6), "second": clock.replace(second=7)}
+    name = naming.render_template(t.activation.file_name, clock)
+    return [var for unit, var in _TIME_UNITS if naming.render_template(t.activation.file_name, steps[unit]) == name]
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _delivered_by(t: SyncTarget) -> dict[str, tuple[str, str | None]]:
+    """Object path -> (partition, sync mode) of the latest sync of this activation that delivered it."""
+    rows = t.warehouse.query(delta.select_sql(
+        t.state(delta.JOURNAL), ["partition_key", "state", "files", "sync_mode"], {"activation": t.name}, t.dialect,
+        order_by="partition_key"))
+    owners: dict[str, tuple[str, str | None]] = {}
+    for partition_key, state, files_json, mode in rows:
+        if state in ("written", "done"):
+            for path in json.loads(files_json or "[]"):
+                owners[path] = (partition_key, mode)
+    return owners
+
+
+def _mode_of(t: SyncTarget, partition_key: str, mode: str | None) -> str | None:
+    """The sync mode a partition was delivered in: from its journal entry, or (entries of versions that
+    did not record it) from its history row."""
+    if mode:
+        return mode
+    rows = t.warehouse.query(delta.select_sql(
+        t.state(delta.SYNC_HISTORY), ["sync_mode", "status"], {"activation": t.name, "partition_key": partition_key},
+        t.dialect))
+    return next((m for m, status in rows if status in ("success", "recovered")), None)
+
+
+def _check_overwrites(t: SyncTarget, p: _Plan, partition_key: str, ext: str) -> None:
+    """Refuse, before writing anything, a sync that would overwrite a file already in the destination.
+
+    Each file the sync writes may exist under its plain name or as parts (``_part-00001`` first). An
+    existing file may be replaced only when this same partition delivered it (a retry completing its
+    own files), or when this is a ``snapshot`` sync and the file is the activation's own earlier
+    snapshot (the whole segment each time: a fixed name always holds the latest). A file delivered as a
+    change set (upsert, insert, difference), or one this activation did not deliver, never is.
+    """
+    a = t.activation
+    existing = [path for stem, _ in p.files
+                for path in (naming.join_object_name(a.folder, f"{stem}.{ext}"),
+                             naming.join_object_name(a.folder, f"{stem}_part-00001.{ext}"))
+                if t.destination.exists(path)]
+    if not existing:
+        return
+    owners = _delivered_by(t)
+    for path in existing:
+        owner = owners.get(path)
+        if owner is not None and owner[0] == partition_key:
+            continue
+        mode = _mode_of(t, owner[0], owner[1]) if owner else None
+        if owner is not None and a.sync_mode == "snapshot" and mode == "snapshot":
+            continue
+        uri = t.destination.uri(path)
+        if owner is None:
+            raise SyncError(
+                f"activation '{t.name}': the sync {partition_key} would overwrite {uri}, which activation "
+                f"'{t.name}' did not deliver; nothing was written. Change activations.{t.name}.file_name or "
+                f"activations.{t.name}.folder so that its files get names of their own, or remove that file")
+        missing = _missing_time_variables(t)
+        fix = (f"add {_and(missing)} to activations.{t.name}.file_name (or use {{X}}, Unix seconds)" if missing
+               else f"add {{ms}} to activations.{t.name}.file_name (or use {{x}}, Unix milliseconds)")
+        raise SyncError(
+            f"activation '{t.name}': the sync {partition_key} would overwrite {uri}, which the sync {owner[0]} "
+            f"delivered ({mode or 'unknown mode'}); nothing was written. The file name template "
+            f"'{a.file_name}' renders the same name for both: {fix} so that each sync's files get their "
+            "own names")
 
 
 def _snapshot_info(t: SyncTarget, partition_key: str) -> tuple[int, str, bool, str | None] | None:
@@ -675,14 +939,16 @@ def _snapshot_info(t: SyncTarget, partition_key: str) -> tuple[int, str, bool, s
 
 
 def _history(t: SyncTarget, partition_key: str, run_id: str, status: str, r: SyncResult, a: Activation,
-             started_at: datetime, error: str | None) -> None:
+             started_at: datetime | None, error: str | None, completed_by: str | None = None) -> None:
+    """One row of ``sync_history``: success, failed, or recovered (completed by run ``completed_by``)."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
     row = {
         "activation": t.name, "partition_key": partition_key, "run_id": run_id, "status": status,
         "sync_type": r.sync_type, "run_type": a.effective_run_type, "sync_mode": a.sync_mode,
         "rows_added": r.counts.added, "rows_updated": r.counts.updated, "rows_removed": r.counts.removed,
         "rows_unchanged": r.counts.unchanged, "rows_written": r.rows_written, "files": len(r.files),
-        "bytes": r.bytes, "started_at": started_at,
-        "finished_at": datetime.now(timezone.utc).replace(tzinfo=None), "error": error,
+        "bytes": r.bytes, "started_at": started_at or now, "finished_at": now, "error": error,
+        "completed_by": completed_by,
     }
     try:
         t.warehouse.execute([delta.insert_sql(t.state(delta.SYNC_HISTORY), delta.SYNC_HISTORY, row, t.dialect)])
@@ -708,7 +974,7 @@ class Preview:
     sync_type: str
     counts: ChangeCounts
     files: list[str]
-    samples: dict[str, list[dict[str, Any]]]
+    samples: dict[str, pa.Table]  # per file stem: its first rows, columns named as in the file
 
 
 def preview(t: SyncTarget, partition_key: str, sample_rows: int = 5) -> Preview:
@@ -717,12 +983,13 @@ def preview(t: SyncTarget, partition_key: str, sample_rows: int = 5) -> Preview:
     The caller takes a snapshot under a throwaway partition key and drops it afterwards.
     """
     p = plan(t, partition_key)
-    samples: dict[str, list[dict[str, Any]]] = {}
+    samples: dict[str, pa.Table] = {}
     for stem, sql in p.files:
         limited = delta.render(exp.select(exp.Star()).from_(exp.maybe_parse(sql, dialect=t.dialect).subquery("p"))
                                .limit(sample_rows), t.dialect)
         with t.warehouse.stream(limited) as reader:
-            samples[stem] = reader.read_all().to_pylist()
+            # Arrow, not Python values: the CLI renders them as the file's format writes them.
+            samples[stem] = reader.read_all().rename_columns(p.names)
     if p.changes_table is not None:
         t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
     ext = _format_options(t.activation).extension

@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -129,6 +130,18 @@ def gcs(emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> storage.Cl
     return storage.Client(project="test", credentials=AnonymousCredentials())
 
 
+@pytest.fixture(autouse=True)
+def sync_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The temporary directory of this test's syncs (and of the syncs it kills, through TMPDIR): no sync
+    may leave its part files (customer rows) behind there."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    yield tmp
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith("dinmo-sync-")) == []
+
+
 _bucket_counter = iter(range(1, 10_000))
 
 
@@ -155,6 +168,7 @@ class Scenario:
     activations: dict[str, dict[str, Any]]
     segments: dict[str, str]
     model_extra: dict[str, Any]
+    dest: str = "gcs"  # or "local": the folder ``out`` in root
     instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
     n_syncs: int = 0
     seen: set[str] = field(default_factory=set)
@@ -170,7 +184,8 @@ class Scenario:
             "models": {"customers": {"source": "wh", "table": "raw.customers", "primary_key": "customer_id",
                                      **self.model_extra}},
             "segments": {name: {"model": "customers", "sql": sql} for name, sql in self.segments.items()},
-            "destinations": {"out": {"type": "gcs", "bucket": self.bucket, "project": "test"}},
+            "destinations": {"out": {"type": "gcs", "bucket": self.bucket, "project": "test"} if self.dest == "gcs"
+                             else {"type": "local", "path": "out"}},
             "activations": self.activations,
         }
         (self.root / "dinmo.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
@@ -208,7 +223,14 @@ class Scenario:
                              [tuple(r.values()) for r in rows.values()])
 
     def objects(self) -> dict[str, bytes]:
+        if self.dest == "local":
+            out = self.root / "out"
+            return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
         return {b.name: b.download_as_bytes() for b in self.client.list_blobs(self.bucket)}
+
+    def uri(self, name: str) -> str:
+        """The URI of object ``name``, as the metadata shows it."""
+        return (self.root / "out" / name).as_uri() if self.dest == "local" else f"gs://{self.bucket}/{name}"
 
     def next_key(self) -> str:
         self.n_syncs += 1
@@ -268,13 +290,13 @@ def scenario(tmp_path: Path, emulator: EmulatorHandle, gcs: storage.Client, requ
     """Build a Scenario: ``scenario(activations, segments=..., rows=..., **model_extra)``."""
 
     def make(activations: dict[str, dict[str, Any]], segments: dict[str, str] | None = None,
-             rows: dict[int, dict[str, Any]] | None = None, **model_extra: Any) -> Scenario:
+             rows: dict[int, dict[str, Any]] | None = None, dest: str = "gcs", **model_extra: Any) -> Scenario:
         slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
         bucket = f"t{next(_bucket_counter):04d}-{slug}"[:62].rstrip("-")
         create_bucket(emulator, bucket)
         s = Scenario(root=tmp_path, emulator=emulator, client=gcs, bucket=bucket, activations=activations,
                      segments=segments or {"everyone": "select * from {{ model }} where country <> 'ZZ'"},
-                     model_extra=model_extra)
+                     model_extra=model_extra, dest=dest)
         s.open()
         request.addfinalizer(s.close)
         s.load(base_rows() if rows is None else rows)
@@ -566,7 +588,7 @@ KILLED_SYNC = textwrap.dedent('''
     from dinmo_dagster.resources import build_resources, destination_key
     from dinmo_dagster.resources.destinations import GCSDestination
 
-    root, key, when = sys.argv[1], sys.argv[2], sys.argv[3]
+    root, key, when, run_id = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 
     class KillAfterFirstUpload(GCSDestination):
         def upload(self, local_path: Path, object_path: str) -> int:
@@ -584,18 +606,19 @@ KILLED_SYNC = textwrap.dedent('''
     with dg.build_resources(resources) as r:
         t = sync_target(project, "a", r)
         sync.take_snapshot(t, key)
-        sync.deliver(t, key, run_id="killed-run")
+        sync.deliver(t, key, run_id=run_id)
     sys.exit("the sync was not killed")
 ''')
 
 
-def run_killed_sync(s: Scenario, when: str) -> str:
+def run_killed_sync(s: Scenario, when: str, run_id: str = "killed-run") -> str:
+    """Run a sync of 'a' in a child process (its TMPDIR is the test's) that dies by SIGKILL ``when``."""
     script = s.root / "killed_sync.py"
     script.write_text(KILLED_SYNC, encoding="utf-8")
     key = s.next_key()
     s.close()  # the other process needs the database file
     try:
-        proc = subprocess.run([sys.executable, str(script), str(s.root), key, when], check=False,
+        proc = subprocess.run([sys.executable, str(script), str(s.root), key, when, run_id], check=False,
                               capture_output=True, text=True, timeout=120)
     finally:
         s.open()
@@ -603,7 +626,13 @@ def run_killed_sync(s: Scenario, when: str) -> str:
     return key
 
 
-def test_a_sync_killed_mid_upload_is_cleaned_up_and_the_next_sync_delivers_everything(scenario) -> None:
+def sync_dirs(tmp: Path) -> dict[str, list[str]]:
+    """The syncs' working directories in ``tmp`` and the files in each."""
+    return {d.name: sorted(p.name for p in d.iterdir()) for d in sorted(tmp.glob("dinmo-sync-*"))}
+
+
+def test_a_sync_killed_mid_upload_is_cleaned_up_and_the_next_sync_delivers_everything(
+        scenario, sync_tmp: Path) -> None:
     s = scenario({"a": activation(sync_mode="upsert", max_file_size_mb=SMALL_FILES_MB)})
     first = s.run("a")
     assert first.success, first.error
@@ -615,6 +644,8 @@ def test_a_sync_killed_mid_upload_is_cleaned_up_and_the_next_sync_delivers_every
     killed = run_killed_sync(s, "after_first_upload")
     left = s.new_files()
     assert list(left) == [f"{stem(killed)}_part-00001.csv"]  # the dead sync left one part behind
+    [(_dir, parts)] = sync_dirs(sync_tmp).items()  # and, on this machine, its working directory
+    assert f"{Path(stem(killed)).name}_part-00001.csv" in parts
     journal = s.sql(f"select state, files from dinmo_delta_storage.dinmo_sync_journal where partition_key = '{killed}'")
     assert journal == [("writing", json.dumps([f"{stem(killed)}_part-00001.csv"]))]
     assert s.baseline_key("a") == first.key
@@ -625,16 +656,40 @@ def test_a_sync_killed_mid_upload_is_cleaned_up_and_the_next_sync_delivers_every
     assert "removed 1 file(s) left by the dead sync" in nxt.metadata["recovered"]
     assert parts_of(nxt.new_files, stem(nxt.key)) == as_csv(exported(v2, ADDED | UPDATED | set(range(10, 21))))
     assert s.baseline_key("a") == nxt.key
+    assert sync_dirs(sync_tmp) == {}  # no customer rows left on this machine
+    # The dead sync has its history row: failed, with what became of its files.
+    assert s.sql("select run_id, status, sync_type, rows_added, rows_updated, rows_removed, files, error "
+                 f"from dinmo_stats.sync_history where partition_key = '{killed}'") == [
+        ("killed-run", "failed", "delta", 2, 14, 2, 0, ("the sync's process died before all its files landed; "
+         f"its 1 file(s) were removed by run {nxt.result.run_id}"))]
 
 
-def test_a_sync_killed_after_all_its_files_landed_is_completed_without_sending_them_again(scenario) -> None:
+def test_a_killed_sync_s_part_files_are_removed_by_a_sync_of_another_activation(scenario, sync_tmp: Path) -> None:
+    """The dead process's working directory is recognised by any later sync on the machine, not only by
+    the next sync of its own activation (which may never come)."""
+    s = scenario({"a": activation(sync_mode="upsert", max_file_size_mb=SMALL_FILES_MB),
+                  "b": activation(sync_mode="upsert", folder="b")})
+    assert s.run("a").success
+    s.sql(*CHANGE_SQL, "update raw.customers set ltv = ltv + 1 where customer_id between 10 and 20")
+    run_killed_sync(s, "after_first_upload")
+    assert len(sync_dirs(sync_tmp)) == 1
+    other = s.run("b")
+    assert other.success, other.error
+    assert sync_dirs(sync_tmp) == {}
+
+
+def test_a_sync_killed_after_all_its_files_landed_is_completed_without_sending_them_again(
+        scenario, sync_tmp: Path) -> None:
     s = scenario({"a": activation(sync_mode="upsert")})
     first = s.run("a")
     assert first.success, first.error
     s.sql(*CHANGE_SQL)
     v2 = changed_rows(base_rows())
+    # The killed sync's Dagster run: STARTED, as a run whose process died stays.
+    job = s.defs().resolve_job_def(activation_assets.job_name("a"))
+    dead_run = s.instance.create_run_for_job(job_def=job, status=dg.DagsterRunStatus.STARTED)
 
-    killed = run_killed_sync(s, "before_promotion")
+    killed = run_killed_sync(s, "before_promotion", run_id=dead_run.run_id)
     landed = s.new_files()
     assert csv_files(landed) == {f"{stem(killed)}.csv": as_csv(exported(v2, ADDED | UPDATED))}
     assert s.baseline_key("a") == first.key
@@ -648,6 +703,25 @@ def test_a_sync_killed_after_all_its_files_landed_is_completed_without_sending_t
     assert (nxt.metadata["rows_added"], nxt.metadata["rows_updated"], nxt.metadata["files_written"]) == (0, 0, 0)
     assert f"{stem(killed)}.csv" in s.objects()  # its complete file stays
     assert s.baseline_key("a") == nxt.key
+    assert sync_dirs(sync_tmp) == {}
+
+    # The run that completed it says so in its metadata ...
+    assert nxt.metadata["recovered_partition"] == killed
+    assert nxt.metadata["recovered_files"] == f"- gs://{s.bucket}/{stem(killed)}.csv"
+    # ... the dead run is marked failed, saying which run completed it ...
+    assert s.instance.get_run_by_id(dead_run.run_id).status == dg.DagsterRunStatus.FAILURE
+    [failure] = s.instance.all_logs(dead_run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert failure.dagster_event.message == (
+        f"sync of activation 'a' died after all its files had landed; completed by run {nxt.result.run_id}")
+    # ... and the recovered sync has its history row, with its counts and files.
+    history = s.sql("select partition_key, run_id, status, sync_type, rows_added, rows_updated, rows_removed, "
+                    "rows_unchanged, rows_written, files, completed_by from dinmo_stats.sync_history "
+                    "where activation = 'a' order by partition_key")
+    assert history == [
+        (first.key, first.result.run_id, "success", "full", 20, 0, 0, 0, 20, 1, None),
+        (killed, dead_run.run_id, "recovered", "delta", 2, 3, 2, 15, 5, 1, nxt.result.run_id),
+        (nxt.key, nxt.result.run_id, "success", "delta", 0, 0, 0, 20, 0, 0, None),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -708,21 +782,39 @@ def test_a_full_difference_sync_removes_nothing_so_the_removal_guard_lets_it_thr
     assert second.metadata["rows_removed"] == 11
 
 
-def test_full_refresh_is_the_way_out_of_the_removal_guard(scenario) -> None:
+def test_full_refresh_is_the_way_out_of_the_removal_guard_and_still_delivers_the_removals(scenario) -> None:
+    """The guard's way out, a full refresh, sends every current record in _added and the records that
+    left the segment in _removed, with the values they were last sent with: a consumer replaying the
+    files learns of every removal."""
     s = scenario({"a": activation(sync_mode="difference")})
     first = s.run("a")
     assert first.success, first.error
-    s.sql("delete from raw.customers where customer_id <= 11")
+    s.sql("update raw.customers set email = 'new2@example.com' where customer_id = 2")
+    second = s.run("a")  # customer 2 is sent again, with its new email
+    assert second.success, second.error
+    s.sql("update raw.customers set email = 'never-sent@example.com' where customer_id = 3",
+          "delete from raw.customers where customer_id <= 11")
     refused = s.run("a")
     assert not refused.success
     assert "--full-refresh" in refused.error  # the message offers a full refresh as the way out ...
-    forced = s.run("a", full_refresh=True)  # ... and it works: every current record, in _added
+    forced = s.run("a", full_refresh=True)  # ... and it works
     assert forced.success, forced.error
+    last_sent = base_rows()
+    last_sent[2]["email"] = "new2@example.com"
     st = stem(forced.key)
     assert csv_files(forced.new_files) == {f"{st}_added.csv": as_csv(exported(base_rows(), range(12, 21))),
-                                           f"{st}_updated.csv": [], f"{st}_removed.csv": []}
-    assert forced.metadata["sync_type"] == "full"
+                                           f"{st}_updated.csv": [],
+                                           f"{st}_removed.csv": as_csv(exported(last_sent, range(1, 12)))}
+    md = forced.metadata
+    # The counts compare with the baseline: 11 records left, 9 did not change; the files hold 9 + 11 rows.
+    assert (md["sync_type"], md["rows_added"], md["rows_updated"], md["rows_removed"], md["rows_unchanged"],
+            md["dagster/row_count"]) == ("full", 0, 0, 11, 9, 20)
     assert s.baseline_key("a") == forced.key
+    # The next delta starts from what the full refresh sent.
+    s.sql("delete from raw.customers where customer_id = 12")
+    nxt = s.run("a")
+    assert nxt.success, nxt.error
+    assert csv_files(nxt.new_files)[f"{stem(nxt.key)}_removed.csv"] == as_csv(exported(base_rows(), {12}))
 
 
 def test_full_refresh_from_the_cli_exports_everything_again(scenario, tmp_path: Path,
@@ -910,3 +1002,97 @@ def test_an_activation_switched_to_difference_keeps_values_from_its_next_sync_on
     header, removed = read_csv(third.new_files[f"{stem(third.key)}_removed.csv"])
     assert (header, sorted(removed, key=lambda r: int(r["id"]))) == (
         ["id", "email"], [{"id": "4", "email": "new4@example.com"}, {"id": "6", "email": ""}])
+
+
+# --------------------------------------------------------------------------------------------------
+# A delivered file is never overwritten by a later sync whose name renders the same
+# --------------------------------------------------------------------------------------------------
+
+MINUTE_TEMPLATE = "customers_{YYYY}{MM}{DD}_{HH}{mm}"
+
+
+def minute_stem(key: str) -> str:
+    """The object path (without extension) MINUTE_TEMPLATE gives a sync of partition ``key``."""
+    return f"exports/customers_{datetime.strptime(key, '%Y%m%dT%H%M%S.%fZ'):%Y%m%d_%H%M}"
+
+
+@pytest.mark.parametrize(("dest", "mode"), [("gcs", "upsert"), ("local", "upsert"), ("gcs", "insert"),
+                                            ("local", "difference"), ("gcs", "difference")])
+def test_a_sync_whose_file_name_renders_like_an_earlier_delivery_fails_before_writing(
+        scenario, dest: str, mode: str) -> None:
+    """Two syncs in one minute with a {HH}{mm} template: the second would overwrite the first's export
+    with its delta. It refuses before writing anything; the baseline stays, so the next sync (a minute
+    later) delivers every change."""
+    s = scenario({"a": activation(sync_mode=mode, file_name=MINUTE_TEMPLATE)}, dest=dest)
+    v1 = base_rows()
+    k1 = sync.new_partition_key(T0)
+    first = s.run("a", key=k1)
+    assert first.success, first.error
+    delivered = s.objects()
+    ext_name = f"{minute_stem(k1)}_added.csv" if mode == "difference" else f"{minute_stem(k1)}.csv"
+    assert ext_name in delivered
+
+    s.sql(*CHANGE_SQL)
+    k2 = sync.new_partition_key(T0 + timedelta(seconds=30))
+    refused = s.run("a", key=k2)
+    assert not refused.success
+    assert refused.error.splitlines()[0] == (
+        f"activation 'a': the sync {k2} would overwrite {s.uri(ext_name)}, which the sync {k1} delivered "
+        f"({mode}); nothing was written. The file name template '{MINUTE_TEMPLATE}' renders the same name for "
+        "both: add {ss} to activations.a.file_name (or use {X}, Unix seconds) so that each sync's files get "
+        "their own names")
+    assert s.objects() == delivered  # every file of the first sync, byte for byte
+    assert s.baseline_key("a") == k1
+    assert s.sql(f"select status, files from dinmo_stats.sync_history where partition_key = '{k2}'") == [
+        ("failed", 0)]
+
+    k3 = sync.new_partition_key(T0 + timedelta(minutes=1))
+    nxt = s.run("a", key=k3)
+    assert nxt.success, nxt.error
+    want = {name.replace(stem(k3), minute_stem(k3)): rows
+            for name, rows in expected_files(mode, "full_then_delta", 2, k3, v1, changed_rows(v1)).items()}
+    assert csv_files(nxt.new_files) == want
+    assert s.baseline_key("a") == k3
+
+
+def test_a_snapshot_sync_replaces_its_own_snapshot_but_never_a_file_it_did_not_deliver(scenario) -> None:
+    """snapshot mode sends the whole segment each time: a later snapshot of the same name replaces the
+    earlier one (a fixed name always holds the latest segment). A file the activation did not deliver
+    (put there by hand, or by another activation) is never overwritten, in any mode."""
+    s = scenario({"a": activation(sync_mode="snapshot", file_name=MINUTE_TEMPLATE)}, dest="local")
+    k1 = sync.new_partition_key(T0)
+    assert s.run("a", key=k1).success
+    s.sql(*CHANGE_SQL)
+    k2 = sync.new_partition_key(T0 + timedelta(seconds=30))
+    second = s.run("a", key=k2)
+    assert second.success, second.error
+    assert csv_files(s.objects()) == {f"{minute_stem(k2)}.csv": as_csv(exported(changed_rows(base_rows())))}
+
+    k3 = sync.new_partition_key(T0 + timedelta(minutes=5))
+    foreign = s.root / "out" / f"{minute_stem(k3)}_part-00001.csv"
+    foreign.write_text("somebody else's file\n", encoding="utf-8")
+    refused = s.run("a", key=k3)
+    assert not refused.success
+    assert refused.error.splitlines()[0] == (
+        f"activation 'a': the sync {k3} would overwrite {foreign.as_uri()}, which activation 'a' did not "
+        "deliver; nothing was written. Change activations.a.file_name or activations.a.folder so that its "
+        "files get names of their own, or remove that file")
+    assert foreign.read_text(encoding="utf-8") == "somebody else's file\n"
+    assert s.baseline_key("a") == k2
+
+
+def test_the_retry_of_a_killed_sync_writes_its_own_file_names_again(scenario) -> None:
+    """Completing the same partition is not a collision: the dead attempt's part is removed first."""
+    s = scenario({"a": activation(sync_mode="upsert", max_file_size_mb=SMALL_FILES_MB)})
+    first = s.run("a")
+    assert first.success, first.error
+    s.sql(*CHANGE_SQL, "update raw.customers set ltv = ltv + 1 where customer_id between 10 and 20")
+    v2 = changed_rows(base_rows())
+    for i in range(10, 21):
+        v2[i]["ltv"] += 1
+    killed = run_killed_sync(s, "after_first_upload")
+    assert list(s.new_files()) == [f"{stem(killed)}_part-00001.csv"]
+    retry = s.run("a", key=killed)
+    assert retry.success, retry.error
+    assert parts_of(s.objects(), stem(killed)) == as_csv(exported(v2, ADDED | UPDATED | set(range(10, 21))))
+    assert s.baseline_key("a") == killed

@@ -7,6 +7,8 @@ an error status and forwards everything else unchanged.
 import http.client
 import json
 import logging
+import os
+import stat
 import threading
 import urllib.parse
 import uuid
@@ -290,6 +292,24 @@ def test_local_round_trip(tmp_path: Path) -> None:
         dest.read_bytes("folder/export.csv")
     # No temporary files are left behind.
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["export.csv"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask-022", "umask-077", "umask-002"])
+def test_local_files_get_the_mode_the_process_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    """Export files are for other tools and users: they get 0666 minus the umask, like any tool's files,
+    whatever the mode of the private part file they come from (the writer's parts are 0600)."""
+    root = tmp_path / "exports"
+    dest = LocalDestination(path=str(root), destination_name="local")
+    part = write(tmp_path / "part.csv", b"id\n1\n")
+    part.chmod(0o600)
+    previous = os.umask(umask)
+    try:
+        dest.upload(part, "folder/export.csv")
+        dest.upload(part, "folder/export.csv")  # replacing an existing file gives the same mode
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((root / "folder" / "export.csv").stat().st_mode) == mode
 
 
 def test_local_failed_upload_leaves_nothing(tmp_path: Path) -> None:

@@ -1,15 +1,20 @@
-"""The concurrency guard (a running sync blocks a second one; a dead one never blocks) and incremental
-event syncs by event-time cursor."""
+"""The concurrency guard (a running sync blocks a second one; a dead one never blocks), the working
+directories of dead syncs, and incremental event syncs by event-time cursor."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,7 +45,7 @@ activations:
   people:
     segment: everyone
     destination: out
-    file_name: people
+    file_name: "people_{YYYY}{MM}{DD}"
     sync_mode: upsert
   events:
     segment: all_orders
@@ -53,6 +58,17 @@ activations:
 """
 
 T0 = datetime(2025, 4, 14, 12, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def sync_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The temporary directory of this test's syncs: no sync may leave its part files behind there."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    yield tmp
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith("dinmo-sync-")) == []
 
 
 @pytest.fixture
@@ -88,11 +104,11 @@ def journal(env, activation: str, partition_key: str, state: str, files: list[st
 
 def test_a_running_sync_blocks_a_second_one_and_a_dead_one_does_not(env) -> None:
     snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
-    leftover = env.dir / "out" / "leftover.csv"
+    leftover = env.dir / "out" / "people_20250102.csv"
     leftover.write_text("partial")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        journal(env, "people", "20250102T000000.000000Z", "writing", ["leftover.csv"],
+        journal(env, "people", "20250102T000000.000000Z", "writing", ["people_20250102.csv"],
                 owner=f"{socket.gethostname()}:{sleeper.pid}")
         t = sync_target(env.project, "people", env.resources)
         sync.take_snapshot(t, "20250103T000000.000000Z")
@@ -106,12 +122,59 @@ def test_a_running_sync_blocks_a_second_one_and_a_dead_one_does_not(env) -> None
         sleeper.kill()
         sleeper.wait()
     # The same entry, now from a dead process: the next sync cleans up after it and proceeds.
-    dead: list[str] = []
-    result = sync.deliver(t, "20250103T000000.000000Z", on_dead=dead.append)
+    dead: list[tuple[str, bool]] = []
+    result = sync.deliver(t, "20250103T000000.000000Z", on_dead=lambda run_id, completed: dead.append(
+        (run_id, completed)))
     assert not leftover.exists()
-    assert dead == ["other-run"]
+    assert dead == [("other-run", False)]
     assert result.recovered == [("removed 1 file(s) left by the dead sync 20250102T000000.000000Z "
                                  "(run other-run, marked failed)")]
+
+
+MAKE_WORKDIR = """
+import sys, time
+from dinmo_dagster import sync
+workdir = sync.new_workdir()
+(workdir / "customers_part-00001.csv").write_text("id,email\\n1,ann@example.com\\n")
+print(workdir, flush=True)
+if sys.argv[1] == "live":
+    time.sleep(120)
+"""
+
+
+def test_any_sync_removes_the_working_directories_of_dead_processes_and_only_those(env, sync_tmp: Path) -> None:
+    """Part files of a killed process (rows with e-mails) do not stay in the temporary directory: the next
+    sync on the machine, of any activation, removes the directory of a process that is gone. A live
+    process's directory, another machine's, and a recent one of an older version are left alone."""
+    dead = Path(subprocess.run([sys.executable, "-c", MAKE_WORKDIR, "dead"], check=True, capture_output=True,
+                               text=True).stdout.strip())
+    live_proc = subprocess.Popen([sys.executable, "-c", MAKE_WORKDIR, "live"], stdout=subprocess.PIPE, text=True)
+    try:
+        live = Path(live_proc.stdout.readline().strip())
+        host = socket.gethostname()
+        assert dead.parent == live.parent == sync_tmp
+        assert dead.name.startswith(f"dinmo-sync-{host}-") and live.name.startswith(f"dinmo-sync-{host}-{live_proc.pid}-")
+        # This process's pid with another start time: the pid was reused, the process that made it is gone.
+        reused = sync_tmp / f"dinmo-sync-{host}-{os.getpid()}-1-abcdefgh"
+        elsewhere = sync_tmp / "dinmo-sync-elsewhere.example-1-1-abcdefgh"
+        old_version, recent_old_version = sync_tmp / "dinmo-sync-a1b2c3d4", sync_tmp / "dinmo-sync-e5f6g7h8"
+        for d in (reused, elsewhere, old_version, recent_old_version):
+            d.mkdir()
+            (d / "customers.csv").write_text("id,email\n1,ann@example.com\n")
+        day_ago = time.time() - 25 * 3600
+        for p in (old_version / "customers.csv", old_version):
+            os.utime(p, (day_ago, day_ago))
+
+        snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
+        left = sorted(p.name for p in sync_tmp.iterdir())
+        assert left == sorted([live.name, elsewhere.name, recent_old_version.name])
+        assert (live / "customers_part-00001.csv").exists()
+    finally:
+        live_proc.kill()
+        live_proc.wait()
+        live_proc.stdout.close()
+        for p in sync_tmp.glob("dinmo-sync-*"):
+            shutil.rmtree(p)
 
 
 def test_a_run_dagster_reports_finished_never_blocks(env) -> None:
@@ -172,7 +235,8 @@ def test_state_tables_of_an_older_version_get_their_new_columns(env) -> None:
     result = snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
     assert result.rows_written == 5
     columns = t.warehouse.query_columns("select * from dinmo_delta_storage.dinmo_sync_journal")
-    assert columns == ["activation", "partition_key", "run_id", "state", "files", "updated_at", "owner"]
+    assert columns == ["activation", "partition_key", "run_id", "state", "files", "updated_at", "owner", "workdir",
+                       "sync_mode", "summary"]
 
 
 def test_a_killed_cli_sync_holding_the_pool_slot_does_not_block_the_next(tmp_path: Path, monkeypatch) -> None:
@@ -210,8 +274,9 @@ def test_a_killed_cli_sync_holding_the_pool_slot_does_not_block_the_next(tmp_pat
         assert instance.event_log_storage.get_concurrency_info(pool_name("people")).active_slot_count == 0
 
 
-def people_csv(env) -> list[list[str]]:
-    return csv_rows(env.dir / "out" / "people.csv")
+def people_csv(env, day: str) -> list[list[str]]:
+    """The rows of the file the sync of ``day`` (YYYYMMDD) wrote."""
+    return csv_rows(env.dir / "out" / f"people_{day}.csv")
 
 
 def test_a_change_made_between_the_snapshot_and_the_delivery_is_sent_by_the_next_sync(env) -> None:
@@ -228,10 +293,10 @@ def test_a_change_made_between_the_snapshot_and_the_delivery_is_sent_by_the_next
     # The delivery sends the rows its snapshot holds: what the baseline will say was sent.
     second = sync.deliver(t, "20250102T000000.000000Z")
     assert (second.sync_type, second.counts.updated) == ("delta", 1)
-    assert people_csv(env) == [["customer_id", "name"], ["2", "x2"]]
+    assert people_csv(env, "20250102") == [["customer_id", "name"], ["2", "x2"]]
     third = snapshot_and_deliver(env, "people", "20250103T000000.000000Z")
     assert (third.sync_type, third.counts.updated) == ("delta", 2)
-    assert sorted(people_csv(env)[1:]) == [["2", "y2"], ["3", "z3"]]
+    assert sorted(people_csv(env, "20250103")[1:]) == [["2", "y2"], ["3", "z3"]]
 
 
 def test_a_full_refresh_asked_of_the_delivery_only_exports_every_record(env) -> None:
@@ -247,5 +312,5 @@ def test_a_full_refresh_asked_of_the_delivery_only_exports_every_record(env) -> 
     sync.take_snapshot(t, "20250102T000000.000000Z")
     result = sync.deliver(t, "20250102T000000.000000Z", force_full=True)
     assert (result.sync_type, result.rows_written) == ("full", 5)
-    assert people_csv(env) == [["customer_id", "name"], ["1", "c1"], ["2", "x2"], ["3", "c3"], ["4", "c4"],
-                               ["5", "c5"]]
+    assert people_csv(env, "20250102") == [["customer_id", "name"], ["1", "c1"], ["2", "x2"], ["3", "c3"],
+                                           ["4", "c4"], ["5", "c5"]]

@@ -1,4 +1,4 @@
-"""Destinations: where finished export files go (SPEC sections 5 and 10).
+"""Destinations: where finished export files go.
 
 A destination receives files that the shared writer has already produced locally and stores them
 under an *object path* (``"folder/name.csv"``: slash-separated, relative, no empty / ``.`` / ``..``
@@ -63,6 +63,24 @@ TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_CAUSE_CHARS = 300
 # Prefix of the temporary files LocalDestination writes before renaming; list() hides them.
 _LOCAL_TMP_PREFIX = ".dinmo-tmp-"
+
+
+def process_umask() -> int:
+    """The process's file mode creation mask, read without changing it.
+
+    Linux reports it in ``/proc/self/status``; elsewhere it is read by setting and restoring it, which
+    is only racy against files created by other threads at that very instant.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class DestinationError(Exception):
@@ -305,6 +323,8 @@ class LocalDestination(Destination):
 
     Uploads hard-link (or, across file systems, copy) the file to a temporary name in the target
     directory and ``os.replace`` it onto the final name, so a reader never sees a half-written file.
+    Files get mode ``0666`` minus the process umask (``0644`` with the usual ``022``), as any tool's
+    files do, although the writer's part files are private (``0600``).
     """
 
     path: str = Field(description="Folder that receives the files (absolute, or resolved by the caller).")
@@ -333,6 +353,8 @@ class LocalDestination(Destination):
                 os.link(local_path, tmp)  # same file system: no copy of the bytes
             except OSError:
                 shutil.copyfile(local_path, tmp)
+            # The part file is private (0600); the delivered file gets the mode any tool's files get.
+            os.chmod(tmp, 0o666 & ~process_umask())
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
             os.replace(tmp, target)

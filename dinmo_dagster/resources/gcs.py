@@ -1,4 +1,4 @@
-"""The Google Cloud Storage destination (SPEC section 5), on ``dagster_gcp``'s ``GCSResource``.
+"""The Google Cloud Storage destination, on ``dagster_gcp``'s ``GCSResource``.
 
 Its own module so that projects without a GCS destination do not import ``dagster_gcp`` and the
 Google clients (about 0.7 s per process). ``destinations.destination_from_config`` imports it on use.
@@ -161,7 +161,8 @@ class GCSDestination(Destination, GCSResource):
         except auth_exceptions.DefaultCredentialsError:
             raise self._error(
                 "no Google Cloud credentials: set service_account_json or service_account_file, "
-                "or configure application default credentials"
+                "or configure application default credentials (to try it without a Google Cloud account: "
+                "`dinmo emulator`, then export STORAGE_EMULATOR_HOST as it prints)"
             ) from None
         if not _otel_traces_enabled():
             # google-cloud-storage 3.x fetches bucket metadata in a background thread (with its own,
