@@ -2,11 +2,19 @@
 
 A project is one YAML file (``dinmo.yaml``) or a directory of YAML files, found through
 ``DINMO_PROJECT_DIR`` (default: the bundled quickstart). Every error names the file, the key path,
-what was found and what is allowed; unknown keys are errors.
+what was found and what is allowed; unknown keys are errors, with the closest allowed key suggested.
+
+Malformed or hostile files fail fast with one line each, never a traceback: a file must be UTF-8 and
+at most ``MAX_FILE_BYTES``; its mappings and lists nest at most ``MAX_YAML_DEPTH`` levels; it holds at
+most ``MAX_YAML_VALUES`` values, of which at most ``MAX_ALIAS_VALUES`` come from YAML aliases (so an
+alias bomb, a few lines that expand to billions of values, is refused before anything reads it).
+These limits are checked on the YAML events in one pass without recursion, before the loader builds
+anything.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,9 +24,22 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dinmo_dagster.filters import did_you_mean
+
 QUICKSTART_DIR = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 SECTIONS = ("sources", "models", "segments", "destinations", "activations", "settings")
+
+# Limits on one project file: a project's configuration is far below them, and hostile or broken
+# input (alias bombs, 100k nested brackets, megabytes of values) is refused in seconds.
+MAX_FILE_BYTES = 2_000_000
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 200_000
+MAX_ALIAS_VALUES = 10_000
+# `dinmo validate` lists at most this many problems, so that its output stays readable.
+MAX_PROBLEMS = 50
+# Sync modes whose files are change sets: a later sync must never overwrite an earlier one's file.
+CHANGE_SET_MODES = ("upsert", "insert", "difference")
 
 
 class ProjectError(Exception):
@@ -59,7 +80,7 @@ class _SourceBase(_Strict):
 class DuckDBSource(_SourceBase):
     type: Literal["duckdb"]
     path: str
-    memory_limit: str | None = "64MB"
+    memory_limit: str | None = "50%"  # half the memory: see warehouses.DUCKDB_DEFAULT_MEMORY_LIMIT
     preserve_insertion_order: bool = False
 
 
@@ -298,6 +319,8 @@ class Project:
     activations: dict[str, Activation] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
     origins: dict[str, str] = field(default_factory=dict)  # "activations.x" -> file name
+    # Advice that does not make the project invalid, one line each (file, key path, why, what to do).
+    warnings: list[str] = field(default_factory=list)
 
     def resolve_path(self, path: str) -> Path:
         """Relative paths in the YAML are relative to the project directory."""
@@ -318,7 +341,11 @@ SECTION_MODELS: dict[str, Any] = {
 }
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: several times faster than the pure-Python one.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
     """YAML 1.2 booleans: only true/false. YAML 1.1 reads the SPEC's ``on:`` key as True."""
 
 
@@ -328,6 +355,148 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+class _FileProblem(Exception):
+    """A project file that cannot be read as YAML: one line, without the file name."""
+
+
+@dataclass
+class _Frame:
+    """An open mapping or list while scanning YAML events."""
+
+    is_map: bool
+    anchor: str | None
+    values: int = 1  # values inside, aliases expanded, this one included
+    height: int = 1  # levels of nesting inside, aliases expanded, this one included
+    children: int = 0
+    key: str = "?"  # the current key of a mapping
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """The start of a long text, so that one message stays on one line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _path_of(frames: list[_Frame]) -> str:
+    """The key path of the next value, e.g. ``segments.bomb.filter.any[3]`` (long paths shortened)."""
+    parts: list[str] = []
+    for f in frames:
+        if f.is_map:
+            if f.children % 2 == 0:  # at a key: the path ends with the mapping itself
+                break
+            parts.append(_clip(f.key, 40))
+        else:
+            parts.append(f"[{f.children}]")
+    if len(parts) > 12:
+        parts = [*parts[:8], f"({len(parts) - 11} more)", *parts[-3:]]
+    return "".join(p if p.startswith("[") or i == 0 else f".{p}" for i, p in enumerate(parts))
+
+
+def _scan_yaml(text: str) -> None:
+    """Check a YAML text against the size limits from its event stream, without building it.
+
+    One pass over the events, no recursion: nesting depth and the number of values are counted with
+    aliases expanded (each anchor remembers its size and height), so an alias bomb or a self-referencing
+    alias is refused at the alias that crosses the limit. Raises _FileProblem naming line, column and
+    key path.
+    """
+    frames: list[_Frame] = []
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, height)
+    total = aliased = 0
+
+    too_deep = (f"nested deeper than {MAX_YAML_DEPTH} levels; allowed: at most {MAX_YAML_DEPTH} levels of "
+                "mappings and lists (aliases included)")
+
+    def fail(event: Any, message: str) -> None:
+        mark, path = event.start_mark, _path_of(frames)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " + (f"{path}: " if path else "")
+        raise _FileProblem(where + message)
+
+    def add(event: Any, values: int, height: int, key: str, counted: bool = False) -> None:
+        """Put a finished value (``values`` values, ``height`` levels) into the open collection."""
+        nonlocal total
+        total += 0 if counted else values
+        if total > MAX_YAML_VALUES:
+            fail(event, f"more than {MAX_YAML_VALUES} values in one file; allowed: at most {MAX_YAML_VALUES} "
+                        "(keep long lists of values in a warehouse table and select them with a SQL segment)")
+        if len(frames) + height > MAX_YAML_DEPTH:
+            fail(event, too_deep)
+        if frames:
+            parent = frames[-1]
+            parent.values += values
+            parent.height = max(parent.height, height + 1)
+            if parent.is_map and parent.children % 2 == 0:
+                parent.key = key
+            parent.children += 1
+
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            name = event.anchor
+            if any(f.anchor == name for f in frames):
+                fail(event, f"the alias *{_clip(name, 40)} is inside the value it refers to; "
+                            "allowed: aliases of values defined before and outside them")
+            values, height = anchors.get(name, (1, 0))  # an undefined alias: the loader says so
+            aliased += values
+            if aliased > MAX_ALIAS_VALUES:
+                fail(event, f"the aliases of this file stand for more than {MAX_ALIAS_VALUES} values "
+                            f"(at alias *{_clip(name, 40)}); allowed: at most {MAX_ALIAS_VALUES} values "
+                            "repeated through aliases per file")
+            add(event, values, height, "?")
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor:
+                anchors[event.anchor] = (1, 0)
+            add(event, 1, 0, event.value)
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if len(frames) + 1 > MAX_YAML_DEPTH:
+                fail(event, too_deep)
+            frames.append(_Frame(isinstance(event, yaml.MappingStartEvent), event.anchor))
+            total += 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            done = frames.pop()
+            if done.anchor:
+                anchors[done.anchor] = (done.values, done.height)
+            add(event, done.values, done.height, "?", counted=True)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of one project file; raises _FileProblem (one line) when it cannot be read."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise _FileProblem(f"the file has {size} bytes; allowed: at most {MAX_FILE_BYTES} bytes per "
+                           "project file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise _FileProblem(f"line {line}, column {column}: found byte 0x{data[start]:02x}, which is not "
+                           "UTF-8; allowed: UTF-8 text (save the file as UTF-8)") from None
+    try:
+        _scan_yaml(text)
+        return yaml.load(text, Loader=_Loader)
+    except yaml.reader.ReaderError as exc:
+        # A character YAML does not allow (a NUL, a control character): say where, by line and column.
+        position = exc.position if isinstance(exc.position, int) else 0
+        if exc.encoding != "unicode":  # libyaml counts UTF-8 bytes, the pure-Python reader characters
+            position = len(text.encode("utf-8")[:position].decode("utf-8", "ignore"))
+        before = text[:position]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character or 0)
+        raise _FileProblem(f"line {line}, column {column}: found the character #x{ord(char):04x}, which YAML "
+                           "does not allow; allowed: printable characters, tabs and line breaks") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        if "maximum nesting depth" in str(exc.problem):  # libyaml's own limit (1000) met while reading ahead
+            raise _FileProblem(f"{where}nested deeper than {MAX_YAML_DEPTH} levels; allowed: at most "
+                               f"{MAX_YAML_DEPTH} levels of mappings and lists (aliases included)") from None
+        first = str(exc.problem or exc).splitlines()[0]
+        raise _FileProblem(f"{where}malformed YAML: {_clip(first, 200)}") from None
+    except yaml.YAMLError as exc:
+        raise _FileProblem(f"malformed YAML: {_clip(str(exc).splitlines()[0], 200)}") from None
 
 
 def _key_path(prefix: str, parts: list[str]) -> str:
@@ -358,16 +527,41 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _format_error(file: str, prefix: str, err: dict[str, Any], model_cls: Any) -> str:
-    loc = [str(p) for p in err["loc"]]
+def _clean_loc(err: dict[str, Any]) -> list[str]:
     # Drop discriminator tags pydantic inserts ("duckdb", "function-after[...]") from the path.
-    clean = [p for p in loc if not p.startswith("function-") and p not in _DISCRIMINATOR_TAGS]
+    return [_clip(str(p)) for p in err["loc"]
+            if not str(p).startswith("function-") and str(p) not in _DISCRIMINATOR_TAGS]
+
+
+def _typo_fixes(errors: list[dict[str, Any]], model_cls: Any) -> dict[tuple[str, ...], str]:
+    """Unknown keys that are typos of a missing required key: {path of the missing key: the typo}.
+
+    ``primary_kye`` gives "unknown key 'primary_kye'; did you mean 'primary_key'?" and no second line
+    saying that primary_key is missing.
+    """
+    missing = {tuple(_clean_loc(e)) for e in errors if e["type"] == "missing"}
+    out: dict[tuple[str, ...], str] = {}
+    for e in errors:
+        if e["type"] != "extra_forbidden":
+            continue
+        loc = _clean_loc(e)
+        parent = _resolve_model(model_cls, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], _field_names(parent), n=1) if parent else []
+        if close and (*loc[:-1], close[0]) in missing:
+            out[(*loc[:-1], close[0])] = loc[-1]
+    return out
+
+
+def _format_error(file: str, prefix: str, err: dict[str, Any], model_cls: Any) -> str:
+    clean = _clean_loc(err)
     key = _key_path(prefix, clean)
     etype = err["type"]
     if etype == "extra_forbidden":
         parent = _resolve_model(model_cls, clean[:-1])
-        allowed = ", ".join(sorted(_field_names(parent))) if parent else ""
-        return f"{file}: {_key_path(prefix, clean[:-1])}: unknown key '{clean[-1]}'; allowed: {allowed}"
+        names = sorted(_field_names(parent)) if parent else []
+        hint = did_you_mean(clean[-1], names) or ";"
+        return (f"{file}: {_key_path(prefix, clean[:-1])}: unknown key '{clean[-1]}'{hint} "
+                f"allowed: {', '.join(names)}")
     if etype == "missing":
         return f"{file}: {key}: required key is missing"
     if etype == "union_tag_invalid":
@@ -423,10 +617,16 @@ _SOURCE_TYPES = {c.model_fields["type"].annotation.__args__[0]: c for c in
 _DEST_TYPES = {"gcs": GCSDestinationConfig, "local": LocalDestinationConfig}
 
 
+def _type_of(raw: Any) -> Any:
+    """The ``type`` of an entry when it is text (a list or mapping there is reported, not hashed)."""
+    found = raw.get("type") if isinstance(raw, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def _parse_entry(section: str, name: str, raw: Any, file: str, problems: list[str]) -> Any:
     prefix = f"{section}.{name}"
     if section == "sources":
-        cls = _SOURCE_TYPES.get(raw.get("type")) if isinstance(raw, dict) else None
+        cls = _SOURCE_TYPES.get(_type_of(raw))
         if cls is None:
             if isinstance(raw, dict):
                 found = raw.get("type")
@@ -436,7 +636,7 @@ def _parse_entry(section: str, name: str, raw: Any, file: str, problems: list[st
                 problems.append(f"{file}: {prefix}: expected a mapping, found {_describe(raw)}")
             return None
     elif section == "destinations":
-        cls = _DEST_TYPES.get(raw.get("type")) if isinstance(raw, dict) else None
+        cls = _DEST_TYPES.get(_type_of(raw))
         if cls is None:
             if isinstance(raw, dict):
                 problems.append(f"{file}: {prefix}.type: found {_describe(raw.get('type'))}; allowed: gcs, local")
@@ -454,25 +654,35 @@ def _parse_entry(section: str, name: str, raw: Any, file: str, problems: list[st
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
-        for err in exc.errors():
+        errors = exc.errors()
+        fixed = _typo_fixes(errors, cls)
+        for err in errors:
+            if err["type"] == "missing" and tuple(_clean_loc(err)) in fixed:
+                continue  # the unknown key next to it is this key misspelled: one line says both
             problems.append(_format_error(file, prefix, err, cls))
         return None
 
 
 def load_project(path: str | os.PathLike[str] | None = None) -> Project:
-    """Load and validate a project (a YAML file or a directory of them). Raises ProjectError."""
+    """Load and validate a project (a YAML file or a directory of them). Raises ProjectError.
+
+    Problems come one per line, at most MAX_PROBLEMS of them. Advice that does not make the project
+    invalid (a change-set file name that two syncs could render alike) goes to ``Project.warnings``.
+    """
     root = Path(path).resolve() if path is not None else project_dir_from_env()
     files = _yaml_files(root)
     project = Project(directory=root if root.is_dir() else root.parent)
     problems: list[str] = []
+    # Every name written in the YAML, parsed or not: a model that fails to parse is still defined, so
+    # references to it are not reported a second time.
+    defined: dict[str, set[str]] = {section: set() for section in SECTIONS}
+    settings_file = ""
     for f in files:
         fname = f.name
         try:
-            doc = yaml.load(f.read_text(encoding="utf-8"), Loader=_Loader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problems.append(f"{fname}:{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}")
+            doc = _read_yaml(f)
+        except _FileProblem as exc:
+            problems.append(f"{fname}: {exc}")
             continue
         if doc is None:
             continue
@@ -482,9 +692,15 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
             continue
         for section, entries in doc.items():
             if section not in SECTIONS:
-                problems.append(f"{fname}: {section}: unknown key '{section}'; allowed: {', '.join(SECTIONS)}")
+                hint = did_you_mean(section, SECTIONS)
+                shown = _clip(str(section))
+                problems.append(f"{fname}: {shown}: unknown key '{shown}'{hint or ';'} "
+                                f"allowed: {', '.join(SECTIONS)}")
+                if hint and isinstance(entries, dict):  # a misspelt section still defines its names
+                    defined[difflib.get_close_matches(section, SECTIONS, n=1)[0]].update(map(str, entries))
                 continue
             if section == "settings":
+                settings_file = fname
                 try:
                     project.settings = Settings.model_validate(entries or {})
                 except ValidationError as exc:
@@ -498,9 +714,10 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
             target: dict[str, Any] = getattr(project, section)
             for name, raw in entries.items():
                 key = f"{section}.{name}"
+                defined[section].add(str(name))
                 if not isinstance(name, str) or not NAME_RE.match(name):
-                    problems.append(f"{fname}: {key}: invalid name; allowed: lowercase letters, digits and "
-                                    f"'_', starting with a letter, at most 63 characters")
+                    problems.append(f"{fname}: {section}.{_clip(str(name))}: invalid name; allowed: lowercase "
+                                    "letters, digits and '_', starting with a letter, at most 63 characters")
                     continue
                 if key in project.origins:
                     problems.append(f"{fname}: {key}: already defined in {project.origins[key]}")
@@ -509,53 +726,80 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
                 parsed = _parse_entry(section, name, raw, fname, problems)
                 if parsed is not None:
                     target[name] = parsed
-    problems.extend(_check_references(project))
+    problems.extend(_check_references(project, defined, settings_file))
     if problems:
+        if len(problems) > MAX_PROBLEMS:
+            more = len(problems) - MAX_PROBLEMS
+            problems = [*problems[:MAX_PROBLEMS], f"... and {more} more problem(s); fix these first"]
         raise ProjectError(problems)
+    project.warnings = _warnings(project)
     return project
 
 
-def _check_references(p: Project) -> list[str]:
-    """Cross-entry rules: references exist, options agree, templates are valid."""
-    from dinmo_dagster import naming, writers
+def _check_references(p: Project, defined: dict[str, set[str]] | None = None,
+                      settings_file: str = "") -> list[str]:
+    """Cross-entry rules: references exist, options agree, templates are valid.
+
+    ``defined`` holds every name written in the YAML, including entries that failed to parse: a
+    reference to one of those is not a second problem.
+    """
+    from dagster._utils.schedules import is_valid_cron_string
+
+    from dinmo_dagster import filters, naming, writers
     from dinmo_dagster.schedules import schedule_problem
 
+    names = defined or {"sources": set(p.sources), "models": set(p.models), "segments": set(p.segments),
+                        "destinations": set(p.destinations)}
     out: list[str] = []
 
     def check_schedule(key: str, s: Schedule) -> None:
         problem = schedule_problem(s)
+        if problem and s.cron is not None and problem.startswith("cron:"):
+            problem = f"cron: {cron_problem(s.cron)}"
         if problem:
             out.append(f"{where(key)}: {key}.schedule: {problem}")
 
     def where(key: str) -> str:
         return p.origins.get(key.split(".")[0] + "." + key.split(".")[1], "?")
 
-    def ref(key: str, found: str, pool: dict[str, Any], what: str) -> None:
+    def ref(key: str, found: str, section: str, what: str) -> None:
+        pool = names.get(section, set())
         if found not in pool:
             allowed = ", ".join(sorted(pool)) or "(none defined)"
-            out.append(f"{where(key)}: {key}: unknown {what} '{found}'; allowed: {allowed}")
+            hint = did_you_mean(found, sorted(pool)) or ";"
+            out.append(f"{where(key)}: {key}: unknown {what} '{_clip(found)}'{hint} allowed: {allowed}")
+
+    def check_depth(key: str, tree: Any) -> None:
+        problem = filters.filter_depth_problem(tree, key)
+        if problem:
+            out.append(f"{where(key)}: {problem}")
 
     for name, m in p.models.items():
-        ref(f"models.{name}.source", m.source, p.sources, "source")
+        ref(f"models.{name}.source", m.source, "sources", "source")
         if m.schedule is not None:
             if not m.materialized:
                 out.append(f"{where(f'models.{name}')}: models.{name}.schedule: only a materialized model "
                            "(materialized: true) is refreshed on a schedule; a view is always live")
             check_schedule(f"models.{name}", m.schedule)
         for i, rel in enumerate(m.relationships):
-            ref(f"models.{name}.relationships[{i}].model", rel.model, p.models, "model")
+            ref(f"models.{name}.relationships[{i}].model", rel.model, "models", "model")
+        for i, calc in enumerate(m.calculated_fields):
+            if calc.where is not None:
+                check_depth(f"models.{name}.calculated_fields[{i}].where", calc.where)
         if m.kind == "fact" and not m.time_column:
             out.append(f"{where(f'models.{name}')}: models.{name}.time_column: required for kind 'fact' "
                        f"(the event-time column used for incremental syncs)")
     for name, s in p.segments.items():
-        ref(f"segments.{name}.model", s.model, p.models, "model")
+        ref(f"segments.{name}.model", s.model, "models", "model")
         if s.sql is not None and "{{ model }}" not in s.sql and "{{model}}" not in s.sql:
             out.append(f"{where(f'segments.{name}')}: segments.{name}.sql: must select from "
                        "'{{ model }}' (the model's view)")
+        if s.filter is not None:
+            check_depth(f"segments.{name}.filter", s.filter)
     for name, a in p.activations.items():
         k = f"activations.{name}"
-        ref(f"{k}.segment", a.segment, p.segments, "segment")
-        ref(f"{k}.destination", a.destination, p.destinations, "destination")
+        ref(f"{k}.segment", a.segment, "segments", "segment")
+        ref(f"{k}.destination", a.destination, "destinations", "destination")
         if a.run_type == "full_then_delta" and a.sync_mode == "snapshot":
             out.append(f"{where(k)}: {k}.run_type: 'full_then_delta' cannot be used with sync_mode 'snapshot' "
                        "(a snapshot always exports the full segment); allowed with snapshot: full_only")
@@ -572,13 +816,16 @@ def _check_references(p: Project) -> list[str]:
                 out.append(f"{where(k)}: {k}.mapping: must map at least one column")
             seen: dict[str, str] = {}
             for src, dst in a.mapping.items():
-                if dst in seen:
-                    out.append(f"{where(k)}: {k}.mapping: columns '{seen[dst]}' and '{src}' are both mapped "
-                               f"to '{dst}'; destination names must be unique")
+                if not dst.strip():
+                    out.append(f"{where(k)}: {k}.mapping.{_clip(src)}: found the destination name {dst!r}; "
+                               "allowed: a column name with at least one visible character")
+                elif dst in seen:
+                    out.append(f"{where(k)}: {k}.mapping: columns '{_clip(seen[dst])}' and '{_clip(src)}' are "
+                               f"both mapped to '{_clip(dst)}'; destination names must be unique")
                 seen[dst] = src
         if a.format == "xml":
             for label, value in (("xml.root", a.xml.root), ("xml.record", a.xml.record),
-                                 *((f"mapping.{s}", d) for s, d in (a.mapping or {}).items())):
+                                 *((f"mapping.{s}", d) for s, d in (a.mapping or {}).items() if d.strip())):
                 problem = writers.xml_name_problem(value)
                 if problem:
                     out.append(f"{where(k)}: {k}.{label}: {problem}")
@@ -587,4 +834,102 @@ def _check_references(p: Project) -> list[str]:
                        "for parquet use parquet.compression")
         if a.schedule is not None:
             check_schedule(k, a.schedule)
+    cron = p.settings.validation_cron
+    if not is_valid_cron_string(cron):
+        out.append(f"{settings_file or '?'}: settings.validation_cron: {cron_problem(cron)}")
+    from dinmo_dagster.assets.models import (
+        dependency_cycles,  # models and segments whose views read themselves
+    )
+
+    out.extend(f"{where(key)}: {problem}" for key, problem in dependency_cycles(p).items())
+    return out
+
+
+# (name, lowest, highest, names) of the five cron fields, as Dagster's cron parser reads them.
+_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("weekday", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+_CRON_SYNTAX = "allowed: *, a number, a range a-b, a step */n or a-b/n, or a list of these separated by ','"
+
+
+def cron_problem(expr: str) -> str:
+    """Why a cron expression that Dagster rejects is invalid, naming the field and its allowed range.
+
+    For example ``'0 25 * * *'`` gives "hour '25' is out of range in '0 25 * * *'; allowed: 0-23".
+    Ranges are checked before syntax, so a value out of range is named even next to a field written in
+    a syntax this explanation does not know (Dagster's cron parser also accepts L, W and #).
+    """
+    shown = _clip(expr, 80)
+    fields = expr.split()
+    if len(fields) != 5:
+        return (f"invalid cron expression {shown!r}: found {len(fields)} field(s); "
+                "allowed: five fields 'minute hour day month weekday'")
+    syntax: str | None = None
+    values: dict[str, set[int]] = {}
+    for (name, low, high, words), text in zip(_CRON_FIELDS, fields):
+        allowed = f"{low}-{high}" + (f" or {words[0]}-{words[-1]}" if words else "")
+        if name == "weekday":
+            allowed += " (0 and 7 are Sunday)"
+        values[name] = set()
+        for item in text.split(","):
+            base, slash, step = item.partition("/")
+            if slash and not (step.isdigit() and int(step) > 0):
+                syntax = syntax or (f"{name} step '{_clip(step, 20)}' is not valid in {shown!r}; "
+                                    "allowed: a whole number of at least 1 after '/'")
+                continue
+            if base in ("*", "?"):
+                continue
+            ends = base.split("-")
+            for end in ends:
+                word = end.lower()
+                if end.isdigit():
+                    number = int(end)
+                elif word in words:
+                    number = words.index(word) + (1 if name == "month" else 0)
+                else:
+                    syntax = syntax or f"{name} '{_clip(item, 20)}' is not valid in {shown!r}; {_CRON_SYNTAX}"
+                    continue
+                if not low <= number <= high:
+                    return f"{name} '{_clip(end, 20)}' is out of range in {shown!r}; allowed: {allowed}"
+                if len(ends) == 1:
+                    values[name].add(number)
+            if len(ends) > 2:
+                syntax = syntax or f"{name} '{_clip(item, 20)}' is not valid in {shown!r}; {_CRON_SYNTAX}"
+    if syntax:
+        return syntax
+    if values["month"] == {2} and values["day"] and values["day"] <= {30, 31}:
+        return f"day {min(values['day'])} never occurs in February, in {shown!r}; allowed: 1-29 in February"
+    return f"invalid cron expression {shown!r}; allowed: five fields 'minute hour day month weekday'"
+
+
+def _warnings(p: Project) -> list[str]:
+    """Advice on a valid project: change-set file names that two syncs could render alike.
+
+    A change-set sync (upsert, insert, difference) never overwrites a file an earlier sync wrote under
+    the same name; it fails instead. A template without {ss}, {ms}, {X} or {x} renders the same name
+    for two syncs in the same minute (or hour, or day...), so the second one would fail.
+    """
+    from dinmo_dagster import naming
+
+    out: list[str] = []
+    periods = (("mm", "minute", "{ss}"), ("HH", "hour", "{mm}{ss}"), ("DD", "day", "{HH}{mm}{ss}"),
+               ("MM", "month", "{DD}_{HH}{mm}{ss}"), ("YYYY", "year", "{MM}{DD}_{HH}{mm}{ss}"),
+               ("YY", "year", "{MM}{DD}_{HH}{mm}{ss}"))
+    for name, a in p.activations.items():
+        if a.sync_mode not in CHANGE_SET_MODES:
+            continue
+        used = naming.template_variables(a.file_name)
+        if used & {"ss", "ms", "X", "x"}:
+            continue
+        period, add = next(((per, add) for var, per, add in periods if var in used),
+                           (None, "{YYYY}{MM}{DD}_{HH}{mm}{ss}"))
+        when = f"two {a.sync_mode} syncs in the same {period}" if period else f"every {a.sync_mode} sync"
+        out.append(f"{p.origins.get(f'activations.{name}', '?')}: activations.{name}.file_name: "
+                   f"{_clip(a.file_name, 80)!r} has no seconds or finer variable ({{ss}}, {{ms}}, {{X}} or "
+                   f"{{x}}), so {when} would render the same name and the later sync would refuse to overwrite "
+                   f"the earlier file; add {add} (or {{X}})")
     return out

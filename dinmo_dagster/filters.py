@@ -30,13 +30,19 @@ Semantics (what a marketer expects; also written in the README):
   ("count < 1" includes customers without orders); ``avg``/``min``/``max`` over no rows are NULL,
   so only ``neq``/``not_in``/``is_null``... match them.
 * Validation collects every problem it can find and raises one :class:`FilterError` whose message
-  has one line per problem (``FilterError.errors`` holds the lines).
+  has one line per problem (``FilterError.errors`` holds the lines). An unknown key names the closest
+  allowed key ("did you mean 'attribute'?").
+* Conditions nest at most ``MAX_FILTER_DEPTH`` (12) levels: the condition at the top is level 1, and
+  each ``all``, ``any``, ``not`` and relation ``where`` adds one. Deeper filters compile to SQL that
+  sqlglot cannot parse back (about 35 Python frames per ``not``), so they are refused up front.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import decimal
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -55,6 +61,8 @@ __all__ = [
     "compile_calculated_fields",
     "compile_model_select",
     "compile_segment_filter",
+    "did_you_mean",
+    "filter_depth_problem",
     "model_columns",
     "validate_filter",
 ]
@@ -81,6 +89,13 @@ RELATION_MEASURES: tuple[str, ...] = ("exists", "count", "sum", "avg", "min", "m
 AGGREGATE_FUNCTIONS: tuple[str, ...] = ("sum", "count", "avg", "min", "max")
 TIME_UNITS: tuple[str, ...] = ("minutes", "hours", "days", "weeks", "months", "years")
 GROUP_KEYS: tuple[str, ...] = ("all", "any", "not")
+# Deeper filters compile to SQL that sqlglot's recursive parser cannot read back within Python's
+# default recursion limit (a `not` costs about 35 frames to parse).
+MAX_FILTER_DEPTH = 12
+_TOO_DEEP = (
+    f"conditions nested deeper than {MAX_FILTER_DEPTH} levels; allowed: at most {MAX_FILTER_DEPTH} "
+    "levels of all, any, not and relation where"
+)
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+)\s+([A-Za-z]+)\s*$")
@@ -141,6 +156,50 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def did_you_mean(found: Any, allowed: Any) -> str:
+    """``"; did you mean 'x'?"`` for the allowed name closest to ``found``, or ``""`` when none is close.
+
+    Shared by the filter compiler and the project loader (unknown keys, sections and references).
+    """
+    if not isinstance(found, str):
+        return ""
+    close = difflib.get_close_matches(found, [a for a in allowed if isinstance(a, str)], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_key(key: Any, allowed: Any, suffix: str = "") -> str:
+    """The message for an unknown key: what was found, the closest allowed key, every allowed key."""
+    hint = did_you_mean(key, allowed) or ";"
+    return f"unknown key {_clip(_show(key))}{suffix}{hint} allowed: {', '.join(allowed)}"
+
+
+def filter_depth_problem(filter: Any, path: str = "filter") -> str | None:
+    """``"<key path>: ..."`` for the first condition nested deeper than MAX_FILTER_DEPTH levels, or None.
+
+    Walks the tree breadth-first without recursion, so any depth is measured safely, and stops at the
+    first level past the limit (aliases in YAML can make a small file a deep tree).
+    """
+    queue: collections.deque[tuple[Any, str, int]] = collections.deque([(filter, path, 1)])
+    while queue:
+        node, where, level = queue.popleft()
+        if not isinstance(node, dict):
+            continue
+        if level > MAX_FILTER_DEPTH:
+            return f"{where}: {_TOO_DEEP}"
+        for kind in ("all", "any"):
+            if isinstance(node.get(kind), list):
+                queue.extend((child, f"{where}.{kind}[{i}]", level + 1) for i, child in enumerate(node[kind]))
+        for kind in ("not", "where"):
+            if kind in node:
+                queue.append((node[kind], f"{where}.{kind}", level + 1))
+    return None
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """The start of a long text, so that one message stays on one line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _valid(names: Any) -> str:
@@ -245,6 +304,8 @@ class _FilterCompiler:
         self.segment_relations = segment_relations
         self.errors: list[str] = []
         self._aliases = 0
+        self._depth = 0
+        self._too_deep = False
 
     # -- bookkeeping
 
@@ -258,11 +319,23 @@ class _FilterCompiler:
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:
             if key not in allowed:
-                self.error(f"{path}.{key}", f"unknown key {_show(key)}; allowed: {', '.join(allowed)}")
+                self.error(f"{path}.{key}", _unknown_key(key, allowed))
 
     # -- nodes
 
     def node(self, node: Any, model: ModelInfo, alias: str, path: str) -> exp.Expression | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_FILTER_DEPTH:
+                if not self._too_deep:  # one line for the whole filter, however deep it goes
+                    self._too_deep = True
+                    self.error(path, _TOO_DEEP)
+                return None
+            return self._node(node, model, alias, path)
+        finally:
+            self._depth -= 1
+
+    def _node(self, node: Any, model: ModelInfo, alias: str, path: str) -> exp.Expression | None:
         if not isinstance(node, dict) or not node:
             self.error(
                 path,
@@ -286,10 +359,12 @@ class _FilterCompiler:
             return self.segment(node, model, alias, path)
         if "relation" in node:
             return self.relation(node, model, alias, path)
+        kinds = (*GROUP_KEYS, "attribute", "segment", "relation")
+        hint = next((h for h in (did_you_mean(k, kinds) for k in node) if h), "")
         self.error(
             path,
             f"expected one of all, any, not, attribute, segment, relation; found keys: "
-            f"{', '.join(map(str, node))}",
+            f"{', '.join(_clip(str(k)) for k in node)}{hint}",
         )
         return None
 
@@ -730,7 +805,7 @@ def compile_model_select(
             continue
         for key in spec:
             if key not in _CUSTOM_KEYS:
-                errors.append(f"{where}.{key}: unknown key {_show(key)}; allowed: {', '.join(_CUSTOM_KEYS)}")
+                errors.append(f"{where}.{key}: {_unknown_key(key, _CUSTOM_KEYS)}")
         named = claim(spec.get("name"), where)
         query = _parse_sql(spec.get("sql"), dialect, f"{where}.sql", errors)
         if query is None or not named:
@@ -780,8 +855,7 @@ def compile_model_select(
         for key in spec:
             if key not in _CALCULATED_KEYS[kind]:
                 errors.append(
-                    f"{where}.{key}: unknown key {_show(key)} for a {kind} field; "
-                    f"allowed: {', '.join(_CALCULATED_KEYS[kind])}"
+                    f"{where}.{key}: {_unknown_key(key, _CALCULATED_KEYS[kind], f' for a {kind} field')}"
                 )
         if not claim(spec.get("name"), where):
             continue

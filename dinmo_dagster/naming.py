@@ -10,6 +10,16 @@ the extension (and ``_part-00001`` when an export is split). Positions in error 
 1-based character positions in the template.
 
 A folder is a relative path inside the bucket (``crm/vip``); ``""`` is the bucket root.
+
+Length limits, so that every object name fits Google Cloud Storage's 1024 bytes (UTF-8) and every
+path segment fits the 255 bytes of a local file system's file name:
+
+* a rendered file name: at most ``MAX_NAME_BYTES`` (200) bytes;
+* a folder: at most ``MAX_FOLDER_BYTES`` (768) bytes, and each of its segments at most
+  ``MAX_SEGMENT_BYTES`` (255) bytes.
+
+The writer adds at most ``MAX_SUFFIX_BYTES`` (32) bytes to a name (``_updated``, ``_part-00001``,
+``.jsonl.gz``), so the longest object name is 768 + 1 + 200 + 32 = 1001 bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ __all__ = [
     "TemplateError",
     "join_object_name",
     "render_template",
+    "template_variables",
     "validate_folder",
     "validate_template",
 ]
@@ -31,6 +42,12 @@ TEMPLATE_VARIABLES: tuple[str, ...] = ("YYYY", "YY", "MM", "DD", "HH", "mm", "ss
 # Rendered base names stay well under the 255-byte file-name limit of local filesystems, leaving room
 # for "_part-00001" and the extension.
 MAX_NAME_BYTES = 200
+# GCS caps object names at 1024 bytes; a folder leaves room for "/", a name and the writer's suffixes.
+MAX_OBJECT_NAME_BYTES = 1024
+MAX_SUFFIX_BYTES = 32
+MAX_FOLDER_BYTES = 768
+# A folder segment is a directory name in a local destination: 255 bytes on common file systems.
+MAX_SEGMENT_BYTES = 255
 
 _ALLOWED = ", ".join("{" + v + "}" for v in TEMPLATE_VARIABLES)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -59,7 +76,7 @@ def _parse(template: str) -> list[tuple[bool, str]]:
             inner_open = template.find("{", i + 1)
             if end == -1 or (inner_open != -1 and inner_open < end):
                 raise TemplateError(
-                    f"unclosed brace at position {i + 1} in {template!r}; "
+                    f"unclosed brace at position {i + 1} in {_clip(template, 80)!r}; "
                     f"close it with '}}' or write '{{{{' for a literal brace"
                 )
             name = template[i + 1 : end]
@@ -77,7 +94,8 @@ def _parse(template: str) -> list[tuple[bool, str]]:
                 i += 2
                 continue
             raise TemplateError(
-                f"unmatched '}}' at position {i + 1} in {template!r}; write '}}}}' for a literal brace"
+                f"unmatched '}}' at position {i + 1} in {_clip(template, 80)!r}; "
+                "write '}}' for a literal brace"
             )
         else:
             literal.append(ch)
@@ -139,6 +157,11 @@ def validate_template(template: str) -> None:
         )
 
 
+def template_variables(template: str) -> set[str]:
+    """The variables a valid template uses, e.g. ``{"YYYY", "MM", "DD"}`` for ``'{YYYY}-{MM}-{DD}_vip'``."""
+    return {text for is_var, text in _parse(template) if is_var}
+
+
 def render_template(template: str, when: datetime) -> str:
     """Render a validated template at the timezone-aware clock `when`.
 
@@ -155,25 +178,40 @@ def validate_folder(folder: str) -> None:
     """Check a folder path inside the bucket; raise TemplateError when it is not a clean relative path.
 
     '' is the bucket root. Rejected: a leading or trailing '/', an empty segment ('a//b'), a '.' or '..'
-    segment, '\\' and control characters.
+    segment, '\\', control characters, a folder longer than MAX_FOLDER_BYTES and a segment longer than
+    MAX_SEGMENT_BYTES (UTF-8 bytes).
     """
     if not isinstance(folder, str):
         raise TemplateError(f"a folder must be text, got {type(folder).__name__}")
     if folder == "":
         return
+    shown = _clip(folder, 80)
     if folder.startswith("/"):
-        raise TemplateError(f"a folder cannot start with '/' (it is relative to the bucket root): {folder!r}")
+        raise TemplateError(f"a folder cannot start with '/' (it is relative to the bucket root): {shown!r}")
     if folder.endswith("/"):
-        raise TemplateError(f"a folder cannot end with '/': {folder!r}; write it without the trailing slash")
+        raise TemplateError(f"a folder cannot end with '/': {shown!r}; write it without the trailing slash")
     if "\\" in folder:
-        raise TemplateError(f"a folder cannot contain '\\': {folder!r}; separate segments with '/'")
+        raise TemplateError(f"a folder cannot contain '\\': {shown!r}; separate segments with '/'")
     if _CONTROL.search(folder):
-        raise TemplateError(f"a folder cannot contain control characters: {folder!r}")
+        raise TemplateError(f"a folder cannot contain control characters: {shown!r}")
     for segment in folder.split("/"):
         if segment == "":
-            raise TemplateError(f"a folder cannot contain an empty segment ('//'): {folder!r}")
+            raise TemplateError(f"a folder cannot contain an empty segment ('//'): {shown!r}")
         if segment in (".", ".."):
-            raise TemplateError(f"a folder cannot contain a '{segment}' segment: {folder!r}")
+            raise TemplateError(f"a folder cannot contain a '{segment}' segment: {shown!r}")
+        size = len(segment.encode("utf-8"))
+        if size > MAX_SEGMENT_BYTES:
+            raise TemplateError(f"a folder segment cannot be longer than {MAX_SEGMENT_BYTES} bytes; "
+                                f"segment {_clip(segment)!r} has {size}")
+    size = len(folder.encode("utf-8"))
+    if size > MAX_FOLDER_BYTES:
+        raise TemplateError(f"a folder cannot be longer than {MAX_FOLDER_BYTES} bytes (object names are at "
+                            f"most {MAX_OBJECT_NAME_BYTES}, with the file name); this one has {size}")
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """The start of a long text, for messages that must stay on one line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def join_object_name(folder: str, name: str) -> str:

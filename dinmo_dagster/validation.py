@@ -1,8 +1,11 @@
 """Connection and entity validation (``dinmo validate --connect`` and the validation sensor).
 
-Checks every source connection and every related entity: each model's table and columns, calculated
-fields and segments (by compiling and running them with LIMIT 0), the activation mappings, and each
-destination. Returns problems as ``(culprit, message)`` so callers can pause what depends on them.
+Checks every source connection and every related entity: each model's table and columns (primary
+key, identifiers, categorical, time column, ``order_by``, both sides of each relationship's ``on``),
+calculated fields and segments (by compiling and running them with LIMIT 0), each activation's
+mapping, trigger ``watermark_column`` and whether its columns' types can be written in its format
+(read from a zero-row query of the exported columns, as the sync streams them), and each destination.
+Returns problems as ``(culprit, message)`` so callers can pause what depends on them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
         return inliners[source]
 
     broken_sources: set[str] = set()
+    model_columns: dict[str, list[str]] = {}  # models whose view's columns were read
     for name in project.sources:
         try:
             getattr(resources, source_key(name)).check_connection()
@@ -58,8 +62,26 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             if missing:
                 problems.append(Problem(f"models.{name}", f"column '{missing[0]}' does not exist; "
                                                           f"columns: {', '.join(cols)}"))
+            elif m.order_by and _missing([m.order_by], cols):
+                problems.append(Problem(f"models.{name}", f"order_by: column '{m.order_by}' does not exist; "
+                                                          f"columns: {', '.join(cols)}"))
+            else:
+                model_columns[name] = cols
         except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"models.{name}", _short(exc)))
+    # Relationships once every model's columns are known: `on` maps this model's columns to the other's.
+    for name, cols in model_columns.items():
+        for i, rel in enumerate(project.models[name].relationships):
+            other = model_columns.get(rel.model)
+            mine = _missing(rel.on.keys(), cols)
+            theirs = _missing(rel.on.values(), other) if other is not None else []
+            if mine or theirs:
+                where = f"relationships[{i}].on"
+                problems.append(Problem(f"models.{name}", (
+                    f"{where}: column '{mine[0]}' does not exist; columns: {', '.join(cols)}" if mine else
+                    f"{where}: column '{theirs[0]}' does not exist in model '{rel.model}'; "
+                    f"columns: {', '.join(other or [])}")))
+                break  # one problem per model
     for name, s in project.segments.items():
         m = project.models[s.model]
         if m.source in broken_sources or any(p.culprit == f"models.{s.model}" for p in problems):
@@ -72,12 +94,20 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
                 problems.append(Problem(f"segments.{name}", f"does not return the primary key '{m.primary_key}'"))
                 continue
             for aname, a in project.activations.items():
-                if a.segment == name and a.mapping:
-                    missing = _missing(a.mapping, cols)
-                    if missing:
-                        problems.append(Problem(f"activations.{aname}",
-                                                f"mapping: column '{missing[0]}' is not in segment '{name}'; "
-                                                f"available: {', '.join(cols)}"))
+                if a.segment != name:
+                    continue
+                missing = _missing(a.mapping or [], cols)
+                if missing:
+                    problems.append(Problem(f"activations.{aname}",
+                                            f"mapping: column '{missing[0]}' is not in segment '{name}'; "
+                                            f"available: {', '.join(cols)}"))
+                    continue
+                try:
+                    problem = _activation_problem(wh, project, aname, q, cols)
+                except Exception as exc:  # noqa: BLE001 - the activation's own query failed: it is the culprit
+                    problem = _short(exc)
+                if problem:
+                    problems.append(Problem(f"activations.{aname}", problem))
         except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"segments.{name}", _short(exc)))
     for name in project.destinations:
@@ -86,6 +116,34 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
         except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"destinations.{name}", _short(exc)))
     return problems
+
+
+def _activation_problem(wh: Any, project: Project, name: str, segment: exp.Expression,
+                        segment_columns: list[str]) -> str | None:
+    """What in activation ``name`` the warehouse shows to be broken: its trigger's watermark column, or a
+    column type its format cannot hold (read from a zero-row query of the exported columns)."""
+    from dinmo_dagster import writers
+
+    a = project.activations[name]
+    seg, m = project.model_of(name)
+    mark = a.trigger.watermark_column if a.trigger else None
+    if mark:
+        # The source-change sensor reads the watermark from the model's own table or SQL.
+        base = ([c for c, _ in wh.table_columns(m.table) or []] if m.table
+                else wh.query_columns(m.sql or ""))
+        if _missing([mark], base):
+            return (f"trigger.watermark_column: column '{mark}' does not exist in model '{seg.model}'; "
+                    f"columns: {', '.join(base)}")
+    pairs = [(delta.resolve_column(src, segment_columns), dst) for src, dst in
+             (a.mapping.items() if a.mapping else ((c, c) for c in segment_columns))]
+    sql = delta.export_sql(segment, pairs, wh.dialect, where_false=True)
+    with wh.stream(sql) as reader:
+        schema = reader.schema
+    unwritable = writers.check_exportable(schema, a.format)
+    if not unwritable:
+        return None
+    more = f" (and {len(unwritable) - 1} more column(s))" if len(unwritable) > 1 else ""
+    return f"format {a.format}: {unwritable[0]}{more}"
 
 
 class _Inliner:

@@ -22,6 +22,7 @@ from dinmo_dagster.filters import (
     Relationship,
     compile_model_select,
     compile_segment_filter,
+    filter_depth_problem,
     validate_filter,
 )
 
@@ -564,7 +565,21 @@ VALIDATION_CASES = {
     ),
     "unknown_key": (
         {"attribute": "ltv", "op": "gt", "value": 1, "vaule": 2},
-        "filter.vaule: unknown key 'vaule'; allowed: attribute, op, value",
+        "filter.vaule: unknown key 'vaule'; did you mean 'value'? allowed: attribute, op, value",
+    ),
+    "unknown_key_far_from_any": (
+        {"attribute": "ltv", "op": "gt", "value": 1, "zzz": 2},
+        "filter.zzz: unknown key 'zzz'; allowed: attribute, op, value",
+    ),
+    "misspelt_condition_kind": (
+        {"all": [{"atribute": "ltv", "op": "gt", "value": 1}]},
+        ("filter.all[0]: expected one of all, any, not, attribute, segment, relation; found keys: atribute, op, "
+        "value; did you mean 'attribute'?"),
+    ),
+    "unknown_key_in_a_count": (
+        {"relation": "orders", "count": {"op": "gte", "valeu": 2}},
+        ("filter.count.valeu: unknown key 'valeu'; did you mean 'value'? allowed: op, value\n"
+        "filter.count.value: operator 'gte' needs a value"),
     ),
     "not_a_node": (
         {"all": [{"foo": 1}]},
@@ -647,15 +662,93 @@ def test_validation_reports_every_problem_one_per_line():
     assert str(raised.value) == "\n".join(raised.value.errors)
 
 
-def test_valid_filters_pass_validation():
-    for filter, _ in [*OPERATOR_CASES.values(), *GROUP_CASES.values(), *RELATION_CASES.values()]:
-        validate_filter(filter, "customers", MODELS, SEGMENTS)
-    validate_filter({"segment": "french", "op": "not_in"}, "customers", MODELS, SEGMENTS)
+VALID_CASES = {**OPERATOR_CASES, **GROUP_CASES, **RELATION_CASES,
+               "not_in_segment": ({"segment": "french", "op": "not_in"}, lambda c: c["country"] != "FR")}
 
 
-def test_compile_rejects_a_segment_without_a_view():
-    with pytest.raises(FilterError, match=r"^filter.segment: unknown segment 'churn'; valid: french$"):
-        compile_segment_filter({"segment": "churn", "op": "in"}, "customers", MODELS, SEGMENT_VIEWS, "duckdb")
+@pytest.mark.parametrize("case", VALID_CASES, ids=list(VALID_CASES))
+def test_valid_filters_pass_validation(duckdb_warehouse, case):
+    # What validation accepts compiles to SQL that selects exactly the customers the filter describes.
+    filter, predicate = VALID_CASES[case]
+    assert validate_filter(filter, "customers", MODELS, SEGMENTS) is None
+    assert duckdb_warehouse.members(filter) == customers_where(predicate)
+
+
+def nested(levels: int, wrap: Callable[[dict], dict], leaf: dict = FRENCH) -> dict:
+    """``leaf`` wrapped ``levels`` times: ``levels + 1`` levels of conditions."""
+    for _ in range(levels):
+        leaf = wrap(leaf)
+    return leaf
+
+
+DEPTH_CASES = {
+    # 11 groups around one condition: 12 levels, the most a filter may nest.
+    "not": (lambda f: {"not": f}, lambda c: c["country"] != "FR"),  # 11 nots: not French
+    "all": (
+        lambda f: {"all": [f, attr("ltv", "is_not_null")]},
+        lambda c: c["country"] == "FR" and c["ltv"] is not None,
+    ),
+    "any": (lambda f: {"any": [f, attr("ltv", "gt", 500)]}, lambda c: c["country"] == "FR" or gt(c["ltv"], 500)),
+}
+
+
+@pytest.mark.parametrize("case", DEPTH_CASES, ids=list(DEPTH_CASES))
+def test_twelve_levels_of_conditions_compile_and_select_the_rows(warehouse, case):
+    wrap, predicate = DEPTH_CASES[case]
+    filter = nested(11, wrap)
+    assert validate_filter(filter, "customers", MODELS, SEGMENTS) is None
+    # The compiled SQL parses back (the asset layer re-reads it) and selects the expected customers.
+    sql = compile_segment_filter(filter, "customers", MODELS, SEGMENT_VIEWS, warehouse.dialect)
+    assert sqlglot.parse_one(sql, read=warehouse.dialect) is not None
+    assert warehouse.members(filter) == customers_where(predicate)
+
+
+def relation_chain(hops: int, leaf: dict) -> dict:
+    """customers -orders-> orders -customer-> customers -orders-> ...: ``hops`` relations around ``leaf``."""
+    for level in range(hops, 0, -1):  # level 1 is on customers, level 2 on orders, ...
+        leaf = {"relation": "orders" if level % 2 else "customer", "exists": True, "where": leaf}
+    return leaf
+
+
+def test_twelve_levels_of_relations_compile_and_select_the_rows(warehouse):
+    # 11 hops and the condition on the orders reached: every hop leads back to the same customer.
+    filter = relation_chain(11, attr("amount", "gt", 60))
+    assert validate_filter(filter, "customers", MODELS, SEGMENTS) is None
+    sql = compile_segment_filter(filter, "customers", MODELS, SEGMENT_VIEWS, warehouse.dialect)
+    assert sqlglot.parse_one(sql, read=warehouse.dialect) is not None
+    assert warehouse.members(filter) == customers_where(lambda c: any(gt(o["amount"], 60) for o in orders_of(c)))
+
+
+@pytest.mark.parametrize(
+    ("filter", "path"),
+    [
+        (nested(12, lambda f: {"not": f}), ".not" * 12),
+        (nested(12, lambda f: {"all": [f]}), ".all[0]" * 12),
+        (nested(12, lambda f: {"any": [FRENCH, f]}), ".any[1]" * 11 + ".any[0]"),  # the first at level 13
+        (relation_chain(12, FRENCH), ".where" * 12),
+    ],
+    ids=["not", "all", "any", "relation"],
+)
+def test_thirteen_levels_of_conditions_are_one_problem(filter, path):
+    message = (f"segments.deep.filter{path}: conditions nested deeper than 12 levels; allowed: at most 12 levels "
+               "of all, any, not and relation where")
+    with pytest.raises(FilterError) as raised:
+        validate_filter(filter, "customers", MODELS, SEGMENTS, path="segments.deep.filter")
+    assert raised.value.errors == [message]
+    with pytest.raises(FilterError) as raised:
+        compile_segment_filter(filter, "customers", MODELS, SEGMENT_VIEWS, "duckdb", path="segments.deep.filter")
+    assert raised.value.errors == [message]
+    assert filter_depth_problem(filter, "segments.deep.filter") == message
+
+
+def test_a_filter_10k_levels_deep_is_one_problem_without_recursion_error():
+    filter = nested(10_000, lambda f: {"not": f})
+    message = ("segments.deep.filter" + ".not" * 12 + ": conditions nested deeper than 12 levels; allowed: at most "
+               "12 levels of all, any, not and relation where")
+    assert filter_depth_problem(filter, "segments.deep.filter") == message
+    with pytest.raises(FilterError) as raised:
+        validate_filter(filter, "customers", MODELS, SEGMENTS, path="segments.deep.filter")
+    assert raised.value.errors == [message]
 
 
 # ---------------------------------------------------------------------------------- calculated fields

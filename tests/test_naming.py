@@ -12,6 +12,7 @@ from dinmo_dagster.naming import (
     TemplateError,
     join_object_name,
     render_template,
+    template_variables,
     validate_folder,
     validate_template,
 )
@@ -130,10 +131,27 @@ def test_template_error_is_a_value_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "template", ["{YYYY}-{MM}-{DD}_vip", "export", "..{YYYY}", "a.b.c", "{{}}", "été_{x}"]
+    ("template", "rendered"),
+    [
+        ("{YYYY}-{MM}-{DD}_vip", "2025-04-14_vip"),
+        ("export", "export"),
+        ("..{YYYY}", "..2025"),
+        ("a.b.c", "a.b.c"),
+        ("{{}}", "{}"),
+        ("été_{x}", "été_1744621507042"),
+    ],
 )
-def test_valid_templates(template: str) -> None:
-    validate_template(template)
+def test_valid_templates(template: str, rendered: str) -> None:
+    assert validate_template(template) is None
+    assert render_template(template, CLOCK) == rendered
+
+
+@pytest.mark.parametrize(
+    ("template", "variables"),
+    [("{YYYY}-{MM}-{DD}_vip", {"YYYY", "MM", "DD"}), ("export", set()), ("{{ss}}_{X}", {"X"})],
+)
+def test_template_variables(template: str, variables: set[str]) -> None:
+    assert template_variables(template) == variables
 
 
 def test_long_template_counts_rendered_bytes() -> None:
@@ -143,9 +161,49 @@ def test_long_template_counts_rendered_bytes() -> None:
         validate_template("a" * 188 + "{x}")
 
 
-@pytest.mark.parametrize("folder", ["", "crm", "crm/vip", "a/b/c", "exports.v2/.hidden", "été/2025"])
-def test_valid_folders(folder: str) -> None:
-    validate_folder(folder)
+@pytest.mark.parametrize(
+    ("folder", "object_name"),
+    [
+        ("", "a.csv"),
+        ("crm", "crm/a.csv"),
+        ("crm/vip", "crm/vip/a.csv"),
+        ("a/b/c", "a/b/c/a.csv"),
+        ("exports.v2/.hidden", "exports.v2/.hidden/a.csv"),
+        ("été/2025", "été/2025/a.csv"),
+        ("s" * 255, "s" * 255 + "/a.csv"),
+    ],
+)
+def test_valid_folders(folder: str, object_name: str) -> None:
+    assert validate_folder(folder) is None
+    assert join_object_name(folder, "a.csv") == object_name
+
+
+def test_folder_segment_of_256_bytes_is_refused_counting_utf8_bytes() -> None:
+    with pytest.raises(TemplateError) as info:
+        validate_folder("crm/" + "é" * 128)  # 128 characters, 256 bytes
+    assert str(info.value) == (
+        "a folder segment cannot be longer than 255 bytes; segment 'ééééééééééééééééééééééééééééééééééééé...' has 256"
+    )
+
+
+def test_folder_of_768_bytes_is_allowed_and_769_is_not() -> None:
+    longest = "/".join(["a" * 255, "b" * 255, "c" * 254])
+    assert len(longest.encode()) == 766
+    assert validate_folder(longest + "/d") is None
+    with pytest.raises(TemplateError) as info:
+        validate_folder(longest + "/de")
+    assert str(info.value) == (
+        "a folder cannot be longer than 768 bytes (object names are at most 1024, with the file name); "
+        "this one has 769"
+    )
+
+
+def test_longest_folder_and_name_with_every_suffix_fit_a_gcs_object_name() -> None:
+    folder = "/".join(["a" * 255, "b" * 255, "c" * 254, "d"])
+    assert len(folder.encode()) == 768 and validate_folder(folder) is None
+    name = "n" * 200 + "_updated_part-00001.jsonl.gz"
+    validate_template("n" * 200)
+    assert len(join_object_name(folder, name).encode("utf-8")) <= 1024
 
 
 @pytest.mark.parametrize(
