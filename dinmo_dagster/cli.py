@@ -1,15 +1,28 @@
-"""The ``dinmo`` command: validate, preview, sync, demo.
+"""The ``dinmo`` command: validate, preview, sync, partition, ui, emulator, demo.
 
-``dinmo sync`` and ``dinmo demo`` run in a real Dagster instance: ``$DAGSTER_HOME`` when set, else
-``./.dagster_home`` (created), so ``dagster dev`` on the same ``DAGSTER_HOME`` shows their runs.
+``dinmo sync``, ``dinmo partition``, ``dinmo ui`` and ``dinmo demo`` use one Dagster instance:
+``$DAGSTER_HOME`` when set, else ``./.dagster_home`` (created, with the ``dagster.yaml`` below), so
+``dinmo ui`` and ``dagster`` commands run with the same ``DAGSTER_HOME`` see every run of the others.
+
+A failed command prints its cause in a few lines and exits 1. Dagster's own log (with the stack trace)
+stays in the run's log in the instance, and ``--verbose`` (before or after the command) prints it too.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +46,63 @@ concurrency:
         limit: 1
 """
 
+UI_DEFAULT_PORT = 3000  # dagster dev's own default
+EMULATOR_DEFAULT_PORT = 9023  # gcp-storage-emulator's own default
+_OUR_ERROR_PREFIX = re.compile(r"^dinmo_dagster(?:\.\w+)+: ")
 
-def _print(msg: str = "") -> None:
-    print(msg, flush=True)
+
+def _print(msg: str = "", err: bool = False) -> None:
+    print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def instance_home() -> Path:
+    """The CLI's Dagster instance directory (``$DAGSTER_HOME`` or ``./.dagster_home``), created with the
+    CLI's ``dagster.yaml`` when it has none; ``DAGSTER_HOME`` is set to it for this process."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    return home
 
 
 def _instance() -> Any:
     import dagster as dg
 
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        home = str(Path.cwd() / ".dagster_home")
-        os.environ["DAGSTER_HOME"] = home
-    Path(home).mkdir(parents=True, exist_ok=True)
-    config = Path(home) / "dagster.yaml"
-    if not config.exists():
-        config.write_text(INSTANCE_YAML)
+    instance_home()
     return dg.DagsterInstance.get()
 
 
+def _project_path(args: argparse.Namespace) -> Path:
+    return Path(args.project).resolve() if args.project else project_dir_from_env()
+
+
 def _load(args: argparse.Namespace) -> Project:
-    return load_project(args.project or project_dir_from_env())
+    return load_project(_project_path(args))
+
+
+def _dinmo(args: argparse.Namespace, *words: str, verbose: bool = False) -> str:
+    """The command line a user would type to run ``words`` on the same project (``.venv/bin/dinmo``
+    when that is how this one was started)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    parts = [argv0 if Path(argv0).name == "dinmo" else "dinmo"]
+    if args.project:
+        parts += ["--project", args.project]
+    if verbose:
+        parts.append("--verbose")
+    return " ".join([*parts, *words])
+
+
+def _print_problems(header: str, problems: list[str]) -> None:
+    _print(f"{len(problems)} problem(s) in {header}:")
+    for p in problems:
+        _print(f"  {p}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return _OUR_ERROR_PREFIX.sub("", text.splitlines()[0]) if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -62,26 +111,23 @@ def _load(args: argparse.Namespace) -> Project:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Check the YAML (and with ``--connect`` every connection); "valid" only when nothing is wrong."""
     path = args.project or project_dir_from_env()
-    try:
-        project = load_project(path)
-    except ProjectError as exc:
-        _print(f"{len(exc.problems)} problem(s) in {path}:")
-        for p in exc.problems:
-            _print(f"  {p}")
-        return 1
-    _print(f"{path}: {len(project.sources)} source(s), {len(project.models)} model(s), "
-           f"{len(project.segments)} segment(s), {len(project.destinations)} destination(s), "
-           f"{len(project.activations)} activation(s): valid")
+    project = load_project(path)  # a ProjectError is printed by main() as problems of `path`
+    # Template warnings (a file name that a later sync would render again) do not fail validation.
+    for warning in getattr(project, "warnings", []):
+        _print(f"warning: {warning}")
     if args.connect:
         from dinmo_dagster.validation import validate_connections
 
         problems = validate_connections(project)
-        for p in problems:
-            _print(f"  {p}")
         if problems:
+            _print_problems(f"{path} (checked with --connect)", problems)
             return 1
-        _print("connections and entities: ok")
+    checked = " (connections and entities checked)" if args.connect else ""
+    _print(f"{path}: {len(project.sources)} source(s), {len(project.models)} model(s), "
+           f"{len(project.segments)} segment(s), {len(project.destinations)} destination(s), "
+           f"{len(project.activations)} activation(s){checked}: valid")
     return 0
 
 
@@ -90,10 +136,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_sync(project: Project, activation: str, full_refresh: bool = False) -> tuple[bool, dict[str, Any], str]:
+@dataclass
+class SyncOutcome:
+    """What one ``dinmo sync`` run did: its activation metadata, or where and why it failed."""
+
+    success: bool
+    metadata: dict[str, Any]
+    error: str = ""
+    run_id: str = ""
+    failed_step: str = ""  # the asset (or asset check) whose step failed, e.g. "models/customers"
+    warnings: list[str] = field(default_factory=list)
+
+
+def _step_names(defs: Any) -> dict[str, str]:
+    """Step key -> the asset or check a user knows it by (``models__customers`` -> ``models/customers``)."""
+    graph = defs.resolve_asset_graph()
+    names = {k.to_python_identifier(): k.to_user_string() for k in graph.get_all_asset_keys()}
+    for check in graph.asset_check_keys:
+        names[f"{check.asset_key.to_python_identifier()}_{check.name}"] = \
+            f"{check.asset_key.to_user_string()} check {check.name}"
+    return names
+
+
+def sync_activation(project: Project, activation: str, full_refresh: bool = False,
+                    verbose: bool = False) -> SyncOutcome:
     """Add the sync's partition and run models, segments, snapshot and activation in one Dagster run.
 
-    Returns (success, the activation's materialization metadata, an error message).
+    Dagster's console log is silenced (``verbose`` keeps its warnings and errors, with stack traces);
+    the run's warnings are read back from the instance and returned, so nothing is lost.
     """
     import dagster as dg
 
@@ -116,44 +186,66 @@ def run_sync(project: Project, activation: str, full_refresh: bool = False) -> t
     key = sync.new_partition_key()
     instance.add_dynamic_partitions(partitions_name(activation), [key])
     op = activation_key(activation).to_python_identifier()
+    # The CLI prints its own summary; Dagster's console shows the trace only with --verbose.
+    level = "WARNING" if verbose else "CRITICAL"
     run_config = {"ops": sync_ops_config(activation, full_refresh),
-                  # The CLI prints its own summary; keep Dagster's console to warnings and errors.
-                  "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+                  "loggers": {"console": {"config": {"log_level": level}}}}
     result = defs.resolve_job_def(job_name(activation)).execute_in_process(
         instance=instance, partition_key=key, run_config=run_config, raise_on_error=False,
         tags={"dinmo/trigger": "cli", OWNER_TAG: sync.OWNER},
     )
-    metadata: dict[str, Any] = {}
+    out = SyncOutcome(success=result.success, metadata={}, run_id=result.run_id)
     if result.success:
         for mat in result.asset_materializations_for_node(op):
             if mat.asset_key == activation_key(activation):
-                metadata = {k: v.value for k, v in mat.metadata.items()}
-    error = ""
-    warnings: list[str] = []
+                out.metadata = {k: v.value for k, v in mat.metadata.items()}
+    names = _step_names(defs)
     for ev in result.get_asset_check_evaluations():
         if not ev.passed:
+            where = f"{ev.asset_key.to_user_string()} check {ev.check_name}"
             line = f"{'/'.join(ev.asset_key.path)} {ev.check_name}: {ev.description}"
             if ev.severity == dg.AssetCheckSeverity.ERROR:
-                error = error or line
+                if not out.error:
+                    out.error, out.failed_step = line, where
             else:
-                warnings.append(line)
-    metadata["warnings"] = warnings
-    if not result.success and not error:
+                out.warnings.append(line)
+    # Warnings the steps logged (empty segment, NULL keys, duplicates dropped): the console is silent.
+    # Only steps that ran: Dagster's own "not executing" notes of skipped steps are no news.
+    ran = {e.step_key for e in result.all_events if e.is_step_start}
+    for entry in instance.all_logs(result.run_id):
+        if (entry.dagster_event is None and entry.level >= logging.WARNING and entry.user_message
+                and entry.step_key in ran):
+            step = names.get(entry.step_key or "", entry.step_key or "")
+            out.warnings.append(f"{step}: {entry.user_message}" if step else entry.user_message)
+    if not result.success and not out.error:
         for event in result.all_events:
             if event.is_step_failure:
                 text = step_failure_text(event)
-                error = text if text is not None else event.message or ""
+                out.error = _OUR_ERROR_PREFIX.sub("", text if text is not None else event.message or "")
+                out.failed_step = names.get(event.step_key or "", event.step_key or "")
                 break
-        if not error:
-            error = "the sync run failed; see the run's logs in the Dagster UI"
-    return result.success, metadata, error
+        if not out.error:
+            out.error = "the sync run failed; see the run's log in the Dagster UI"
+    return out
 
 
-def _print_sync(activation: str, ok: bool, md: dict[str, Any], error: str) -> None:
-    for w in md.get("warnings", []):
+def run_sync(project: Project, activation: str, full_refresh: bool = False) -> tuple[bool, dict[str, Any], str]:
+    """``sync_activation`` as (success, the activation's materialization metadata with its ``warnings``,
+    an error message)."""
+    out = sync_activation(project, activation, full_refresh)
+    return out.success, {**out.metadata, "warnings": out.warnings}, out.error
+
+
+def _print_sync(args: argparse.Namespace, activation: str, out: SyncOutcome) -> None:
+    for w in out.warnings:
         _print(f"warning: {w}")
-    if not ok:
-        _print(f"sync {activation}: FAILED: {error}")
+    md = out.metadata
+    if not out.success:
+        step = f" in {out.failed_step}" if out.failed_step else ""
+        _print(f"sync {activation}: FAILED{step} (Dagster run {out.run_id})")
+        if not args.verbose:
+            _print(f"  full log: that run in `{_dinmo(args, 'ui')}`, or `{_dinmo(args, 'sync', activation, verbose=True)}`")
+        _print(f"sync {activation}: FAILED: {out.error}")
         return
     _print(f"sync {activation}: {md.get('sync_type')} sync ({md.get('sync_mode')}, {md.get('run_type')}): "
            f"{md.get('rows_added')} added, {md.get('rows_updated')} updated, {md.get('rows_removed')} removed, "
@@ -167,19 +259,93 @@ def _print_sync(activation: str, ok: bool, md: dict[str, Any], error: str) -> No
         _print("  (no file: nothing to write)")
 
 
+def _known_activation(project: Project, activation: str) -> bool:
+    if activation in project.activations:
+        return True
+    _print(f"unknown activation '{activation}'; allowed: {', '.join(sorted(project.activations))}")
+    return False
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     project = _load(args)
-    if args.activation not in project.activations:
-        _print(f"unknown activation '{args.activation}'; allowed: {', '.join(sorted(project.activations))}")
+    if not _known_activation(project, args.activation):
         return 2
-    ok, md, error = run_sync(project, args.activation, full_refresh=args.full_refresh)
-    _print_sync(args.activation, ok, md, error)
-    return 0 if ok else 1
+    out = sync_activation(project, args.activation, full_refresh=args.full_refresh, verbose=args.verbose)
+    _print_sync(args, args.activation, out)
+    return 0 if out.success else 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# partition
+# ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    """Add a new sync partition of an activation; print its key alone on stdout (for ``$(...)``)."""
+    from dinmo_dagster import sync
+    from dinmo_dagster.assets.activations import partitions_name
+
+    project = _load(args)
+    if not _known_activation(project, args.activation):
+        return 2
+    instance = _instance()
+    key = sync.new_partition_key()
+    instance.add_dynamic_partitions(partitions_name(args.activation), [key])
+    a = args.activation
+    _print(key)
+    _print(f"added partition {key} of snapshots/{a} and activations/{a} to the Dagster instance "
+           f"{os.environ['DAGSTER_HOME']}; deliver it with (same DAGSTER_HOME and DINMO_PROJECT_DIR):\n"
+           f"  dagster asset materialize -m dinmo_dagster.definitions "
+           f"--select 'snapshots/{a},activations/{a}' --partition {key}", err=True)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
 # preview
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _sample_lines(table: Any, a: Any) -> list[str]:
+    """Rows as the activation's file holds them (CSV with its delimiter and header, JSON objects, XML
+    records). Parquet has no text: its rows are shown as CSV text of the same values."""
+    from dinmo_dagster import writers
+
+    if table.num_rows == 0:
+        return ["(no rows)"]
+    # The writers' own per-format renderers (private to writers.py: there is no public row renderer).
+    if a.format == "json":
+        options = writers.FormatOptions(format="json", json_lines=True)
+        fmt: Any = writers._JsonFormat(table.schema, options)
+    elif a.format == "xml":
+        options = writers.FormatOptions(format="xml", xml_root=a.xml.root, xml_record=a.xml.record)
+        fmt = writers._XmlFormat(table.schema, options)
+    else:
+        delimiter = a.csv.delimiter if a.format == "csv" else ","
+        header = a.csv.header if a.format == "csv" else True
+        fmt = writers._CsvFormat(table.schema, writers.FormatOptions(format="csv", csv_delimiter=delimiter,
+                                                                     csv_header=header))
+    lines = [fmt.header.decode().rstrip("\n")] if a.format == "csv" and fmt.header else []
+    for batch in table.to_batches():
+        rows = fmt.render(batch)
+        for i in range(len(rows)):
+            text = bytes(rows.data[rows.offsets[i]:rows.offsets[i + 1]]).decode()
+            lines.append(text.rstrip("\n"))
+    return lines
+
+
+def _activation_problems(project: Project, activation: str) -> list[str]:
+    """What ``dinmo validate --connect`` finds wrong with what a preview reads (its source, models,
+    segments and mapping; not its destination, which a preview does not touch)."""
+    import dagster as dg
+
+    from dinmo_dagster.resources import build_resources
+    from dinmo_dagster.validation import check_project
+
+    seg, model = project.model_of(activation)
+    entities = {f"sources.{model.source}", f"models.{seg.model}", f"segments.{project.activations[activation].segment}",
+                f"activations.{activation}", *(f"models.{r.model}" for r in model.relationships)}
+    with dg.build_resources(build_resources(project)) as resources:
+        return [str(p) for p in check_project(project, resources) if p.culprit in entities]
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -191,32 +357,187 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from dinmo_dagster.resources import build_resources
 
     project = _load(args)
-    if args.activation not in project.activations:
-        _print(f"unknown activation '{args.activation}'; allowed: {', '.join(sorted(project.activations))}")
+    name = args.activation
+    if not _known_activation(project, name):
         return 2
-    with dg.build_resources(build_resources(project)) as resources:
-        t = sync_target(project, args.activation, resources)
-        compiled = refresh_upstream(project, args.activation, resources)
-        key = "preview_" + sync.new_partition_key()
-        try:
-            sync.take_snapshot(t, key)
-            pv = sync.preview(t, key, sample_rows=args.rows)
-        except sync.SyncError as exc:
-            _print(f"preview {args.activation}: {exc}")
-            return 1
-        finally:
-            sync.drop_snapshot(t, key)
+    try:
+        with dg.build_resources(build_resources(project)) as resources:
+            t = sync_target(project, name, resources)
+            compiled = refresh_upstream(project, name, resources)
+            key = "preview_" + sync.new_partition_key()
+            try:
+                sync.take_snapshot(t, key)
+                pv = sync.preview(t, key, sample_rows=args.rows)
+            finally:
+                sync.drop_snapshot(t, key)
+    except sync.SyncError as exc:
+        _print(f"preview {name}: {exc}")
+        return 1
+    except Exception as exc:
+        if args.verbose:
+            raise
+        # Report it as `dinmo validate --connect` does; the raw error only when validation finds nothing.
+        problems = _activation_problems(project, name)
+        if problems:
+            _print_problems(f"{args.project or project_dir_from_env()} (checked with --connect)", problems)
+        else:
+            _print(f"preview {name}: {_first_line(exc)}")
+        return 1
+    a = project.activations[name]
     _print(f"segment SQL ({t.dialect}):\n  {compiled}")
     c = pv.counts
-    _print(f"preview {args.activation}: {pv.sync_type} sync: {c.added} added, {c.updated} updated, "
+    _print(f"preview {name}: {pv.sync_type} sync: {c.added} added, {c.updated} updated, "
            f"{c.removed} removed, {c.unchanged} unchanged (nothing written, baseline unchanged)")
-    for name in pv.files:
-        _print(f"  would write {name}")
-    for stem, rows in pv.samples.items():
-        _print(f"  sample of {stem}:")
-        for row in rows:
-            _print(f"    {row}")
+    for file_name in pv.files:
+        _print(f"  would write {file_name}")
+    ext = pv.files[0].split(".", 1)[1] if pv.files else a.format
+    for stem, table in pv.samples.items():
+        shown = " (Parquet keeps the Arrow types; shown as CSV)" if a.format == "parquet" else ""
+        _print(f"  first {table.num_rows} row(s) of {stem}.{ext}{shown}:")
+        for line in _sample_lines(table, a):
+            _print(f"    {line}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# local stand-ins: the GCS emulator
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _emulator_dir(project: Project) -> Path | None:
+    """Where an emulator keeps a project's objects: ``<project>/.gcs`` (in memory for the bundled
+    quickstart, which lives inside the installed package)."""
+    return None if project.directory.resolve() == QUICKSTART_DIR.resolve() else project.directory / ".gcs"
+
+
+@contextmanager
+def local_stand_ins(project: Project, what: str) -> Iterator[None]:
+    """Start the GCS emulator when the project's gcs destinations have no credentials (see
+    ``emulator.emulated_buckets``), point ``STORAGE_EMULATOR_HOST`` at it, and stop it on exit."""
+    from dinmo_dagster.emulator import STORAGE_EMULATOR_ENV_VAR, emulated_buckets, start_for_buckets
+
+    buckets = emulated_buckets(project)
+    if not buckets:
+        yield
+        return
+    data_dir = _emulator_dir(project)
+    emulator = start_for_buckets(buckets, data_dir)
+    os.environ[STORAGE_EMULATOR_ENV_VAR] = emulator.url
+    kept = f"objects kept under {data_dir}" if data_dir else "objects kept in memory"
+    _print(f"no GCS credentials found: started the local GCS emulator at {emulator.url} for {what} "
+           f"(bucket(s) {', '.join(buckets)}; {kept})")
+    try:
+        yield
+    finally:
+        os.environ.pop(STORAGE_EMULATOR_ENV_VAR, None)
+        emulator.stop()
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so a terminated ``dinmo ui`` still stops what it
+    started. SIGINT too: a process started in the background by a script inherits it ignored, and so
+    would the ``dagster dev`` it starts (a handler, unlike an ignore, is reset to the default by exec)."""
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    """Serve the project's GCS buckets from a local emulator until interrupted."""
+    from dinmo_dagster.emulator import start_for_buckets
+
+    project = _load(args)
+    buckets = sorted({d.bucket for d in project.destinations.values() if d.type == "gcs"})
+    if not buckets:
+        _print(f"{project.directory}: no gcs destination: nothing to emulate")
+        return 1
+    data_dir = _emulator_dir(project)
+    with _stop_on_sigterm(), start_for_buckets(buckets, data_dir, port=args.port or None) as emulator:
+        kept = f"objects kept under {data_dir}" if data_dir else "objects kept in memory"
+        _print(f"GCS emulator at {emulator.url} with bucket(s) {', '.join(buckets)} ({kept}). In another shell:")
+        _print(f"  export STORAGE_EMULATOR_HOST={emulator.url}")
+        _print("Ctrl-C stops it.")
+        try:
+            while emulator.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+    _print("the GCS emulator stopped by itself")
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ui
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _wait_for_http(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                response.read()
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def _stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stop ``dagster dev`` as Ctrl-C does (it then stops its webserver, daemon and code server), and
+    kill whatever of its process group is left after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what `dagster dev` started
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``dagster dev`` (webserver, daemon, code server) on the project and the CLI's instance, with the
+    project's local stand-ins; everything is stopped on Ctrl-C or SIGTERM."""
+    project = _load(args)
+    home = instance_home()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DINMO_PROJECT_DIR": str(_project_path(args))}
+    # `dagster dev` says it is superseded by `dg dev`, which needs a `dg` project: not for this layout.
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                   "ignore:Function `dev_command` is superseded"]))
+    dagster = Path(sys.executable).parent / "dagster"
+    command = [str(dagster) if dagster.exists() else "dagster", "dev", "-m", "dinmo_dagster.definitions",
+               "-h", args.host, "-p", str(args.port)]
+    with _stop_on_sigterm():
+        try:
+            with local_stand_ins(project, "the UI"):
+                env.update({k: v for k, v in os.environ.items() if k == "STORAGE_EMULATOR_HOST"})
+                # Its own session: Ctrl-C reaches dinmo only, which then stops dagster dev in order.
+                proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+                try:
+                    url = f"http://{args.host}:{args.port}"
+                    if _wait_for_http(f"{url}/server_info", proc, timeout=120):
+                        _print(f"Dagster UI at {url} on project {project.directory} (DAGSTER_HOME={home}); "
+                               "Ctrl-C stops it")
+                    code = proc.wait()
+                    _print(f"dagster dev exited with code {code}")
+                    return 1
+                finally:
+                    _stop_process_group(proc)
+        except KeyboardInterrupt:
+            _print("stopped the Dagster UI")
+            return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,69 +553,91 @@ def cmd_demo(args: argparse.Namespace) -> int:
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(QUICKSTART_DIR / "dinmo.yaml", target / "dinmo.yaml")
         _print(f"copied the quickstart project to {target}")
-    os.environ.setdefault("DAGSTER_HOME", str(target / ".dagster_home"))
     project = load_project(target)
-    changed = demo.prepare_warehouse(project)
-    _print(changed)
-    emulator = None
-    if not (os.environ.get("STORAGE_EMULATOR_HOST") or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-            or os.environ.get("GCS_SERVICE_ACCOUNT_JSON")):
-        from dinmo_dagster.emulator import start_emulator
-
-        buckets = sorted({d.bucket for d in project.destinations.values() if d.type == "gcs"})
-        emulator = start_emulator(default_bucket=buckets[0] if buckets else None, data_dir=target / ".gcs")
-        os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
-        _print(f"no GCS credentials found: started the local GCS emulator at {emulator.url} "
-               f"(objects kept under {target / '.gcs'})")
-        if len(buckets) > 1:
-            from dinmo_dagster.emulator import create_bucket
-
-            for b in buckets[1:]:
-                create_bucket(emulator, b)
+    _print(demo.prepare_warehouse(project))
     failures = 0
-    try:
+    shown = os.path.relpath(target) if target.is_relative_to(Path.cwd()) else str(target)
+    ui_args = argparse.Namespace(project=shown, verbose=args.verbose)
+    with local_stand_ins(project, "the demo"):
         for name in project.activations:
-            ok, md, error = run_sync(project, name)
-            _print_sync(name, ok, md, error)
-            failures += not ok
+            out = sync_activation(project, name, verbose=args.verbose)
+            _print_sync(ui_args, name, out)
+            failures += not out.success
         _print()
         _print("what landed where:")
         for line in demo.list_destinations(project):
             _print(f"  {line}")
-    finally:
-        if emulator is not None:
-            emulator.stop()
     _print()
-    _print("open the Dagster UI on this project:")
-    _print(f"  DINMO_PROJECT_DIR={target} DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
-           "dagster dev -w workspace.yaml")
+    _print("open the Dagster UI on this project (from this directory; it restarts the emulator):")
+    _print(f"  {_dinmo(ui_args, 'ui')}")
     return 1 if failures else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---------------------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinmo", description="Composable CDP / reverse-ETL on Dagster")
     parser.add_argument("--project", help="project directory or YAML file (default: $DINMO_PROJECT_DIR, "
                                           "else the bundled quickstart)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="on failure, also print Dagster's log and the stack trace")
+    # --verbose after the command too; SUPPRESS keeps a global --verbose from being reset.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("validate", help="check the project's YAML (and, with --connect, every connection)")
+    p = sub.add_parser("validate", parents=[common],
+                       help="check the project's YAML (and, with --connect, every connection)")
     p.add_argument("--connect", action="store_true", help="also connect to sources and destinations")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("sync", help="sync one activation now")
+    p = sub.add_parser("sync", parents=[common], help="sync one activation now")
     p.add_argument("activation")
     p.add_argument("--full-refresh", action="store_true", help="ignore the baseline and export everything")
     p.set_defaults(func=cmd_sync)
-    p = sub.add_parser("preview", help="change counts and sample rows of a sync, without writing anything")
+    p = sub.add_parser("preview", parents=[common],
+                       help="change counts and sample rows of a sync, without writing anything")
     p.add_argument("activation")
     p.add_argument("--rows", type=int, default=5, help="sample rows per file (default 5)")
     p.set_defaults(func=cmd_preview)
-    p = sub.add_parser("demo", help="create the quickstart warehouse and run every quickstart activation")
+    p = sub.add_parser("partition", parents=[common],
+                       help="add a new sync partition of an activation and print its key "
+                            "(for dagster asset materialize --partition)")
+    p.add_argument("activation")
+    p.set_defaults(func=cmd_partition)
+    p = sub.add_parser("ui", parents=[common],
+                       help="open the Dagster UI (webserver and daemon) on the project, with its local stand-ins")
+    p.add_argument("--port", type=int, default=UI_DEFAULT_PORT, help=f"default {UI_DEFAULT_PORT}")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.set_defaults(func=cmd_ui)
+    p = sub.add_parser("emulator", parents=[common],
+                       help="serve the project's GCS buckets from a local emulator until Ctrl-C")
+    p.add_argument("--port", type=int, default=EMULATOR_DEFAULT_PORT,
+                   help=f"default {EMULATOR_DEFAULT_PORT}; 0 picks a free one")
+    p.set_defaults(func=cmd_emulator)
+    p = sub.add_parser("demo", parents=[common],
+                       help="create the quickstart warehouse and run every quickstart activation")
     p.add_argument("--dir", help=f"where the demo project and its data go (default ./{DEMO_DIR_NAME})")
     p.set_defaults(func=cmd_demo)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``dinmo`` command; returns its exit code (0 ok, 1 failed, 2 usage)."""
+    args = _parser().parse_args(argv)
     try:
         return args.func(args)
     except ProjectError as exc:
-        _print(str(exc))
+        _print_problems(str(args.project or project_dir_from_env()), exc.problems)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        _print(f"dinmo {args.command}: {_first_line(exc)}")
+        _print("  (run the command again with --verbose for the stack trace)")
         return 1
 
 

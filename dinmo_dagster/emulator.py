@@ -11,12 +11,22 @@ Typical use::
         ...                                        # google-cloud-storage now talks to the emulator
 
 Without ``data_dir`` the emulator keeps everything in memory (lost on stop); with ``data_dir`` it
-stores objects under that folder and a restart on the same folder keeps them (used by ``dinmo demo``).
+stores objects under that folder and a restart on the same folder keeps them (used by ``dinmo demo``,
+``dinmo ui`` and ``dinmo emulator``, under the project's ``.gcs`` folder).
+
+When the CLI starts one by itself: :func:`emulated_buckets` names the buckets of a project's ``gcs``
+destinations that configure no key (``service_account_json`` / ``service_account_file``), when no
+application default credentials may exist (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's
+``application_default_credentials.json``, or a machine on Google Cloud) and ``STORAGE_EMULATOR_HOST``
+is unset. A destination with
+a key, even one whose variable is unset, never gets an emulator: its syncs must go to the real bucket
+or fail, never land in a stand-in silently.
 """
 
 import atexit
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -26,10 +36,15 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from typing_extensions import Self
 
-__all__ = ["EmulatorError", "EmulatorHandle", "create_bucket", "free_port", "start_emulator"]
+if TYPE_CHECKING:
+    from dinmo_dagster.config import Project
+
+__all__ = ["EmulatorError", "EmulatorHandle", "create_bucket", "emulated_buckets", "free_port", "start_emulator",
+           "start_for_buckets"]
 
 STORAGE_EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
 
@@ -185,3 +200,39 @@ def create_bucket(emulator: EmulatorHandle | str, name: str) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code != 409:  # 409 Conflict: the bucket already exists
             raise EmulatorError(f"could not create bucket {name!r} in the emulator: HTTP {exc.code}") from exc
+
+
+def _adc_available() -> bool:
+    """True when application default credentials may exist here (no network call): a key file named by
+    ``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's ``application_default_credentials.json``, or a machine
+    on Google Cloud, whose metadata server gives credentials (Compute Engine and GKE nodes report a
+    "Google" product name; Cloud Run sets ``K_SERVICE``)."""
+    if any(os.environ.get(v) for v in ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "K_SERVICE")):
+        return True
+    config = os.environ.get("CLOUDSDK_CONFIG") or str(Path.home() / ".config" / "gcloud")
+    if (Path(config) / "application_default_credentials.json").is_file():
+        return True
+    try:
+        return Path("/sys/class/dmi/id/product_name").read_text().strip().startswith("Google")
+    except OSError:
+        return False
+
+
+def emulated_buckets(project: "Project") -> list[str]:
+    """The buckets the CLI serves from a local emulator: see the module docstring for the rule."""
+    if os.environ.get(STORAGE_EMULATOR_ENV_VAR) or _adc_available():
+        return []
+    return sorted({d.bucket for d in project.destinations.values()
+                   if d.type == "gcs" and d.service_account_json is None and d.service_account_file is None})
+
+
+def start_for_buckets(buckets: list[str], data_dir: str | Path | None, port: int | None = None) -> EmulatorHandle:
+    """Start an emulator holding ``buckets`` (created if missing; existing objects in ``data_dir`` kept)."""
+    handle = start_emulator(default_bucket=buckets[0] if buckets else None, port=port, data_dir=data_dir)
+    try:
+        for bucket in buckets[1:]:
+            create_bucket(handle, bucket)
+    except BaseException:
+        handle.stop()
+        raise
+    return handle

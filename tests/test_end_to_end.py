@@ -83,7 +83,7 @@ def test_dinmo_sync_delivers_the_segment_to_the_bucket(project_dir: Path, tmp_pa
                        f"0 updated, 0 removed, 0 unchanged; {len(expected)} rows written in 3 file(s), "
                        + summary[0].split("3 file(s), ")[1]]
     uris = [ln.strip() for ln in lines if ln.startswith("  gs://")]
-    stem = r"gs://dinmo-quickstart/crm/vip/\d{4}-\d{2}-\d{2}_\d{4}_vip"
+    stem = r"gs://dinmo-quickstart/crm/vip/\d{4}-\d{2}-\d{2}_\d{6}_vip"
     assert [re.sub(stem, "<stem>", u) for u in uris] == ["<stem>_added.csv", "<stem>_removed.csv",
                                                           "<stem>_updated.csv"]
     client = storage.Client(project="test")
@@ -155,5 +155,23 @@ def test_demo_runs_twice_from_an_empty_directory(tmp_path: Path) -> None:
     m = re.search(r"sync vip_europe_daily: delta sync \(difference, full_then_delta\): (\d+) added, "
                   r"(\d+) updated, (\d+) removed", second.stdout)
     assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0
+    # The first run's full export is still there, untouched, next to the second run's delta files.
+    first_vip = [ln for ln in landed.splitlines() if ln.endswith("<- vip_europe_daily")]
+    landed_again = second.stdout.split("what landed where:")[1].splitlines()
+    assert set(first_vip) <= set(landed_again)
+    assert sum(ln.endswith("<- vip_europe_daily") for ln in landed_again) == 6
     # Nothing is written inside the package.
     assert not (QUICKSTART_DIR / "data").exists()
+
+
+def test_quickstart_file_names_differ_for_syncs_a_second_apart() -> None:
+    """Two `dinmo demo` runs within a minute must not render one file name twice."""
+    from datetime import datetime, timezone
+
+    from dinmo_dagster.naming import render_template
+
+    project = load_project(QUICKSTART_DIR)
+    when = datetime(2025, 4, 14, 9, 5, 7, tzinfo=timezone.utc)
+    for name, a in project.activations.items():
+        first, second = (render_template(a.file_name, when.replace(second=s)) for s in (7, 8))
+        assert first != second, name
