@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 import pytest
+import yaml
 from dagster._core.events import DagsterEventType
 from dagster._core.scheduler.instigation import InstigatorStatus
 from dagster._core.test_utils import in_process_test_workspace
@@ -399,3 +400,189 @@ def test_pool_limit_of_one_is_applied_to_a_sync(project_dir: Path) -> None:
         assert result.success
         info = inst.event_log_storage.get_concurrency_info("dinmo_activation_vip_daily")
         assert info.slot_count == 1 and not info.claimed_slots
+
+
+# ---------------------------------------------------------------------------------------------------------
+# names that reach Dagster: a valid configuration never stops the project from loading
+# ---------------------------------------------------------------------------------------------------------
+
+QUOTED_PROJECT = """
+sources:
+  wh: {type: duckdb, path: wh.duckdb}
+models:
+  plain: {source: wh, table: raw.customers, primary_key: id}
+  dashed: {source: wh, table: 'raw."cust-data"', primary_key: id}
+  spaced: {source: wh, table: 'raw."my customers"', primary_key: id}
+  dotted: {source: wh, table: '"raw.v2"."cust.v2"', primary_key: id}
+segments:
+  plain_all: {model: plain, sql: "select * from {{ model }}"}
+  dashed_all: {model: dashed, sql: "select * from {{ model }}"}
+  spaced_all: {model: spaced, sql: "select * from {{ model }}"}
+  dotted_all: {model: dotted, sql: "select * from {{ model }}"}
+destinations:
+  out: {type: local, path: out}
+activations:
+  plain_csv: {segment: plain_all, destination: out, file_name: plain}
+  dashed_csv: {segment: dashed_all, destination: out, file_name: dashed}
+  spaced_csv: {segment: spaced_all, destination: out, file_name: spaced}
+  dotted_csv: {segment: dotted_all, destination: out, file_name: dotted}
+"""
+
+
+def _sync(defs: dg.Definitions, instance: dg.DagsterInstance, activation: str) -> dg.ExecuteInProcessResult:
+    key = sync.new_partition_key()
+    instance.add_dynamic_partitions(partitions_name(activation), [key])
+    return defs.resolve_job_def(job_name(activation)).execute_in_process(
+        instance=instance, partition_key=key, raise_on_error=False)
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_quoted_table_names_load_and_sync_end_to_end(tmp_path: Path, instance) -> None:
+    (tmp_path / "dinmo.yaml").write_text(QUOTED_PROJECT)
+    (tmp_path / "out").mkdir()
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        con.execute('create schema raw; create schema "raw.v2"')
+        for table, tag in (("raw.customers", "plain"), ('raw."cust-data"', "dash"),
+                           ('raw."my customers"', "space"), ('"raw.v2"."cust.v2"', "dot")):
+            con.execute(f"create table {table} as select * from (values (1, '{tag}-a'), (2, '{tag}-b')) t(id, v)")
+    defs = build_definitions(load_project(tmp_path))
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    # Each part of a source table's key is the real name, made of [A-Za-z0-9_] with a stable suffix when
+    # it had other characters; plain names keep the key they always had.
+    expected = {
+        "plain": "sources/wh/raw/customers",
+        "dashed": "sources/wh/raw/cust_data_da4b09fd",
+        "spaced": "sources/wh/raw/my_customers_08780a37",
+        "dotted": "sources/wh/raw_v2_d09c3cbb/cust_v2_49292df6",
+    }
+    for model, key in expected.items():
+        parents = {k.to_user_string() for k in graph.get(dg.AssetKey(["models", model])).parent_keys}
+        assert parents == {key}
+    tables = {graph.get(dg.AssetKey.from_user_string(k)).metadata["dagster/table_name"] for k in expected.values()}
+    assert tables == {"raw.customers", 'raw."cust-data"', 'raw."my customers"', '"raw.v2"."cust.v2"'}
+    for model, tag in (("plain", "plain"), ("dashed", "dash"), ("spaced", "space"), ("dotted", "dot")):
+        assert _sync(defs, instance, f"{model}_csv").success
+        assert _read_csv(tmp_path / "out" / f"{model}.csv") == [["id", "v"], ["1", f"{tag}-a"], ["2", f"{tag}-b"]]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dashed.csv", "dotted.csv", "plain.csv",
+                                                                   "spaced.csv"]
+
+
+TRICKY_NAMES = """
+sources:
+  source: {type: duckdb, path: wh.duckdb}
+models:
+  class:
+    source: source
+    table: raw.people
+    primary_key: id
+    relationships: [{name: referrals, model: class, type: one_to_many, on: {id: referrer_id}}]
+    calculated_fields: [{name: referred, type: aggregate, relation: referrals, function: count}]
+  {long_model}: {source: source, table: raw.people, primary_key: id}
+segments:
+  input: {model: class, sql: "select * from {{ model }} where referred > 0"}
+  {long_segment}: {model: {long_model}, sql: "select * from {{ model }}"}
+destinations:
+  type: {type: local, path: out}
+activations:
+  config: {segment: input, destination: type, file_name: referrers, schedule: {every: 1 hour},
+           trigger: {on_source_change: true}}
+  {long_activation}: {segment: {long_segment}, destination: type, file_name: everyone}
+"""
+
+
+def test_keywords_longest_names_and_a_self_relationship_load_and_sync(tmp_path: Path, instance) -> None:
+    names = {"long_model": "m" * 63, "long_segment": "s" * 63, "long_activation": "a" * 63}
+    text = TRICKY_NAMES
+    for key, value in names.items():
+        text = text.replace("{" + key + "}", value)
+    (tmp_path / "dinmo.yaml").write_text(text)
+    (tmp_path / "out").mkdir()
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        con.execute("create schema raw; create table raw.people as select * from (values (1, null), (2, 1), (3, 1), "
+                    "(4, 2)) t(id, referrer_id)")
+    defs = build_definitions(load_project(tmp_path))
+    dg.Definitions.validate_loadable(defs)
+    # A model whose calculated field aggregates its own rows (customers referred by customers) does not
+    # depend on itself in the graph: its view reads the table.
+    assert {k.to_user_string() for k in defs.resolve_asset_graph().get(dg.AssetKey(["models", "class"])).parent_keys} \
+        == {"sources/source/raw/people"}
+    assert _sync(defs, instance, "config").success
+    assert _read_csv(tmp_path / "out" / "referrers.csv") == [["id", "referrer_id", "referred"], ["1", "", "2"],
+                                                             ["2", "1", "1"]]
+    assert _sync(defs, instance, "a" * 63).success
+    assert len(_read_csv(tmp_path / "out" / "everyone.csv")) == 5
+
+
+CYCLES = """
+sources:
+  wh: {type: duckdb, path: wh.duckdb}
+models:
+  customers:
+    source: wh
+    table: raw.customers
+    primary_key: id
+    relationships: [{name: orders, model: orders, type: one_to_many, on: {id: customer_id}}]
+    calculated_fields: [{name: order_count, type: aggregate, relation: orders, function: count}]
+  orders:
+    source: wh
+    table: raw.orders
+    primary_key: order_id
+    relationships: [{name: buyer, model: customers, type: many_to_one, on: {customer_id: id}}]
+    calculated_fields: [{name: buyer_orders, type: aggregate, relation: buyer, function: max, attribute: order_count}]
+  people: {source: wh, table: raw.customers, primary_key: id}
+segments:
+  a: {model: people, filter: {segment: b, op: in}}
+  b: {model: people, filter: {segment: a, op: not_in}}
+  me: {model: people, filter: {segment: me, op: in}}
+  fine: {model: people, sql: "select * from {{ model }}"}
+"""
+
+
+def test_dependency_cycles_are_validation_errors_and_never_stop_the_project_loading(tmp_path: Path,
+                                                                                   instance) -> None:
+    from dinmo_dagster.config import ProjectError
+
+    (tmp_path / "dinmo.yaml").write_text(CYCLES)
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        con.execute("create schema raw; create table raw.customers as select 1 as id; "
+                    "create table raw.orders as select 10 as order_id, 1 as customer_id")
+    with pytest.raises(ProjectError) as err:
+        load_project(tmp_path)
+    models_cycle = ("dinmo.yaml: models.{0}.calculated_fields: the aggregate calculated fields of models customers, "
+                    "orders read each other's views in a cycle ({0} -> {1} -> {0}); allowed: aggregates over models "
+                    "that do not aggregate back")
+    allowed = "allowed: conditions on other segments that do not refer back to this one"
+    assert err.value.problems == [
+        models_cycle.format("customers", "orders"),
+        models_cycle.format("orders", "customers"),
+        f"dinmo.yaml: segments.a.filter: segments a, b refer to each other in a cycle (a -> b -> a); {allowed}",
+        f"dinmo.yaml: segments.b.filter: segments a, b refer to each other in a cycle (b -> a -> b); {allowed}",
+        f"dinmo.yaml: segments.me.filter: segment 'me' refers to itself (me -> me); {allowed}",
+    ]
+    # Definitions built from such a project anyway (as a code location that skipped validation would) still
+    # load: the entities in a cycle fail when they run, with the same message, and the others work.
+    from dinmo_dagster import config
+
+    project = config.Project(directory=tmp_path)
+    raw = yaml.load(CYCLES, Loader=config._Loader)  # the project's YAML 1.2 loader: `on:` stays a key
+    project.sources = {"wh": config.DuckDBSource.model_validate(raw["sources"]["wh"])}
+    project.models = {n: config.Model.model_validate(v) for n, v in raw["models"].items()}
+    project.segments = {n: config.Segment.model_validate(v) for n, v in raw["segments"].items()}
+    project.destinations = {}
+    defs = build_definitions(project)
+    dg.Definitions.validate_loadable(defs)
+    job = dg.define_asset_job("all", selection=dg.AssetSelection.all() - dg.AssetSelection.key_prefixes("sources"))
+    result = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("all").execute_in_process(
+        instance=instance, raise_on_error=False)
+    failures = {e.step_key: e.step_failure_data.user_failure_data.description
+                for e in result.all_events if e.is_step_failure}
+    assert set(failures) == {"models__customers", "models__orders", "segments__a", "segments__b", "segments__me"}
+    assert failures["segments__me"] == f"segments.me.filter: segment 'me' refers to itself (me -> me); {allowed}"
+    assert instance.get_latest_materialization_event(dg.AssetKey(["segments", "fine"])) is not None

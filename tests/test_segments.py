@@ -98,12 +98,21 @@ def project_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def materialize_all(project_dir: Path, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+def materialize_all(project_dir: Path, raise_on_error: bool = True,
+                    instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
     defs = build_definitions(load_project(project_dir))
     job = dg.define_asset_job("segments_job", selection=dg.AssetSelection.key_prefixes(["models"], ["segments"]))
     defs = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
     return defs.resolve_job_def("segments_job").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=raise_on_error)
+        instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=raise_on_error)
+
+
+def column_table(instance: dg.DagsterInstance, *key: str) -> list[tuple[str, str, str | None]]:
+    """The ``dagster/column_schema`` of an asset's last materialization: (name, type, role) per column."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(list(key)))
+    assert event is not None and event.asset_materialization is not None
+    schema = event.asset_materialization.metadata["dagster/column_schema"].value
+    return [(c.name, c.type, c.description) for c in schema.columns]
 
 
 def members(project_dir: Path, segment: str) -> set[int]:
@@ -190,3 +199,52 @@ def test_validate_connect_on_a_project_that_never_synced(project_dir: Path) -> N
     # The model is the culprit; its segments are not reported again.
     assert validate_connections(load_project(project_dir)) == [
         "models.customers: column 'country' does not exist; columns: customer_id, name, ltv, order_count, ltv_band"]
+
+
+def test_column_schema_has_the_warehouse_types(project_dir: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_all(project_dir, instance=instance).success
+    customers = [
+        ("customer_id", "INTEGER", "primary key"), ("name", "VARCHAR", None), ("country", "VARCHAR", "categorical"),
+        ("ltv", "INTEGER", None), ("order_count", "BIGINT", "calculated (aggregate)"),
+        ("ltv_band", "VARCHAR", "calculated (formula)"),
+    ]
+    assert column_table(instance, "models", "customers") == customers
+    assert column_table(instance, "segments", "shoe_fans") == customers
+    assert column_table(instance, "models", "orders") == [
+        ("order_id", "INTEGER", "primary key"), ("customer_id", "INTEGER", None), ("product_type", "VARCHAR", None),
+        ("ordered_at", "TIMESTAMP", "event time")]
+
+
+def test_column_schema_on_postgres(tmp_path: Path, postgres_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    server = postgres_server
+    monkeypatch.setenv("PG_PASSWORD", server.password)
+    (tmp_path / "dinmo.yaml").write_text(textwrap.dedent(f"""
+        sources:
+          pg: {{type: postgres, host: {server.host}, port: {server.port}, database: {server.database},
+                user: {server.user}, password: {{env: PG_PASSWORD}}}}
+        models:
+          buyers: {{source: pg, table: colschema_raw.buyers, primary_key: buyer_id, identifiers: [email]}}
+        segments:
+          big: {{model: buyers, sql: "select buyer_id, email, ltv from {{{{ model }}}} where ltv > 10"}}
+        """))
+    helper = ("dinmo_segments", "dinmo_stats", "dinmo_delta_storage")
+    with psycopg.connect(server.dsn, autocommit=True) as con:
+        con.execute("create schema colschema_raw")
+        con.execute("create table colschema_raw.buyers (buyer_id bigint, email varchar(80), ltv numeric(12, 2), "
+                    "seen timestamptz, vip boolean)")
+    try:
+        instance = dg.DagsterInstance.ephemeral()
+        assert materialize_all(tmp_path, instance=instance).success
+        assert column_table(instance, "models", "buyers") == [
+            ("buyer_id", "bigint", "primary key"), ("email", "character varying", "identifier"),
+            ("ltv", "numeric(12,2)", None), ("seen", "timestamp with time zone", None), ("vip", "boolean", None)]
+        assert column_table(instance, "segments", "big") == [
+            ("buyer_id", "bigint", "primary key"), ("email", "character varying", "identifier"),
+            ("ltv", "numeric(12,2)", None)]
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as con:
+            for schema in ("colschema_raw", *helper):
+                con.execute(f"drop schema if exists {schema} cascade")

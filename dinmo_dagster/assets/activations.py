@@ -143,7 +143,49 @@ def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
                 "https://console.cloud.google.com/storage/browser/_details/" + uri.removeprefix("gs://"))
     if r.recovered:
         md["recovered"] = "\n".join(r.recovered)
+    if r.recovered_partitions:  # dead syncs whose files had all landed, completed by this run
+        md["recovered_partition"] = ", ".join(r.recovered_partitions)
+        md["recovered_files"] = dg.MetadataValue.md("\n".join(f"- {u}" for u in r.recovered_files) or "(no file)")
     return md
+
+
+def destination_text(project: Project, name: str) -> str:
+    """Where activation ``name`` writes: ``gs://bucket/folder/`` or the local folder's path."""
+    a = project.activations[name]
+    d = project.destinations[a.destination]
+    folder = a.folder.strip("/")
+    if d.type == "gcs":
+        return f"gs://{d.bucket}/{folder + '/' if folder else ''}"
+    return str(project.resolve_path(d.path) / folder) if folder else str(project.resolve_path(d.path))
+
+
+def asset_descriptions(project: Project, name: str) -> tuple[str, str]:
+    """The descriptions of ``snapshots/A`` and ``activations/A``.
+
+    Both assets' keys end in the activation's name, which is the label the asset graph shows on
+    each node, so each description starts with a line that tells them apart
+    (``A: snapshot (delta storage)``, ``A: delivery to D``): the UI shows that first line under the
+    label when the graph's Description facet is on, and the whole text in the asset's sidebar and page.
+    The activation's own ``description`` follows that line.
+    """
+    a = project.activations[name]
+    schemas = project.sources[project.models[project.segments[a.segment].model].source].helper_schemas
+    rows = "" if a.effective_run_type == "full_only" else \
+        f", and the rows this sync delivers (`rows__{name}__<partition>`)"
+    snapshot = (
+        f"{name}: snapshot (delta storage)\n\n"
+        f"Step 1 of each sync of activation '{name}': stores in `{schemas.delta_storage}` the key and row hash "
+        f"of every record of segment '{a.segment}' (`snap__{name}__<partition>`){rows}. One partition per "
+        "sync; nothing leaves the warehouse."
+    )
+    delivery = "\n\n".join([
+        f"{name}: delivery to {a.destination}",
+        *([a.description] if a.description else []),
+        (f"Step 2 of each sync: writes segment '{a.segment}' as {a.format} files ({a.sync_mode} mode, "
+         f"{a.effective_run_type}) to {destination_text(project, name)}, then promotes the snapshot to the "
+         "activation's baseline."),
+    ])
+    return snapshot, delivery
 
 
 def _activation_assets(project: Project, name: str) -> list[Any]:
@@ -154,14 +196,13 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
     src_kind = project.sources[model.source].type
     dest_kind = project.destinations[a.destination].type
     resource_keys = {source_key(model.source), destination_key(a.destination)}
-    desc = a.description or f"Sync segment '{a.segment}' to destination '{a.destination}' as {a.format} " \
-                            f"({a.sync_mode}, {a.effective_run_type})"
+    snapshot_desc, delivery_desc = asset_descriptions(project, name)
 
     @dg.asset(
         key=snapshot_key(name), group_name=f"activation_{name}", partitions_def=parts,
         deps=[segment_key(a.segment)], required_resource_keys={source_key(model.source)},
-        kinds={src_kind, "snapshot"}, pool=pool_name(name),
-        description=f"Keys and row hashes of each sync of activation '{name}', and the rows it delivers",
+        kinds={src_kind, "snapshot"}, pool=pool_name(name), description=snapshot_desc,
+        metadata={"dinmo/activation": name, "dinmo/step": "1 of 2: snapshot (delta storage)"},
     )
     def _snapshot(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
         t = sync_target(project, name, context.resources)
@@ -189,7 +230,9 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
     @dg.asset(
         key=activation_key(name), group_name=f"activation_{name}", partitions_def=parts,
         deps=[snapshot_key(name)], required_resource_keys=resource_keys,
-        kinds={dest_kind, a.format}, pool=pool_name(name), description=desc,
+        kinds={dest_kind, a.format, "delivery"}, pool=pool_name(name), description=delivery_desc,
+        metadata={"dinmo/activation": name, "dinmo/step": f"2 of 2: delivery to {a.destination}",
+                  "dinmo/destination": destination_text(project, name)},
         tags={"dinmo/sync_mode": a.sync_mode, "dinmo/run_type": a.effective_run_type},
     )
     def _activation(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
@@ -200,11 +243,14 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
             run = instance.get_run_by_id(run_id) if run_id else None
             return None if run is None else not run.is_finished
 
-        def mark_dead(run_id: str) -> None:
+        def mark_dead(run_id: str, completed: bool) -> None:
             run = instance.get_run_by_id(run_id)
             if run is not None:
-                fail_dead_run(instance, run, f"sync of activation '{name}' died; cleaned up by run "
-                                             f"{context.run.run_id}")
+                what = "died after all its files had landed; completed" if completed else "died; cleaned up"
+                message = f"sync of activation '{name}' {what} by run {context.run.run_id}"
+                if run.is_finished:  # already marked failed (e.g. reaped): say it in its log instead
+                    instance.report_engine_event(message, run)
+                fail_dead_run(instance, run, message)
 
         try:
             result = sync.deliver(t, context.partition_key, run_id=context.run.run_id,

@@ -7,6 +7,10 @@ key), above it the check fails with ERROR and the downstream sync stops in the s
 """
 
 
+import dataclasses
+import hashlib
+import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +31,54 @@ def segment_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["segments", name])
 
 
-def source_table_key(source: str, table: str) -> dg.AssetKey:
-    return dg.AssetKey(["sources", source, *table.split(".")])
+_DAGSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def key_part(name: str) -> str:
+    """``name`` as an asset key part Dagster accepts (``[A-Za-z0-9_]``, which op and input names need).
+
+    A name made of those characters is kept as it is. Any other name has each run of other characters
+    replaced by ``_`` (accents dropped first) and the first 8 hex digits of the SHA-1 of the real name
+    appended, so the mapping is stable across processes and versions and different names get different
+    keys (barring a 32-bit hash collision): ``cust-data`` -> ``cust_data_da4b09fd``,
+    ``my customers`` -> ``my_customers_08780a37``.
+    """
+    if _DAGSTER_NAME_RE.match(name):
+        return name
+    ascii_text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")  # é -> e
+    base = re.sub(r"[^A-Za-z0-9_]+", "_", ascii_text).strip("_") or "name"
+    return f"{base}_{hashlib.sha1(name.encode('utf-8')).hexdigest()[:8]}"
+
+
+def table_parts(table: str, dialect: str) -> list[str]:
+    """The names in a model's ``table`` as the warehouse reads them: ``raw."cust-data"`` -> ``raw``,
+    ``cust-data``; a dot inside quotes stays in its name. Text that does not parse as a table name is
+    split on its dots (the model's materialization then reports the bad name)."""
+    try:
+        parsed = exp.to_table(table, dialect=dialect)
+        parts = [p.name for p in parsed.parts] if isinstance(parsed, exp.Table) else []
+    except Exception:  # noqa: BLE001 - any parse failure: the name is reported when the model runs
+        parts = []
+    if parts and all(parts):
+        return parts
+    return [p for p in table.split(".") if p] or [table]
+
+
+def source_dialect(project: Project, source: str) -> str:
+    """The sqlglot dialect of a source (the dialect of its warehouse resource)."""
+    from dinmo_dagster.resources.warehouses import WAREHOUSE_TYPES
+
+    return WAREHOUSE_TYPES[project.sources[source].type].dialect
+
+
+def source_table_key(project: Project, source: str, table: str) -> dg.AssetKey:
+    """The external asset of a model's source table: ``sources/<source>/<schema>/<table>``.
+
+    Each part is the real name (quotes removed) passed through ``key_part``, so any table name the
+    warehouse accepts gives a valid key; the SQL always uses the table as written.
+    """
+    parts = table_parts(table, source_dialect(project, source))
+    return dg.AssetKey(["sources", source, *(key_part(p) for p in parts)])
 
 
 def model_relation(wh: Any, project: Project, name: str) -> exp.Table:
@@ -45,8 +95,30 @@ def _kinds(project: Project, source: str) -> set[str]:
     return {project.sources[source].type}
 
 
-def _columns_metadata(cols: list[str], model: Model) -> dg.TableSchema:
-    """The column table shown in the UI, with each column's role in the knowledge store."""
+def view_version(*definition: str) -> dg.DataVersion:
+    """The data version of a view: its definition. A view is live, so re-creating it unchanged (every
+    sync refreshes its model and segment) leaves the views on it in sync: without this, a sync of one
+    activation marks the other segments of its model "Unsynced" in the UI. A materialized model's
+    table keeps Dagster's default, a new version on every refresh."""
+    return dg.DataVersion(hashlib.sha256("\x00".join(definition).encode()).hexdigest()[:24])
+
+
+def column_schema(wh: Any, relation: exp.Table, model: Model, log: Any = None) -> dg.TableSchema:
+    """``dagster/column_schema`` of a model's or segment's view: each column's name and type as the
+    warehouse reports them (its ``information_schema``: ``INTEGER``, ``DECIMAL(10,2)``,
+    ``character varying`` ...) and its role in the knowledge store (primary key, identifier, ...).
+
+    When the warehouse does not list the view's columns, the names come from a ``LIMIT 0`` query and
+    the types stay empty (``log`` says why): metadata never fails a materialization.
+    """
+    try:
+        typed = wh.table_columns(relation.sql(dialect=wh.dialect))
+    except Exception as exc:  # noqa: BLE001 - any catalog error: fall back to the names below
+        typed = None
+        if log is not None:
+            log(f"column types of {relation.sql(dialect=wh.dialect)} unavailable: {str(exc).splitlines()[0]}")
+    columns = typed or [(c, "") for c in wh.relation_columns(relation)]
+    names = [c for c, _ in columns]
     roles = {model.primary_key: "primary key"}
     roles.update({c: "identifier" for c in model.identifiers})
     roles.update({c: "categorical" for c in model.categorical})
@@ -54,7 +126,9 @@ def _columns_metadata(cols: list[str], model: Model) -> dg.TableSchema:
         roles[model.time_column] = "event time"
     roles.update({f.name: f"calculated ({f.type})" for f in model.calculated_fields})
     roles.update({f.name: "custom attribute" for f in model.custom_attributes})
-    return dg.TableSchema(columns=[dg.TableColumn(name=c, type="", description=roles.get(c)) for c in cols])
+    # The warehouse's spelling of each configured name (Snowflake reports unquoted names in upper case).
+    by_column = {delta.resolve_column(c, names): role for c, role in roles.items()}
+    return dg.TableSchema(columns=[dg.TableColumn(name=c, type=t, description=by_column.get(c)) for c, t in columns])
 
 
 def _create_relation(relation: exp.Table, select: exp.Expression, materialized: bool, dialect: str) -> list[str]:
@@ -88,6 +162,11 @@ def model_select(wh: Any, project: Project, name: str, infos: dict[str, Any] | N
 
     info = dict(infos) if infos is not None else filters_model_infos(wh, project, exclude=name)
     this = _model_info(wh, project, name, wh.query_columns(delta.render(base, dialect)))
+    if any(r.model == name for r in m.relationships):
+        # A self-relationship (customers referred by customers) aggregates the model's own base rows:
+        # its view cannot read itself while it is being created.
+        own = base if isinstance(base, exp.Table) else exp.Subquery(this=base.copy())
+        this = dataclasses.replace(this, relation=own)
     info[name] = this
     sql = filters.compile_model_select(
         base, this, [f.model_dump(exclude_none=True) for f in m.calculated_fields],
@@ -247,15 +326,89 @@ def key_check(wh: Any, relation: exp.Table, pk: str, max_pct: float, what: str) 
     )
 
 
-def _model_assets(project: Project, name: str) -> list[Any]:
+def _model_edges(project: Project, name: str) -> list[str]:
+    """The models whose views model ``name``'s view reads: those of its aggregate calculated fields
+    (itself excluded: a self-relationship reads the model's own base rows)."""
+    m = project.models[name]
+    used = {f.relation for f in m.calculated_fields if f.type == "aggregate"}
+    return list(dict.fromkeys(r.model for r in m.relationships
+                              if r.name in used and r.model != name and r.model in project.models))
+
+
+def _segment_edges(project: Project, name: str) -> list[str]:
+    """The segments whose views segment ``name``'s filter reads (``{segment: S, op: in | not_in}``)."""
+    return list(dict.fromkeys(n for n in _referenced_segments(project.segments[name].filter or {})
+                              if n in project.segments))
+
+
+def _cycle_from(start: str, edges: Any) -> list[str] | None:
+    """The shortest path ``start -> ... -> start`` through ``edges(node)``, or None."""
+    paths: list[list[str]] = [[start]]
+    seen: set[str] = set()
+    while paths:
+        path = paths.pop(0)
+        for nxt in edges(path[-1]):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                paths.append([*path, nxt])
+    return None
+
+
+def dependency_cycles(project: Project) -> dict[str, str]:
+    """Models and segments whose views would read themselves: ``{"models.M" | "segments.S": problem}``.
+
+    Model views read the views of the models their aggregate calculated fields aggregate over, and
+    segment views read the segments their filter names. A cycle there cannot be built in any
+    warehouse, and a cycle of asset dependencies would stop Dagster from loading the whole project:
+    the definitions leave those dependencies out, and the entities in a cycle fail when they run,
+    with this message. ``dinmo validate`` reports the same problems.
+    """
+    out: dict[str, str] = {}
+    for name in project.models:
+        cycle = _cycle_from(name, lambda n: _model_edges(project, n))
+        if cycle:
+            members = ", ".join(sorted(set(cycle)))
+            out[f"models.{name}"] = (
+                f"models.{name}.calculated_fields: the aggregate calculated fields of models {members} read each "
+                f"other's views in a cycle ({' -> '.join(cycle)}); allowed: aggregates over models that do not "
+                "aggregate back")
+    for name in project.segments:
+        cycle = _cycle_from(name, lambda n: _segment_edges(project, n))
+        if cycle:
+            what = f"segment '{name}' refers to itself" if len(cycle) == 2 else \
+                f"segments {', '.join(sorted(set(cycle)))} refer to each other in a cycle"
+            out[f"segments.{name}"] = (f"segments.{name}.filter: {what} ({' -> '.join(cycle)}); allowed: "
+                                       "conditions on other segments that do not refer back to this one")
+    return out
+
+
+def _acyclic(project: Project, kind: str, name: str, targets: list[str]) -> list[str]:
+    """``targets`` without those that lead back to ``name`` (a dependency cycle, see ``dependency_cycles``)."""
+    edges = _model_edges if kind == "models" else _segment_edges
+    return [t for t in targets if t != name and name not in _reachable(t, lambda n: edges(project, n))]
+
+
+def _reachable(start: str, edges: Any) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in edges(todo.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def _model_assets(project: Project, name: str, cycles: dict[str, str]) -> list[Any]:
     m = project.models[name]
     rkey = source_key(m.source)
     deps: list[dg.AssetKey] = []
     if m.table:
-        deps.append(source_table_key(m.source, m.table))
-    for rel in m.relationships:
-        if any(f.relation == rel.name for f in m.calculated_fields if f.type == "aggregate"):
-            deps.append(model_key(rel.model))
+        deps.append(source_table_key(project, m.source, m.table))
+    deps += [model_key(r) for r in _acyclic(project, "models", name, _model_edges(project, name))]
+    cycle = cycles.get(f"models.{name}")
     desc = m.description or f"Model '{name}' ({m.kind}{', ' + m.class_ if m.class_ else ''}) over " + (
         m.table or "SQL")
 
@@ -265,26 +418,29 @@ def _model_assets(project: Project, name: str) -> list[Any]:
         tags={"dinmo/model_kind": m.kind},
     )
     def _model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        if cycle:
+            raise dg.Failure(cycle)
         wh = getattr(context.resources, rkey)
         relation = refresh_model(wh, project, name)
         rows = int(wh.query(delta.count_sql(relation, wh.dialect))[0][0])
+        schema = column_schema(wh, relation, m, context.log.warning)
         return dg.MaterializeResult(metadata={
             "dagster/row_count": dg.MetadataValue.int(rows),
-            "dagster/column_schema": _columns_metadata(wh.relation_columns(relation), m),
+            "dagster/column_schema": schema,
             "dagster/relation_identifier": relation.sql(dialect=wh.dialect),
             "materialized": m.materialized,
-        })
+        }, data_version=None if m.materialized else view_version(m.model_dump_json(), repr(schema.columns)))
 
     return [_model, _key_check(project, model_key(name), m, model_relation, name, f"model '{name}'")]
 
 
-def _segment_assets(project: Project, name: str) -> list[Any]:
+def _segment_assets(project: Project, name: str, cycles: dict[str, str]) -> list[Any]:
     s = project.segments[name]
     m = project.models[s.model]
     rkey = source_key(m.source)
-    deps = [model_key(s.model), *(model_key(r.model) for r in m.relationships)]
-    if s.filter:
-        deps += [segment_key(n) for n in _referenced_segments(s.filter)]
+    deps = [model_key(s.model), *(model_key(r.model) for r in m.relationships if r.model in project.models)]
+    deps += [segment_key(n) for n in _acyclic(project, "segments", name, _segment_edges(project, name))]
+    cycle = cycles.get(f"segments.{name}")
     desc = s.description or f"Segment '{name}' of model '{s.model}'"
 
     @dg.asset(
@@ -292,6 +448,8 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
         required_resource_keys={rkey}, kinds=_kinds(project, m.source) | {"segment"},
     )
     def _segment(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        if cycle:
+            raise dg.Failure(cycle)
         wh = getattr(context.resources, rkey)
         schemas = project.sources[m.source].helper_schemas
         relation, _sql, cols = refresh_segment(wh, project, name)
@@ -315,12 +473,12 @@ def _segment_assets(project: Project, name: str) -> list[Any]:
         overlap_md = "\n".join(["| segment | overlap | % of this segment |", "|---|---:|---:|"] + [
             f"| {b if a == name else a} | {n} | {100.0 * n / st.size if st.size else 0:.1f} |"
             for a, b, n in overlaps])
-        return dg.MaterializeResult(metadata={
+        return dg.MaterializeResult(data_version=view_version(_sql), metadata={
             **({"overlaps": dg.MetadataValue.md(overlap_md)} if overlaps else {}),
             "dagster/row_count": dg.MetadataValue.int(st.size),
             "share_of_model_pct": dg.MetadataValue.float(st.share_pct),
             "model_rows": dg.MetadataValue.int(st.model_size),
-            "dagster/column_schema": _columns_metadata(cols, m),
+            "dagster/column_schema": column_schema(wh, relation, m, context.log.warning),
             "dagster/relation_identifier": relation.sql(dialect=wh.dialect),
             **({"breakdowns": dg.MetadataValue.md(st.breakdown_markdown)} if st.breakdown_markdown else {}),
         })
@@ -359,21 +517,23 @@ def source_table_specs(project: Project) -> list[dg.AssetSpec]:
     seen: dict[dg.AssetKey, dg.AssetSpec] = {}
     for m in project.models.values():
         if m.table:
-            key = source_table_key(m.source, m.table)
+            key = source_table_key(project, m.source, m.table)
             seen[key] = dg.AssetSpec(key=key, group_name="sources", kinds=_kinds(project, m.source),
-                                     description=f"Table {m.table} in source '{m.source}'")
+                                     description=f"Table {m.table} in source '{m.source}'",
+                                     metadata={"dagster/table_name": m.table})
     return list(seen.values())
 
 
 def defs(project: Project) -> dg.Definitions:
     assets: list[Any] = []
     checks: list[Any] = []
+    cycles = dependency_cycles(project)
     for name in project.models:
-        a, c = _model_assets(project, name)
+        a, c = _model_assets(project, name, cycles)
         assets.append(a)
         checks.append(c)
     for name in project.segments:
-        a, c = _segment_assets(project, name)
+        a, c = _segment_assets(project, name, cycles)
         assets.append(a)
         checks.append(c)
     jobs = [dg.define_asset_job(refresh_job_name(name), selection=dg.AssetSelection.assets(model_key(name)),
