@@ -5,8 +5,10 @@
 Runs exactly what the activation's assets run (refresh the segment's view, ``take_snapshot``,
 ``deliver``), in-process, without a Dagster run, and prints one JSON line: its timings and its own
 peak resident set size after each step (``ru_maxrss`` is a high-water mark, so each value is the peak
-so far). ``--idle`` stops after the imports and resources: the fixed cost of the interpreter,
-Dagster, DuckDB and pyarrow, with no data touched. The parent measures the whole process's peak
+so far), and the peak of pyarrow's memory pool: the arrays the writers build (casts, rendered text,
+Parquet pages; DuckDB allocates the batches it hands over itself). That is the Python side of the sync,
+which streams, so it should not grow with the table. ``--idle`` stops after the imports and resources:
+the fixed cost of the interpreter, Dagster, DuckDB and pyarrow, with no data touched. The parent measures the whole process's peak
 independently, through benchmarks/measure.py.
 """
 
@@ -66,6 +68,9 @@ def main() -> int:
                 bytes=result.bytes, sync_type=result.sync_type, peak_mb_after_deliver=_peak_mb(),
             )
     out["peak_mb"] = _peak_mb()
+    import pyarrow as pa
+
+    out["arrow_pool_peak_mb"] = pa.default_memory_pool().max_memory() / 1e6
     print(json.dumps(out), flush=True)
     return 0
 

@@ -1,6 +1,8 @@
 """Warehouse resources against real engines: DuckDB (file), PostgreSQL (a server started by the
 `postgres_server` fixture; Redshift's code path runs on it too), Snowflake (fakesnow patches the real
-connector under dagster-snowflake). BigQuery and Databricks: construction and SQL compilation only.
+connector under dagster-snowflake). BigQuery and Databricks: construction and SQL compilation, and the
+shared sync scenario against a live project / SQL warehouse when its credentials are in the
+environment (`test_bigquery_live`, `test_databricks_live`; skipped otherwise, saying what to set).
 """
 
 import datetime as dt
@@ -16,6 +18,16 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 import sqlglot
+
+# the shared scenario suite, run here against the live warehouses (tests/ is on sys.path under pytest)
+from test_warehouse_scenarios import (
+    BIGQUERY_SKIP,
+    DATABRICKS_SKIP,
+    check_same_files_and_rows,
+    check_validation_finds_nothing_wrong,
+    live_configured,
+    scenario_project,
+)
 
 from dinmo_dagster.resources.warehouses import (
     BigQueryWarehouse,
@@ -226,6 +238,115 @@ def test_duckdb_works_as_a_dagster_resource(duck, monkeypatch):
     assert result.success and seen["rows"] == [(42,)]
     # outside a run the EnvVar is read from the environment when connecting
     assert resource.query("SELECT 1") == [(1,)]
+
+
+def _duckdb_limit_for(setting: str) -> str:
+    """What DuckDB itself reports for `SET memory_limit = setting` (the oracle for our connections)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET memory_limit = '{setting}'")
+        return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _default_duckdb_source(tmp_path, settings: str = "") -> DuckDBWarehouse:
+    """The resource of a project source written with no DuckDB setting besides its path (and `settings`)."""
+    from dinmo_dagster.config import load_project
+    from dinmo_dagster.resources import build_resources
+
+    (tmp_path / "dinmo.yaml").write_text(f"sources:\n  wh: {{type: duckdb, path: wh.duckdb{settings}}}\n")
+    wh = build_resources(load_project(tmp_path))["source_wh"]
+    assert isinstance(wh, DuckDBWarehouse)
+    return wh
+
+
+def test_duckdb_default_memory_limit_is_half_the_memory(tmp_path):
+    """With no `memory_limit` in the YAML, DuckDB may use half the machine's memory and spills next to
+    the database file."""
+    wh = _default_duckdb_source(tmp_path)
+    assert wh.memory_limit == "50%"
+    [(limit, temp_directory)] = wh.query(
+        "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+    )
+    assert limit == _duckdb_limit_for("50%")
+    assert temp_directory == str(tmp_path / "wh.duckdb") + ".tmp"
+
+
+def test_duckdb_memory_limit_null_in_the_yaml_is_duckdbs_own_default(tmp_path):
+    wh = _default_duckdb_source(tmp_path, ", memory_limit: null")
+    assert wh.query("SELECT current_setting('memory_limit')") == [(_duckdb_limit_for("80%"),)]
+
+
+def test_duckdb_defaults_count_distinct_keys_of_two_million_rows(tmp_path):
+    """The key statistics of the primary-key check and the snapshot, on an ordinary 2M-row table.
+
+    The former 64 MB default failed here: `Out of Memory Error: failed to allocate data of size
+    16.0 MiB (49.1 MiB/61.0 MiB used)`.
+    """
+    from dinmo_dagster import delta
+
+    wh = _default_duckdb_source(tmp_path)
+    wh.execute(
+        ["CREATE SCHEMA raw", "CREATE TABLE raw.keys AS SELECT i::BIGINT AS id FROM range(2000000) t(i)"]
+    )
+    stats_sql = delta.key_stats_sql(sqlglot.exp.to_table("raw.keys"), "id", "duckdb")
+    assert wh.query(stats_sql) == [(2_000_000, 2_000_000, 2_000_000)]
+
+
+def test_duckdb_spill_files_of_a_killed_process_are_deleted_when_the_file_is_next_opened(tmp_path):
+    """A process killed while DuckDB had spilled leaves rows in `<path>.tmp`; the next connection deletes them."""
+    wh = _default_duckdb_source(tmp_path)
+    wh.execute(
+        ["CREATE SCHEMA raw", "CREATE TABLE raw.keys AS SELECT i::BIGINT AS id FROM range(2000000) t(i)"]
+    )
+    holder = textwrap.dedent(
+        f"""
+        import duckdb, time
+        con = duckdb.connect({wh.path!r})
+        con.execute("SET memory_limit = '32MB'")
+        con.execute("SET threads = 1")
+        reader = con.sql("SELECT id, md5(id::VARCHAR) AS h FROM raw.keys ORDER BY h").to_arrow_reader(1000)
+        reader.read_next_batch()
+        print("spilled", flush=True)
+        time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "spilled"
+    finally:
+        proc.kill()  # SIGKILL: DuckDB cannot clean up
+        proc.wait(timeout=30)
+    spill_dir = tmp_path / "wh.duckdb.tmp"
+    # the dead process's spilled rows are still there
+    assert [p for p in spill_dir.iterdir() if p.name.endswith(".tmp")] != []
+    assert wh.query("SELECT count(*) FROM raw.keys") == [(2_000_000,)]
+    assert list(spill_dir.iterdir()) == []
+
+
+def test_duckdb_memory_limit_setting(tmp_path):
+    path = str(tmp_path / "wh.duckdb")
+    for setting, expected in (
+        ("1GB", "953.6 MiB"),
+        ("512MiB", "512.0 MiB"),
+        ("25%", _duckdb_limit_for("25%")),
+    ):
+        wh = warehouse_from_config("local", {"type": "duckdb", "path": path, "memory_limit": setting})
+        assert wh.query("SELECT current_setting('memory_limit')") == [(expected,)], setting
+    # null: DuckDB's own default
+    wh = warehouse_from_config("local", {"type": "duckdb", "path": path, "memory_limit": None})
+    assert wh.query("SELECT current_setting('memory_limit')") == [(_duckdb_limit_for("80%"),)]
+    for bad in ("lots", "0%", "150%", "12"):
+        wh = warehouse_from_config("local", {"type": "duckdb", "path": path, "memory_limit": bad})
+        with pytest.raises(WarehouseError) as info:
+            wh.query("SELECT 1")
+        assert str(info.value) == (
+            f"source 'local' (duckdb): memory_limit: found {bad!r}; allowed: a size such as '512MB' or '4GB',"
+            " or a share of the machine's memory from 1% to 100% such as '50%'"
+        )
 
 
 # ============================================================================ PostgreSQL
@@ -581,9 +702,12 @@ def test_bigquery_bad_key_is_a_clear_error():
     assert "NOTAKEY-123" not in str(info.value)
 
 
-@pytest.mark.skip(reason="needs a live BigQuery project: no BigQuery emulator on these machines (NOTES.md)")
-def test_bigquery_live():  # pragma: no cover
-    pass
+@pytest.mark.skipif(not live_configured("bigquery"), reason=BIGQUERY_SKIP)
+def test_bigquery_live(request, tmp_path, monkeypatch):
+    """The shared sync scenario and `dinmo validate --connect`'s checks against a live BigQuery project."""
+    with scenario_project("bigquery", request, tmp_path, monkeypatch) as env:
+        check_validation_finds_nothing_wrong(env)
+        check_same_files_and_rows(env)
 
 
 # ============================================================================ Databricks (compiled SQL only)
@@ -623,9 +747,12 @@ def test_databricks_without_driver_is_a_clear_error():
         wh.check_connection()
 
 
-@pytest.mark.skip(reason="needs a live Databricks SQL warehouse (no local emulator)")
-def test_databricks_live():  # pragma: no cover
-    pass
+@pytest.mark.skipif(not live_configured("databricks"), reason=DATABRICKS_SKIP)
+def test_databricks_live(request, tmp_path, monkeypatch):
+    """The shared sync scenario and `dinmo validate --connect`'s checks against a live Databricks SQL warehouse."""
+    with scenario_project("databricks", request, tmp_path, monkeypatch) as env:
+        check_validation_finds_nothing_wrong(env)
+        check_same_files_and_rows(env)
 
 
 # ============================================================================ warehouse_from_config
@@ -649,6 +776,10 @@ def test_from_config_errors(tmp_path):
     assert "database" in message and "port" in message and "s3cr3t" not in message
     wh = warehouse_from_config("x", {"type": "duckdb", "path": str(tmp_path / "w.duckdb")})
     assert wh.source_name == "x"
+    # null is "unset" for a setting that cannot be None
+    pg = warehouse_from_config("x", {"type": "postgres", "host": "h", "database": "d", "user": "u",
+                                     "password": None, "schema": None})  # fmt: skip
+    assert (pg.password, pg.schema_) == ("", "public")
 
 
 def test_every_project_config_key_is_accepted():

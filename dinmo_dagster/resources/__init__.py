@@ -14,15 +14,21 @@ from dinmo_dagster.config import EnvRef, Project
 
 
 def source_key(name: str) -> str:
+    """The resource key of source `name`."""
     return f"source_{name}"
 
 
 def destination_key(name: str) -> str:
+    """The resource key of destination `name`."""
     return f"destination_{name}"
 
 
-def _plain(project: Project, cfg: Any, path_keys: tuple[str, ...]) -> dict[str, Any]:
-    """The config model as a dict for a resource: EnvRef -> EnvVar, relative paths resolved."""
+def _plain(project: Project, cfg: Any, path_keys: tuple[str, ...], keep_null: bool = False) -> dict[str, Any]:
+    """The config model as a dict for a resource: EnvRef -> EnvVar, relative paths resolved.
+
+    Unset settings are left out, so the resource's defaults apply. With `keep_null`, a setting the YAML
+    sets to null explicitly is kept as None (a DuckDB source's `memory_limit: null`: DuckDB's own default).
+    """
     out: dict[str, Any] = {}
     for name, info in type(cfg).model_fields.items():
         if name == "helper_schemas":
@@ -33,16 +39,20 @@ def _plain(project: Project, cfg: Any, path_keys: tuple[str, ...]) -> dict[str, 
             value = dg.EnvVar(value.env)
         elif key in path_keys and isinstance(value, str):
             value = str(project.resolve_path(value))
-        if value is not None:
+        if value is not None or (keep_null and name in cfg.model_fields_set):
             out[key] = value
     return out
 
 
 def source_config(project: Project, name: str) -> dict[str, Any]:
-    return _plain(project, project.sources[name], ("path", "private_key_path", "service_account_file"))
+    """The settings of source `name` for `warehouse_from_config` (with its `type`)."""
+    return _plain(
+        project, project.sources[name], ("path", "private_key_path", "service_account_file"), keep_null=True
+    )
 
 
 def destination_config(project: Project, name: str) -> dict[str, Any]:
+    """The settings of destination `name` for `destination_from_config` (with its `type`)."""
     return _plain(project, project.destinations[name], ("path", "service_account_file"))
 
 

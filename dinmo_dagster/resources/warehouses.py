@@ -31,13 +31,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, PrivateAttr, ValidationError
+from pydantic_core import PydanticUndefined
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 
@@ -500,8 +501,25 @@ def _cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 # ====================================================================== DuckDB
 
 
+DUCKDB_DEFAULT_MEMORY_LIMIT = "50%"
+"""DuckDB's memory cap on the tool's connections when the source sets none: half the machine's memory.
+
+The Python side of a sync stays small whatever the table size (rows leave DuckDB in Arrow batches of
+100,000 rows), so the cap is about DuckDB's own work. Most of it spills to disk beyond the cap, but
+an ungrouped count(distinct key), which every primary-key check and snapshot runs, cannot: it holds
+every key in memory (about 2.3 GB for 50M keys). A fixed 64 MB cap failed on a 2M-row table; half
+the memory syncs a 50M-row table on a 24 GB machine and leaves the other half to Python, the writer
+threads and the rest of the machine.
+"""
+
+
 class DuckDBWarehouse(Warehouse):
-    """An embedded DuckDB database file (the default source)."""
+    """An embedded DuckDB database file (the default source).
+
+    DuckDB spills to the directory `<path>.tmp` next to the database file (its default, kept), so
+    spilled customer rows stay with the warehouse on the same disk. DuckDB deletes its spill files when
+    the connection closes; those of a killed process are deleted when the tool next opens the file.
+    """
 
     dialect: ClassVar[str] = "duckdb"
     source_type: ClassVar[str] = "duckdb"
@@ -516,10 +534,13 @@ class DuckDBWarehouse(Warehouse):
     )
 
     memory_limit: str | None = Field(
-        default="64MB",
+        default=DUCKDB_DEFAULT_MEMORY_LIMIT,
         description=(
-            "DuckDB's memory_limit for the tool's connections (e.g. '256MB', '2GB'); DuckDB spills to disk"
-            " beyond it. None: DuckDB's own default (80% of RAM)."
+            "DuckDB's memory_limit for the tool's connections: a size ('512MB', '4GB') or a share of the"
+            " machine's memory ('50%', the default). DuckDB spills to `<path>.tmp` beyond it where the"
+            " operator can (joins, GROUP BY, sorts); an ungrouped count(distinct key), which every primary"
+            " key check runs, cannot spill and needs about 50 bytes per key. None: DuckDB's own default"
+            " (80% of the memory)."
         ),
     )
     preserve_insertion_order: bool = Field(
@@ -540,16 +561,24 @@ class DuckDBWarehouse(Warehouse):
         # no progress bar on the terminal of `dinmo sync` or in Dagster's captured logs
         _quietly(lambda: con.execute("SET enable_progress_bar = false"))
 
+    def _memory_limit(self) -> str:
+        """The configured `memory_limit`, checked: a size with its unit, or a percentage of 1 to 100."""
+        limit = str(self.memory_limit).strip()
+        size = re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit, re.IGNORECASE)
+        share = re.fullmatch(r"(\d+(\.\d+)?)\s*%", limit)
+        if not size and not (share and 1 <= float(share.group(1)) <= 100):
+            raise WarehouseError(
+                self._prefix() + f"memory_limit: found {self.memory_limit!r}; allowed: a size such as '512MB' or"
+                " '4GB', or a share of the machine's memory from 1% to 100% such as '50%'"
+            )
+        return limit
+
     def _settings(self, con: Any) -> None:
         """Settings of a newly opened database: the connection's, plus the database-wide ones that its
         cursors share."""
         self._connection_settings(con)
         if self.memory_limit:
-            limit = str(self.memory_limit)
-            if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit, re.IGNORECASE):
-                raise WarehouseError(self._prefix() + f"memory_limit: found {limit!r}; allowed: a size such as "
-                                                      "'256MB' or '2GB'")
-            con.execute(f"SET memory_limit = '{limit}'")
+            con.execute(f"SET memory_limit = '{self._memory_limit()}'")
         con.execute(f"SET preserve_insertion_order = {str(bool(self.preserve_insertion_order)).lower()}")
 
     _shared: Any = PrivateAttr(default=None)
@@ -602,6 +631,8 @@ class DuckDBWarehouse(Warehouse):
                 delay = min(delay * 2, 1.0)
         try:
             self._settings(con)
+            if path != ":memory:" and not path.startswith("md:"):
+                _remove_stale_spill_files(con)
             yield con
         finally:
             con.close()
@@ -628,6 +659,20 @@ class DuckDBWarehouse(Warehouse):
                 _quietly(reader.close)
 
 
+def _remove_stale_spill_files(con: Any) -> None:
+    """Delete the spill files (customer rows) that a killed process left in the database's temp directory.
+
+    Called once the database file is open for writing: no other process can have it open then, so
+    every DuckDB temporary file there is stale. DuckDB itself would remove them only when it next spills.
+    """
+    # fetchall: DuckDB refuses further work on a connection whose result was not read to its end
+    [(temp_directory,)] = con.execute("SELECT current_setting('temp_directory')").fetchall()
+    if not temp_directory:
+        return
+    for leftover in Path(temp_directory).glob("duckdb_temp_*"):
+        _quietly(leftover.unlink)
+
+
 # ====================================================================== PostgreSQL / Redshift
 
 # PostgreSQL type OIDs -> Arrow types (numeric is handled apart: it needs the type modifier)
@@ -648,6 +693,25 @@ _PG_ARROW_TYPES: dict[int, pa.DataType] = {
 _PG_NUMERIC_OID = 1700
 # types loaded as their text form (instead of dict/UUID/timedelta/... objects)
 _PG_TEXT_TYPES = ("json", "jsonb", "uuid", "interval", "inet", "cidr", "timetz", "money")
+# 'infinity' / '-infinity' -> the integer limits DuckDB hands Arrow for them (the writers write 'infinity')
+_PG_INFINITY_LIMITS = {"timestamp": 2**63 - 1, "timestamptz": 2**63 - 1, "date": 2**31 - 1}
+
+
+def _pg_infinity_loader(name: str) -> type:
+    """psycopg's text loader of date/timestamp/timestamptz, with +/-infinity as integers, not an error."""
+    from psycopg.types import datetime as pg_datetime
+
+    base = {"timestamp": pg_datetime.TimestampLoader, "timestamptz": pg_datetime.TimestamptzLoader,
+            "date": pg_datetime.DateLoader}[name]  # fmt: skip
+    limit = _PG_INFINITY_LIMITS[name]
+
+    class InfinityLoader(base):  # type: ignore[valid-type, misc]
+        def load(self, data: Any) -> Any:
+            if bytes(data) in (b"infinity", b"-infinity"):
+                return -limit if bytes(data)[0] == 0x2D else limit
+            return super().load(data)
+
+    return InfinityLoader
 
 
 def pg_arrow_type(type_code: int, precision: int | None, scale: int | None) -> pa.DataType:
@@ -747,6 +811,8 @@ class PostgresWarehouse(Warehouse):
         with self._connection() as conn:
             for name in _PG_TEXT_TYPES:
                 _quietly(lambda name=name: conn.adapters.register_loader(name, TextLoader))
+            for name in _PG_INFINITY_LIMITS:
+                _quietly(lambda name=name: conn.adapters.register_loader(name, _pg_infinity_loader(name)))
             cur = conn.cursor(name=f"dinmo_stream_{uuid.uuid4().hex[:12]}")
             cur.itersize = batch_rows
             try:
@@ -1283,10 +1349,16 @@ def warehouse_from_config(source_name: str, config: dict) -> Warehouse:
     unknown = sorted(str(k) for k in settings if k not in allowed)
     if unknown:
         raise WarehouseError(f"{prefix}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    # null means "unset", except for a setting that takes None instead of its default (`memory_limit: null`)
+    nullable = {
+        field.alias or name
+        for name, field in cls.model_fields.items()
+        if field.default not in (None, PydanticUndefined) and type(None) in get_args(field.annotation)
+    }
     for key, value in list(settings.items()):
         if isinstance(value, dict) and set(value) == {"env"}:
             settings[key] = EnvVar(str(value["env"]))
-        elif value is None:
+        elif value is None and key not in nullable:
             del settings[key]
     try:
         return cls(source_name=source_name, **settings)
