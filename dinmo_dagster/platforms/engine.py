@@ -1,0 +1,575 @@
+"""The delivery engine: records in Arrow batches in, per-record results and metrics out.
+
+:func:`deliver` takes, for each operation (``upsert``, ``delete``, ``add``, ``track``...), an
+iterable of ``pyarrow.RecordBatch`` holding the record key column, the ``match`` columns and the
+mapped columns. For every platform alike it
+
+1. maps each row to a :class:`Record`: the key as text, the match identifiers normalized and
+   hashed when the platform asks for hashes (a row whose identifier is empty or invalid is
+   rejected before anything is sent), the mapped fields (``null_values: skip`` leaves NULLs out so
+   they never erase a value the platform holds);
+2. skips the records a previous attempt of the same sync already delivered (the journal says so);
+3. cuts batches at the platform's documented record count and byte size;
+4. sends them with bounded concurrency through the transport (rate limiter, retries);
+5. journals every batch's verdicts as they come back, splits a batch the platform refused whole for
+   one unnamed bad record, re-sends records the platform asked to retry, polls async jobs;
+6. stops early, as a partial success, when a quota runs out; stops at once on an auth error.
+
+Operations run one after the other in the order given (all batches of one operation complete before
+the next starts), so "remove the old identifier, then add the new one" keeps its order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+import requests
+
+from dinmo_dagster.platforms.base import (
+    FIELD_OPERATIONS,
+    BatchOutcome,
+    DeliveryResult,
+    FieldInfo,
+    Journal,
+    Platform,
+    QuotaExhausted,
+    Record,
+    RecordResult,
+    json_size,
+)
+from dinmo_dagster.platforms.errors import (
+    PlatformConfigError,
+    PlatformError,
+    PlatformRequestError,
+    QuotaExhaustedError,
+    RejectionRateExceeded,
+)
+from dinmo_dagster.platforms.http import RetryPolicy, Transport
+from dinmo_dagster.platforms.identifiers import IdentifierError, is_sha256_hex, prepare_identifier
+
+__all__ = [
+    "ActivationSpec",
+    "InMemoryJournal",
+    "PreviewRequest",
+    "batch_records",
+    "check_connection",
+    "check_rejection_rate",
+    "deliver",
+    "json_size",
+    "mask_identifier",
+    "prepare_records",
+    "preview",
+    "validate_connection",
+]
+
+logger = logging.getLogger("dinmo_dagster.platforms")
+
+Changes = Mapping[str, Iterable[pa.RecordBatch]] | Iterable[tuple[str, Iterable[pa.RecordBatch]]]
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """What an activation asks of its destination (the part the engine needs).
+
+    ``match`` maps destination identifiers to segment columns (``{email: email}``); ``mapping``
+    maps segment columns to destination fields (``{ltv: lifetime_value}``), in order.
+    """
+
+    destination: str
+    key_column: str
+    match: Mapping[str, str]
+    mapping: Mapping[str, str] = field(default_factory=dict)
+    null_values: Literal["sync", "skip"] = "sync"
+    default_country: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.null_values not in ("sync", "skip"):
+            raise PlatformConfigError(f"null_values: found {self.null_values!r}; allowed: sync, skip")
+
+
+class InMemoryJournal:
+    """A :class:`Journal` kept in memory: for previews, tests, and as the reference behaviour the
+    warehouse-backed journal of the sync layer must match."""
+
+    def __init__(self) -> None:
+        self.acknowledged_keys: dict[str, list[str]] = {}
+        self.rejections: list[tuple[str, str, str]] = []
+
+    def already_acknowledged(self, operation: str, keys: Sequence[str]) -> set[str]:
+        """Keys of ``keys`` acknowledged earlier for ``operation``."""
+        done = set(self.acknowledged_keys.get(operation, ()))
+        return {k for k in keys if k in done}
+
+    def acknowledged(self, operation: str, keys: Sequence[str]) -> None:
+        """Record that the platform accepted ``keys`` for ``operation``."""
+        self.acknowledged_keys.setdefault(operation, []).extend(keys)
+
+    def rejected(self, key: str, operation: str, reason: str) -> None:
+        """Record one rejection."""
+        self.rejections.append((key, operation, reason))
+
+
+# --------------------------------------------------------------------------------------------------
+# Records from Arrow batches
+# --------------------------------------------------------------------------------------------------
+
+
+def _required_columns(spec: ActivationSpec, operation: str) -> list[str]:
+    columns = [spec.key_column, *spec.match.values()]
+    if operation in FIELD_OPERATIONS:
+        columns.extend(spec.mapping)
+    return list(dict.fromkeys(columns))
+
+
+def prepare_records(
+    platform: Platform, spec: ActivationSpec, operation: str, batch: pa.RecordBatch
+) -> tuple[list[Record], list[RecordResult]]:
+    """Map one Arrow batch to records for ``operation``; rows that cannot be sent are returned as
+    rejections (their reasons never contain the row's values)."""
+    missing = [c for c in _required_columns(spec, operation) if c not in batch.schema.names]
+    if missing:
+        raise platform.config_error(
+            f"the {operation} records lack column(s) {', '.join(missing)}; "
+            f"found: {', '.join(batch.schema.names)}"
+        )
+    keys = batch.column(spec.key_column).to_pylist()
+    idents = {name: batch.column(col).to_pylist() for name, col in spec.match.items()}
+    specs = {name: platform.identifier_spec(name) for name in spec.match}
+    fields = (
+        {col: batch.column(col).to_pylist() for col in spec.mapping} if operation in FIELD_OPERATIONS else {}
+    )
+    records: list[Record] = []
+    rejections: list[RecordResult] = []
+    for row, raw_key in enumerate(keys):
+        if raw_key is None:
+            raise PlatformError(
+                f"{platform.label}: row {row} of the {operation} records has a NULL key "
+                f"(column {spec.key_column}); NULL keys are never synced"
+            )
+        key = str(raw_key)
+        identifiers: dict[str, str] = {}
+        problem = None
+        for name, values in idents.items():
+            ident_spec = specs[name]
+            if ident_spec is None:
+                raise platform.config_error(f"match.{name}: {platform.name} has no identifier {name!r}")
+            try:
+                identifiers[name] = prepare_identifier(
+                    ident_spec, values[row], default_country=spec.default_country
+                )
+            except IdentifierError as exc:
+                column = spec.match[name]
+                problem = (f"identifier {name} (column {column}) is {exc}", f"invalid identifier {name}")
+                break
+        if problem is not None:
+            rejections.append(RecordResult(key, "rejected", problem[0], problem[1]))
+            continue
+        values_out: dict[str, Any] = {}
+        for col, target in spec.mapping.items() if fields else ():
+            value = fields[col][row]
+            if value is None and spec.null_values == "skip":
+                continue
+            values_out[target] = value
+        records.append(Record(key, operation, identifiers, values_out))
+    return records, rejections
+
+
+def batch_records(
+    items: Iterable[tuple[Record, Any]],
+    *,
+    max_records: int,
+    max_bytes: int | None = None,
+    envelope_bytes: int = 0,
+    on_oversized: Any = None,
+) -> Iterator[list[tuple[Record, Any]]]:
+    """Cut ``(record, input)`` pairs into batches of at most ``max_records`` records and
+    ``max_bytes`` bytes (the inputs' compact JSON, the commas between them, plus ``envelope_bytes``
+    for the rest of the request body).
+
+    A record too big to fit alone is passed to ``on_oversized(record, size)`` and left out.
+    """
+    batch: list[tuple[Record, Any]] = []
+    size = envelope_bytes
+    for record, payload in items:
+        item_size = json_size(payload) if max_bytes is not None else 0
+        if max_bytes is not None and envelope_bytes + item_size > max_bytes:
+            if on_oversized is not None:
+                on_oversized(record, item_size)
+            continue
+        # Every input after the first costs one more byte: the comma between them.
+        full = len(batch) >= max_records or (max_bytes is not None and size + 1 + item_size > max_bytes)
+        if batch and full:
+            yield batch
+            batch, size = [], envelope_bytes
+        size += item_size + (1 if batch else 0)
+        batch.append((record, payload))
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------------
+# Delivery
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Work:
+    operation: str
+    records: list[Record]
+    inputs: list[Any]
+    attempt: int = 0
+
+
+def _normalize_changes(changes: Changes) -> list[tuple[str, Iterable[pa.RecordBatch]]]:
+    if isinstance(changes, Mapping):
+        return list(changes.items())
+    return list(changes)
+
+
+class _Delivery:
+    """State of one :func:`deliver` call (main thread: journal and results; workers: sends)."""
+
+    def __init__(
+        self,
+        platform: Platform,
+        spec: ActivationSpec,
+        journal: Journal,
+        transport: Transport | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self.platform = platform
+        self.spec = spec
+        self.journal = journal
+        self.transport = transport
+        self.retry = retry
+        self.limits = platform.effective_limits()
+        self.result = DeliveryResult(destination=spec.destination, platform=platform.name)
+        self.stop_error: BaseException | None = None
+        self.quota: QuotaExhausted | None = None
+        self._stop = threading.Event()
+
+    # -- worker side ------------------------------------------------------------------------------------
+
+    def run_batch(self, work: _Work) -> BatchOutcome:
+        if self._stop.is_set():
+            raise _Cancelled()
+        assert self.transport is not None  # only previews run without one, and they send nothing
+        outcome = self.platform.deliver_batch(work.operation, work.records, work.inputs, self.transport)
+        deadline = time.monotonic() + self.retry.job_timeout_seconds
+        while outcome.job is not None:
+            job = outcome.job
+            if time.monotonic() > deadline:
+                raise PlatformRequestError(
+                    f"{self.platform.label}: job {job.id} did not finish within "
+                    f"{self.retry.job_timeout_seconds:.0f}s"
+                )
+            time.sleep(self.platform.poll_interval_seconds)
+            outcome = self.platform.poll_job(work.operation, work.records, job, self.transport)
+        return outcome
+
+    # -- main thread side -------------------------------------------------------------------------------
+
+    def reject(self, operation: str, results: Iterable[RecordResult]) -> None:
+        counts = self.result.counts(operation)
+        for r in results:
+            counts.rejected += 1
+            self.result.reasons[r.reason_code or r.reason or "rejected"] += 1
+            self.journal.rejected(r.key, operation, r.reason or r.reason_code or "rejected")
+
+    def record_items(
+        self, operation: str, arrow_batches: Iterable[pa.RecordBatch]
+    ) -> Iterator[tuple[Record, Any]]:
+        counts = self.result.counts(operation)
+        for arrow_batch in arrow_batches:
+            if self._stop.is_set():
+                return
+            counts.records += arrow_batch.num_rows
+            records, rejections = prepare_records(self.platform, self.spec, operation, arrow_batch)
+            self.reject(operation, rejections)
+            if not records:
+                continue
+            done = set(self.journal.already_acknowledged(operation, [r.key for r in records]))
+            if done:
+                counts.already_acknowledged += sum(1 for r in records if r.key in done)
+                records = [r for r in records if r.key not in done]
+            for record in records:
+                yield record, self.platform.record_input(operation, record)
+
+    def oversized(self, record: Record, size: int) -> None:
+        limit = self.limits.max_bytes_per_batch
+        self.reject(
+            record.operation,
+            [
+                RecordResult(
+                    record.key,
+                    "rejected",
+                    f"record is {size} bytes, over {self.platform.name}'s limit of {limit} bytes per request",
+                    "record too large",
+                )
+            ],
+        )
+
+    def apply(self, work: _Work, outcome: BatchOutcome, requeue: list[_Work]) -> None:
+        """Journal one batch's verdicts; queue its halves or its retry records."""
+        operation = work.operation
+        if outcome.split and len(work.records) > 1:
+            half = len(work.records) // 2
+            requeue.append(_Work(operation, work.records[:half], work.inputs[:half], work.attempt))
+            requeue.append(_Work(operation, work.records[half:], work.inputs[half:], work.attempt))
+            return
+        counts = self.result.counts(operation)
+        by_key = {r.key: r for r in outcome.results}
+        verdicts = [by_key.get(r.key) for r in work.records]
+        accepted = [r.key for r, v in zip(work.records, verdicts) if v is not None and v.status == "accepted"]
+        if accepted:
+            self.journal.acknowledged(operation, accepted)
+            counts.accepted += len(accepted)
+        self.reject(operation, [v for v in verdicts if v is not None and v.status == "rejected"])
+        again = [i for i, v in enumerate(verdicts) if v is None or v.status == "retry"]
+        if not again:
+            return
+        unknown = sum(1 for v in verdicts if v is None)
+        if unknown:
+            logger.warning(
+                "%s: the platform gave no result for %d record(s); they go with the next sync",
+                self.platform.label,
+                unknown,
+            )
+        if work.attempt < self.retry.max_record_retries and not unknown:
+            requeue.append(
+                _Work(
+                    operation,
+                    [work.records[i] for i in again],
+                    [work.inputs[i] for i in again],
+                    work.attempt + 1,
+                )
+            )
+        else:
+            counts.not_sent += len(again)
+
+    def stop(self, error: BaseException) -> None:
+        if isinstance(error, QuotaExhaustedError):
+            if self.quota is None:
+                self.quota = QuotaExhausted(str(error))
+                logger.warning("%s: %s; the rest goes with the next sync", self.platform.label, error)
+        elif self.stop_error is None:
+            self.stop_error = error
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+class _Cancelled(Exception):
+    """A queued batch that will not be sent because the delivery is stopping."""
+
+
+def deliver(
+    platform: Platform,
+    spec: ActivationSpec,
+    changes: Changes,
+    journal: Journal,
+    *,
+    retry: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+) -> DeliveryResult:
+    """Send every record of ``changes`` (operation -> Arrow batches) to ``platform``.
+
+    Returns the :class:`DeliveryResult`; ``result.quota`` is set when a quota ended the delivery
+    early (a partial success: what was acknowledged is in the journal). Raises PlatformAuthError at
+    the first refused credential, PlatformRequestError when a request fails for good, and
+    PlatformConfigError for an operation the service does not offer or missing columns; batches
+    already answered are journalled before any of these is raised.
+    """
+    retry = retry or RetryPolicy()
+    operations = _normalize_changes(changes)
+    for operation, _ in operations:
+        platform.check_operation(operation)
+    with Transport(platform, retry=retry, session=session) as transport:
+        state = _Delivery(platform, spec, journal, transport, retry)
+        started = time.monotonic()
+        try:
+            _run(state, operations)
+        finally:
+            state.result.requests = transport.requests
+            state.result.retries = transport.retries
+            state.result.rate_limit_wait_seconds = transport.rate_limit_wait_seconds
+            state.result.retry_wait_seconds = transport.retry_wait_seconds
+        state.result.quota = state.quota
+        logger.info(
+            "%s: delivered in %.1fs: %d accepted, %d rejected, %d requests, %d retries",
+            platform.label,
+            time.monotonic() - started,
+            state.result.accepted,
+            state.result.rejected,
+            transport.requests,
+            transport.retries,
+        )
+        return state.result
+
+
+def _run(state: _Delivery, operations: list[tuple[str, Iterable[pa.RecordBatch]]]) -> None:
+    limits = state.limits
+    max_in_flight = limits.max_concurrency * 2
+    with ThreadPoolExecutor(max_workers=limits.max_concurrency, thread_name_prefix="dinmo-platform") as pool:
+        for operation, arrow_batches in operations:
+            if state.stopped:
+                break
+            in_flight: dict[Future[BatchOutcome], _Work] = {}
+            pending: list[_Work] = []
+            batches = batch_records(
+                state.record_items(operation, arrow_batches),
+                max_records=limits.max_records_per_batch,
+                max_bytes=limits.max_bytes_per_batch,
+                envelope_bytes=limits.envelope_bytes,
+                on_oversized=state.oversized,
+            )
+            source_done = False
+            while True:
+                while not state.stopped and len(in_flight) < max_in_flight:
+                    if pending:
+                        work = pending.pop(0)
+                    elif not source_done:
+                        batch = next(batches, None)
+                        if batch is None:
+                            source_done = True
+                            continue
+                        work = _Work(operation, [r for r, _ in batch], [p for _, p in batch])
+                    else:
+                        break
+                    state.result.batches += 1
+                    in_flight[pool.submit(state.run_batch, work)] = work
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    work = in_flight.pop(future)
+                    try:
+                        outcome = future.result()
+                    except _Cancelled:
+                        state.result.counts(operation).not_sent += len(work.records)
+                        continue
+                    except (PlatformError, requests.RequestException) as exc:
+                        state.result.counts(operation).not_sent += len(work.records)
+                        state.stop(exc)
+                        continue
+                    state.apply(work, outcome, pending)
+            if state.stopped:
+                state.result.counts(operation).not_sent += sum(len(w.records) for w in pending)
+    if state.stop_error is not None:
+        raise state.stop_error
+
+
+def check_rejection_rate(result: DeliveryResult, max_rejected_pct: float = 10.0) -> None:
+    """Raise RejectionRateExceeded when more than ``max_rejected_pct`` % of the records that got a
+    verdict were rejected; the message gives the counts and the top reasons."""
+    if result.rejected and result.rejected_pct > max_rejected_pct:
+        reasons = "; ".join(f"{reason} ({n})" for reason, n in result.top_reasons())
+        decided = result.accepted + result.rejected
+        raise RejectionRateExceeded(
+            f"destination '{result.destination}' ({result.platform}): {result.rejected} of {decided} "
+            f"records ({result.rejected_pct:.1f}%) were rejected, above max_rejected_pct "
+            f"{max_rejected_pct:g}; top reasons: {reasons}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Preview and validate --connect
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    """A request a sync would send, with every identifier value masked."""
+
+    operation: str
+    method: str
+    url: str
+    params: Mapping[str, str] | None
+    body: Any
+    records: int
+
+
+def mask_identifier(value: str) -> str:
+    """A masked identifier for display: ``j***@e***``, ``+336***``, ``3f2a9c1e…`` for hashes."""
+    if is_sha256_hex(value):
+        return value[:8] + "…"
+    if "@" in value:
+        local, _, domain = value.partition("@")
+        return f"{local[:1]}***@{domain[:1]}***"
+    return value[:4] + "***" if len(value) > 6 else "***"
+
+
+def _mask(value: Any, secrets: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return secrets.get(value, value)
+    if isinstance(value, list):
+        return [_mask(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask(v, secrets) for k, v in value.items()}
+    return value
+
+
+def preview(
+    platform: Platform, spec: ActivationSpec, changes: Changes, *, max_requests: int = 3
+) -> list[PreviewRequest]:
+    """The first ``max_requests`` requests a delivery would send (per operation), built from the
+    given records without sending anything; identifier values are masked wherever they appear."""
+    previews: list[PreviewRequest] = []
+    limits = platform.effective_limits()
+    for operation, arrow_batches in _normalize_changes(changes):
+        platform.check_operation(operation)
+        state = _Delivery(platform, spec, InMemoryJournal(), None, RetryPolicy())
+        batches = batch_records(
+            state.record_items(operation, arrow_batches),
+            max_records=limits.max_records_per_batch,
+            max_bytes=limits.max_bytes_per_batch,
+            envelope_bytes=limits.envelope_bytes,
+        )
+        for n, batch in enumerate(batches):
+            if n >= max_requests:
+                break
+            records = [r for r, _ in batch]
+            request = platform.preview_request(operation, [p for _, p in batch], records)
+            masks = {v: mask_identifier(v) for r in records for v in r.identifiers.values()}
+            params = {k: masks.get(v, v) for k, v in (request.params or {}).items()} or None
+            url = request.path if request.path.startswith("http") else platform.base_url + request.path
+            previews.append(
+                PreviewRequest(
+                    operation, request.method, url, params, _mask(request.json, masks), len(records)
+                )
+            )
+    return previews
+
+
+def check_connection(platform: Platform, *, retry: RetryPolicy | None = None) -> None:
+    """Check the credentials and the target with the platform's cheapest request; raise
+    PlatformAuthError or PlatformRequestError."""
+    with Transport(platform, retry=retry) as transport:
+        platform.check_connection(transport)
+
+
+def validate_connection(
+    platform: Platform, spec: ActivationSpec, *, retry: RetryPolicy | None = None
+) -> list[str]:
+    """``validate --connect`` for one activation: the credentials and target, then (where the
+    platform exposes a schema) that the match identifiers and mapped fields exist. Returns the
+    problems, each naming its key (``mapping.ltv``); an unreachable platform is one problem."""
+    problems = platform.validate_activation(spec.match, spec.mapping)
+    try:
+        with Transport(platform, retry=retry) as transport:
+            platform.check_connection(transport)
+            fields: Mapping[str, FieldInfo] | None = platform.discover_fields(transport)
+    except (PlatformError, requests.RequestException) as exc:
+        return [*problems, str(exc)]
+    if fields is not None:
+        problems.extend(platform.validate_fields(spec.match, spec.mapping, fields))
+    return problems
