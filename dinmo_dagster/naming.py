@@ -24,6 +24,7 @@ The writer adds at most ``MAX_SUFFIX_BYTES`` (32) bytes to a name (``_updated``,
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -217,3 +218,23 @@ def _clip(text: str, limit: int = 40) -> str:
 def join_object_name(folder: str, name: str) -> str:
     """The object name of file `name` in a validated `folder` ('' = bucket root)."""
     return f"{folder}/{name}" if folder else name
+
+
+# PostgreSQL cuts identifiers at 63 bytes (NAMEDATALEN - 1), the shortest limit of the supported
+# warehouses: a longer table name would silently become another table's name.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def warehouse_name(prefix: str, name: str, suffix: str = "") -> str:
+    """The name of a table or view the tool creates for ``name`` (``prefix + name + suffix``).
+
+    Names that fit in 63 bytes are kept as they are; a longer one keeps ``prefix`` and ``suffix``,
+    the start of ``name`` and 8 hex digits of its SHA-1, so distinct names stay distinct and the same
+    name always gives the same table.
+    """
+    full = f"{prefix}{name}{suffix}"
+    if len(full.encode()) <= MAX_IDENTIFIER_BYTES:
+        return full
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    room = MAX_IDENTIFIER_BYTES - len(prefix.encode()) - len(suffix.encode()) - len(digest) - 1
+    return f"{prefix}{name.encode()[:max(room, 0)].decode(errors='ignore')}_{digest}{suffix}"

@@ -90,25 +90,29 @@ class SyncTarget:
         return self.warehouse.dialect
 
     def segment_relation(self) -> exp.Table:
-        return self.warehouse.qualify(self.schemas.segments, f"segment_{self.segment_name}")
+        return self.warehouse.qualify(self.schemas.segments, naming.warehouse_name("segment_", self.segment_name))
 
     def state(self, spec: delta.StateTable) -> exp.Table:
         schema = self.schemas.stats if spec is delta.SYNC_HISTORY else self.schemas.delta_storage
         return self.warehouse.qualify(schema, spec.name)
 
+    def _delta_table(self, prefix: str, partition_key: str | None = None) -> exp.Table:
+        suffix = f"__{_table_suffix(partition_key)}" if partition_key is not None else ""
+        return self.warehouse.qualify(self.schemas.delta_storage, naming.warehouse_name(prefix, self.name, suffix))
+
     def snapshot_table(self, partition_key: str) -> exp.Table:
-        return self.warehouse.qualify(self.schemas.delta_storage, f"snap__{self.name}__{_table_suffix(partition_key)}")
+        return self._delta_table("snap__", partition_key)
 
     def changes_table(self, partition_key: str) -> exp.Table:
-        return self.warehouse.qualify(self.schemas.delta_storage, f"chg__{self.name}__{_table_suffix(partition_key)}")
+        return self._delta_table("chg__", partition_key)
 
     def rows_table(self, partition_key: str) -> exp.Table:
         """The rows a sync delivers, with their values: all of them (full sync) or its changes (delta)."""
-        return self.warehouse.qualify(self.schemas.delta_storage, f"rows__{self.name}__{_table_suffix(partition_key)}")
+        return self._delta_table("rows__", partition_key)
 
     def values_table(self) -> exp.Table:
         """A difference activation's last delivered values of every record: where removed rows come from."""
-        return self.warehouse.qualify(self.schemas.delta_storage, f"vals__{self.name}")
+        return self._delta_table("vals__")
 
     def keeps_values(self) -> bool:
         return self.activation.sync_mode == "difference" and self.activation.effective_run_type == "full_then_delta"

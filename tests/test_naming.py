@@ -228,3 +228,17 @@ def test_folder_errors(folder: str, message: str) -> None:
 def test_join_object_name() -> None:
     assert join_object_name("", "a.csv") == "a.csv"
     assert join_object_name("crm/vip", "a.csv") == "crm/vip/a.csv"
+
+
+def test_warehouse_names_fit_postgresql_and_stay_distinct() -> None:
+    from dinmo_dagster.naming import warehouse_name
+
+    assert warehouse_name("snap__", "vip", "__20250414t090507_042000z") == "snap__vip__20250414t090507_042000z"
+    long_a, long_b = "x" * 59 + "diff", "x" * 59 + "_ups"
+    a = warehouse_name("snap__", long_a, "__20250414t090507_042000z")
+    b = warehouse_name("snap__", long_b, "__20250414t090507_042000z")
+    assert len(a.encode()) == len(b.encode()) == 63
+    assert a != b and a.startswith("snap__xxx") and a.endswith("__20250414t090507_042000z")
+    assert a == "snap__" + "x" * 23 + "_c458ca76__20250414t090507_042000z"  # start of the name, its SHA-1
+    assert warehouse_name("model_", "é" * 40) == warehouse_name("model_", "é" * 40)  # stable, valid UTF-8
+    assert len(warehouse_name("model_", "é" * 40).encode()) <= 63

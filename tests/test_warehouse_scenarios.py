@@ -71,25 +71,32 @@ def live_configured(kind: str) -> bool:
     return all(os.environ.get(n) for n in names)
 
 
-def _project_yaml(source: str, raw: str = "raw") -> str:
+# The longest names a project may use (63 characters), sharing their first 59: PostgreSQL cuts
+# identifiers at 63 bytes, so the tables and views named after them must still be told apart.
+LONG = "x" * 59
+LONG_NAMES = {"customers": f"{LONG}cust", "big": f"{LONG}_big", "diff": f"{LONG}diff", "ups": f"{LONG}_ups"}
+
+
+def _project_yaml(source: str, raw: str = "raw", names: dict[str, str] | None = None) -> str:
+    n = {k: k for k in LONG_NAMES} | (names or {})
     return textwrap.dedent(f"""
         sources:
           wh: {source}
         models:
-          customers: {{source: wh, table: {raw}.customers, primary_key: customer_id}}
+          {n["customers"]}: {{source: wh, table: {raw}.customers, primary_key: customer_id}}
         segments:
-          big: {{model: customers, sql: "select * from {{{{ model }}}} where ltv > 500"}}
+          {n["big"]}: {{model: {n["customers"]}, sql: "select * from {{{{ model }}}} where ltv > 500"}}
         destinations:
           out: {{type: local, path: out}}
         activations:
-          diff:
-            segment: big
+          {n["diff"]}:
+            segment: {n["big"]}
             destination: out
             file_name: "big_{{DD}}"
             sync_mode: difference
             mapping: {{customer_id: id, email: email, ltv: ltv, note: note}}
-          ups:
-            segment: big
+          {n["ups"]}:
+            segment: {n["big"]}
             destination: out
             folder: ups
             file_name: "big_{{DD}}"
@@ -169,7 +176,8 @@ def _drop_schemas(wh, schemas: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def scenario_project(kind: str, request, tmp_path: Path, monkeypatch) -> Iterator[SimpleNamespace]:
+def scenario_project(kind: str, request, tmp_path: Path, monkeypatch,
+                     names: dict[str, str] | None = None) -> Iterator[SimpleNamespace]:
     """A project with model `customers` (SEED rows), segment `big` and activations `diff` and `ups`, on a
     warehouse of `kind`: duckdb, postgres, redshift, snowflake, or live bigquery / databricks."""
     raw, live_schemas = "raw", []
@@ -190,7 +198,7 @@ def scenario_project(kind: str, request, tmp_path: Path, monkeypatch) -> Iterato
         live_schemas = [raw, f"{prefix}segments", f"{prefix}stats", f"{prefix}delta"]
         ctx = contextlib.nullcontext(bigquery_source(prefix) if kind == "bigquery" else databricks_source(prefix))
     with ctx as source:
-        (tmp_path / "dinmo.yaml").write_text(_project_yaml(source, raw))
+        (tmp_path / "dinmo.yaml").write_text(_project_yaml(source, raw, names))
         project = load_project(tmp_path)
         with dg.build_resources(build_resources(project)) as resources:
             wh = resources.source_wh
@@ -204,7 +212,8 @@ def scenario_project(kind: str, request, tmp_path: Path, monkeypatch) -> Iterato
                 values = ", ".join(f"({i}, '{e}', {ltv}, '{c}', {'null' if n is None else repr(n)}, 'u')"
                                    for i, e, ltv, c, n in SEED)
                 run(wh, f"insert into {raw}.customers values {values}")
-                yield SimpleNamespace(project=project, resources=resources, wh=wh, dir=tmp_path, kind=kind, raw=raw)
+                yield SimpleNamespace(project=project, resources=resources, wh=wh, dir=tmp_path, kind=kind, raw=raw,
+                                      names={k: k for k in LONG_NAMES} | (names or {}))
             except BaseException:
                 # the test's own failure is the one to report, not a failing clean-up after it
                 with contextlib.suppress(Exception):
@@ -235,6 +244,7 @@ def run(wh, duckdb_sql: str) -> None:
 
 
 def do_sync(env, activation: str, key: str) -> sync.SyncResult:
+    activation = env.names[activation]
     t = sync_target(env.project, activation, env.resources)
     refresh_upstream(env.project, activation, env.resources)
     sync.take_snapshot(t, key)
@@ -291,6 +301,14 @@ def check_same_files_and_rows(env: SimpleNamespace) -> None:
     assert [len(read_csv(out / f"big_03_{k}.csv")) for k in ("added", "updated", "removed")] == [1, 1, 1]
     u3 = do_sync(env, "ups", "20250103T000001.000000Z")
     assert (u3.files, u3.rows_written) == ([], 0)
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+def test_names_of_63_characters_keep_their_own_tables_and_views(kind, request, tmp_path: Path, monkeypatch) -> None:
+    """Two activations, and two syncs of one activation, never share a snapshot table, even where the
+    warehouse cuts long identifiers (PostgreSQL: 63 bytes)."""
+    with scenario_project(kind, request, tmp_path, monkeypatch, names=LONG_NAMES) as env:
+        check_same_files_and_rows(env)
 
 
 def test_validation_finds_nothing_wrong_on_every_warehouse(warehouse_project) -> None:

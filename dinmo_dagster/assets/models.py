@@ -18,7 +18,7 @@ import dagster as dg
 import sqlglot
 from sqlglot import exp
 
-from dinmo_dagster import delta, stats
+from dinmo_dagster import delta, naming, stats
 from dinmo_dagster.config import Model, Project, Segment
 from dinmo_dagster.resources import source_key
 
@@ -83,12 +83,12 @@ def source_table_key(project: Project, source: str, table: str) -> dg.AssetKey:
 
 def model_relation(wh: Any, project: Project, name: str) -> exp.Table:
     schemas = project.sources[project.models[name].source].helper_schemas
-    return wh.qualify(schemas.segments, f"model_{name}")
+    return wh.qualify(schemas.segments, naming.warehouse_name("model_", name))
 
 
 def segment_relation(wh: Any, project: Project, name: str) -> exp.Table:
-    model = project.models[project.segments[name].model]
-    return wh.qualify(project.sources[model.source].helper_schemas.segments, f"segment_{name}")
+    schemas = project.sources[project.models[project.segments[name].model].source].helper_schemas
+    return wh.qualify(schemas.segments, naming.warehouse_name("segment_", name))
 
 
 def _kinds(project: Project, source: str) -> set[str]:
