@@ -371,6 +371,7 @@ class _Frame:
     height: int = 1  # levels of nesting inside, aliases expanded, this one included
     children: int = 0
     key: str = "?"  # the current key of a mapping
+    keys: set[str] = field(default_factory=set)  # the scalar keys of a mapping seen so far
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -427,6 +428,11 @@ def _scan_yaml(text: str) -> None:
             parent.values += values
             parent.height = max(parent.height, height + 1)
             if parent.is_map and parent.children % 2 == 0:
+                if isinstance(event, yaml.ScalarEvent) and key in parent.keys:
+                    # PyYAML keeps the last of two equal keys: a pasted entry would replace another silently
+                    fail(event, f"the key '{_clip(key, 60)}' appears twice in this mapping; allowed: each key "
+                                "once (the second would silently replace the first)")
+                parent.keys.add(key)
                 parent.key = key
             parent.children += 1
 

@@ -264,6 +264,14 @@ def test_alias_inside_the_value_it_names_is_refused(tmp_path: Path) -> None:
                    "value it refers to; allowed: aliases of values defined before and outside them")]
 
 
+def test_a_key_written_twice_in_one_mapping_is_an_error_not_a_silent_replacement(tmp_path: Path) -> None:
+    text = BASE + "  daily_vip: {segment: vip, destination: exports, file_name: copy}\n"
+    got = problems(tmp_path, text)
+    at = position(text, "daily_vip: {")
+    assert got == [(f"dinmo.yaml: {at}: activations: the key 'daily_vip' appears twice in this mapping; "
+                    "allowed: each key once (the second would silently replace the first)")]
+
+
 def test_non_utf8_file_names_line_and_column(tmp_path: Path) -> None:
     text = BASE.replace("project: acme-data", "project: acmé")
     (tmp_path / "dinmo.yaml").write_bytes(textwrap.dedent(text).encode("latin-1"))
