@@ -346,7 +346,7 @@ _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
-    """YAML 1.2 booleans: only true/false. YAML 1.1 reads the SPEC's ``on:`` key as True."""
+    """YAML 1.2 booleans: only true/false. YAML 1.1 reads an ``on:`` key (alerts) as True."""
 
 
 _Loader.yaml_implicit_resolvers = {

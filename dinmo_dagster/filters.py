@@ -1,4 +1,4 @@
-"""No-code segment filters and calculated fields, compiled to warehouse SQL with sqlglot (SPEC section 6).
+"""No-code segment filters and calculated fields, compiled to warehouse SQL with sqlglot.
 
 Plain Python: no Dagster imports, no connection to a warehouse. Every user value becomes a sqlglot
 literal and every identifier is quoted, so nothing a user types is ever pasted into SQL text.

@@ -1,4 +1,4 @@
-"""File-name templates and destination folders (SPEC section 5).
+"""File-name templates and destination folders.
 
 A template is literal text plus variables in braces, taken from the sync's start time:
 

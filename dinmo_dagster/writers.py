@@ -1,4 +1,4 @@
-"""Export file formats and size-based splitting (SPEC section 5), streaming Arrow record batches.
+"""Export file formats and size-based splitting, streaming Arrow record batches.
 
 Every text format is rendered with vectorised pyarrow compute, one batch at a time: each column is
 turned into its text form once per batch and the rows are assembled with ``binary_join_element_wise``.

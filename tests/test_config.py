@@ -61,7 +61,7 @@ def test_quickstart_loads() -> None:
     project = load_project(QUICKSTART_DIR)
     assert sorted(project.models) == ["customers", "orders"]
     assert sorted(project.activations) == ["subscribers_snapshot", "vip_europe_daily"]
-    # YAML 1.1 would read the SPEC's `on:` key as the boolean True.
+    # YAML 1.1 would read an `on:` key as the boolean True.
     assert project.models["customers"].relationships[0].on == {"customer_id": "customer_id"}
 
 

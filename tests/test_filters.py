@@ -1,4 +1,4 @@
-"""No-code segment filters and calculated fields (SPEC section 6), run on DuckDB and PostgreSQL.
+"""No-code segment filters and calculated fields, run on DuckDB and PostgreSQL.
 
 Each filter is compiled, run against the same small database on both warehouses, and its members are
 compared with the set computed in Python from the same rows. Other dialects are checked by parsing
@@ -367,7 +367,7 @@ RELATION_CASES = {
         {"relation": "orders", "count": {"op": "gte", "value": 1}, "where": SHOES_90D},
         lambda c: len(orders_of(c, lambda o: has_shoes(o) and within(o["ordered_at"], 90))) >= 1,
     ),
-    "count_gte_2_shoe_orders_in_90_days": (  # the SPEC's example
+    "count_gte_2_shoe_orders_in_90_days": (  # the README's example
         {"relation": "orders", "count": {"op": "gte", "value": 2}, "where": SHOES_90D},
         lambda c: len(orders_of(c, lambda o: has_shoes(o) and within(o["ordered_at"], 90))) >= 2,
     ),

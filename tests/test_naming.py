@@ -1,4 +1,4 @@
-"""File-name templates and folders (SPEC section 5)."""
+"""File-name templates and folders."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ ORDERS = [  # id, customer, product_type, days ago
 
 
 def expected_shoe_fans() -> set[int]:
-    """The SPEC's example, computed in Python from the same rows."""
+    """The documented shoe-fans example, computed in Python from the same rows."""
     fans = set()
     for cid, _name, country, ltv in CUSTOMERS:
         recent_shoes = [o for o in ORDERS if o[1] == cid and o[2] == "shoes" and o[3] < 90]

@@ -1,4 +1,4 @@
-"""Export formats and part splitting (SPEC section 5), read back with independent parsers."""
+"""Export formats and part splitting, read back with independent parsers."""
 
 from __future__ import annotations
 
