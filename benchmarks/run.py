@@ -167,12 +167,12 @@ def product_duckdb_settings(project_dir: Path) -> dict[str, str]:
     if extra:
         raise SystemExit(f"benchmarks/run.py: the source 'wh' sets {', '.join(extra)}; the benchmark runs with "
                          "the product's defaults only (type and path)")
-    wh = build_resources(project)["source_wh"]
+    wh = build_resources(project)["source_wh"].get_warehouse()
     names = ("memory_limit", "temp_directory", "max_temp_directory_size", "preserve_insertion_order", "threads")
     query = "SELECT " + ", ".join(f"current_setting('{n}')" for n in names)
     values = wh.query(query)[0]
     settings = {n: str(v) for n, v in zip(names, values)}
-    settings["memory_limit_config"] = str(wh.memory_limit)
+    settings["memory_limit_config"] = str(wh.config.memory_limit)
     return settings
 
 
@@ -244,9 +244,11 @@ def _sql_kind(sql: str) -> str:
 def install_phase_timers() -> None:
     """Wrap the product's warehouse, writer and destination calls with phase timers."""
     from dinmo_dagster import sync, writers
-    from dinmo_dagster.resources import destinations, warehouses
+    from dinmo_dagster.destinations.local import LocalDestination
+    from dinmo_dagster.warehouses import Warehouse
+    from dinmo_dagster.warehouses.duckdb import DuckDBWarehouse
 
-    wh_cls, duck = warehouses.Warehouse, warehouses.DuckDBWarehouse
+    wh_cls, duck = Warehouse, DuckDBWarehouse
 
     orig_execute, orig_query, orig_columns = wh_cls.execute, wh_cls.query, wh_cls.query_columns
 
@@ -316,7 +318,7 @@ def install_phase_timers() -> None:
         with PHASES.phase("write_parts: render + write (minus waits above)"):
             return orig_write_parts(*args, **kwargs)
 
-    orig_upload = destinations.LocalDestination.upload
+    orig_upload = LocalDestination.upload
 
     def upload(self, local_path, object_path):
         with PHASES.phase("upload: local copy + fsync + rename"):
@@ -335,7 +337,7 @@ def install_phase_timers() -> None:
     wh_cls.execute, wh_cls.query, wh_cls.query_columns = execute, query, query_columns
     duck._open, duck.stream = _open, stream
     writers.write_parts = write_parts
-    destinations.LocalDestination.upload = upload
+    LocalDestination.upload = upload
     sync.take_snapshot, sync.deliver = take_snapshot, deliver
 
 

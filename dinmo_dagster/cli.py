@@ -26,7 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+
+from dinmo_dagster import demo, sync, writers
+from dinmo_dagster.assets.activations import reap_dead_syncs, step_failure_text, sync_ops_config, sync_target
+from dinmo_dagster.compile import refresh_views
 from dinmo_dagster.config import QUICKSTART_DIR, Project, ProjectError, load_project, project_dir_from_env
+from dinmo_dagster.definitions import build_definitions
+from dinmo_dagster.emulator import STORAGE_EMULATOR_ENV_VAR, emulated_buckets, start_for_buckets
+from dinmo_dagster.names import OWNER_TAG, TRIGGER_TAG, activation_key, job_name, op_name, partitions_name
+from dinmo_dagster.resources import build_resources
+from dinmo_dagster.validation import check_project, validate_connections
 
 DEMO_DIR_NAME = "dinmo-quickstart"
 
@@ -67,9 +77,7 @@ def instance_home() -> Path:
     return home
 
 
-def _instance() -> Any:
-    import dagster as dg
-
+def _instance() -> dg.DagsterInstance:
     instance_home()
     return dg.DagsterInstance.get()
 
@@ -118,8 +126,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for warning in getattr(project, "warnings", []):
         _print(f"warning: {warning}")
     if args.connect:
-        from dinmo_dagster.validation import validate_connections
-
         problems = validate_connections(project)
         if problems:
             _print_problems(f"{path} (checked with --connect)", problems)
@@ -165,34 +171,20 @@ def sync_activation(project: Project, activation: str, full_refresh: bool = Fals
     Dagster's console log is silenced (``verbose`` keeps its warnings and errors, with stack traces);
     the run's warnings are read back from the instance and returned, so nothing is lost.
     """
-    import dagster as dg
-
-    from dinmo_dagster import sync
-    from dinmo_dagster.assets.activations import (
-        OWNER_TAG,
-        activation_key,
-        job_name,
-        partitions_name,
-        reap_dead_syncs,
-        step_failure_text,
-        sync_ops_config,
-    )
-    from dinmo_dagster.definitions import build_definitions
-
     defs = build_definitions(project)
     instance = _instance()
     for run_id in reap_dead_syncs(instance, activation):
         _print(f"sync {activation}: run {run_id} had died (its process is gone): marked it failed")
     key = sync.new_partition_key()
     instance.add_dynamic_partitions(partitions_name(activation), [key])
-    op = activation_key(activation).to_python_identifier()
+    op = op_name(activation_key(activation))
     # The CLI prints its own summary; Dagster's console shows the trace only with --verbose.
     level = "WARNING" if verbose else "CRITICAL"
     run_config = {"ops": sync_ops_config(activation, full_refresh),
                   "loggers": {"console": {"config": {"log_level": level}}}}
     result = defs.resolve_job_def(job_name(activation)).execute_in_process(
         instance=instance, partition_key=key, run_config=run_config, raise_on_error=False,
-        tags={"dinmo/trigger": "cli", OWNER_TAG: sync.OWNER},
+        tags={TRIGGER_TAG: "cli", OWNER_TAG: sync.OWNER},
     )
     out = SyncOutcome(success=result.success, metadata={}, run_id=result.run_id)
     if result.success:
@@ -282,9 +274,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_partition(args: argparse.Namespace) -> int:
     """Add a new sync partition of an activation; print its key alone on stdout (for ``$(...)``)."""
-    from dinmo_dagster import sync
-    from dinmo_dagster.assets.activations import partitions_name
-
     project = _load(args)
     if not _known_activation(project, args.activation):
         return 2
@@ -308,8 +297,6 @@ def cmd_partition(args: argparse.Namespace) -> int:
 def _sample_lines(table: Any, a: Any) -> list[str]:
     """Rows as the activation's file holds them (CSV with its delimiter and header, JSON objects, XML
     records). Parquet has no text: its rows are shown as CSV text of the same values."""
-    from dinmo_dagster import writers
-
     if table.num_rows == 0:
         return ["(no rows)"]
     # The writers' own per-format renderers (private to writers.py: there is no public row renderer).
@@ -336,11 +323,6 @@ def _sample_lines(table: Any, a: Any) -> list[str]:
 def _activation_problems(project: Project, activation: str) -> list[str]:
     """What ``dinmo validate --connect`` finds wrong with what a preview reads (its source, models,
     segments and mapping; not its destination, which a preview does not touch)."""
-    import dagster as dg
-
-    from dinmo_dagster.resources import build_resources
-    from dinmo_dagster.validation import check_project
-
     seg, model = project.model_of(activation)
     entities = {f"sources.{model.source}", f"models.{seg.model}", f"segments.{project.activations[activation].segment}",
                 f"activations.{activation}", *(f"models.{r.model}" for r in model.relationships)}
@@ -349,13 +331,7 @@ def _activation_problems(project: Project, activation: str) -> list[str]:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    from dinmo_dagster import sync
-    from dinmo_dagster.assets.activations import sync_target
-    from dinmo_dagster.assets.models import refresh_upstream
-    from dinmo_dagster.resources import build_resources
-
+    """Compile the segment, count the changes and show the first rows, writing nothing."""
     project = _load(args)
     name = args.activation
     if not _known_activation(project, name):
@@ -363,7 +339,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     try:
         with dg.build_resources(build_resources(project)) as resources:
             t = sync_target(project, name, resources)
-            compiled = refresh_upstream(project, name, resources)
+            compiled = refresh_views(t.warehouse, project, name)
             key = "preview_" + sync.new_partition_key()
             try:
                 sync.take_snapshot(t, key)
@@ -414,8 +390,6 @@ def _emulator_dir(project: Project) -> Path | None:
 def local_stand_ins(project: Project, what: str) -> Iterator[None]:
     """Start the GCS emulator when the project's gcs destinations have no credentials (see
     ``emulator.emulated_buckets``), point ``STORAGE_EMULATOR_HOST`` at it, and stop it on exit."""
-    from dinmo_dagster.emulator import STORAGE_EMULATOR_ENV_VAR, emulated_buckets, start_for_buckets
-
     buckets = emulated_buckets(project)
     if not buckets:
         yield
@@ -452,8 +426,6 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Serve the project's GCS buckets from a local emulator until interrupted."""
-    from dinmo_dagster.emulator import start_for_buckets
-
     project = _load(args)
     buckets = sorted({d.bucket for d in project.destinations.values() if d.type == "gcs"})
     if not buckets:
@@ -546,8 +518,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dinmo_dagster import demo
-
+    """Copy the quickstart, build its warehouse and sync every activation, with a local GCS emulator."""
     target = Path(args.dir or DEMO_DIR_NAME).resolve()
     if not (target / "dinmo.yaml").exists():
         target.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,10 @@ A project is one YAML file (``dinmo.yaml``) or a directory of YAML files, found 
 ``DINMO_PROJECT_DIR`` (default: the bundled quickstart). Every error names the file, the key path,
 what was found and what is allowed; unknown keys are errors, with the closest allowed key suggested.
 
+A ``sources:`` or ``destinations:`` entry is validated with the settings model of the connector its
+``type`` names (``dinmo_dagster.connectors``: one module per warehouse or destination); secrets must be
+written ``{env: NAME}`` (``dinmo_dagster.secrets``) and are read only when a connection opens.
+
 Malformed or hostile files fail fast with one line each, never a traceback: a file must be UTF-8 and
 at most ``MAX_FILE_BYTES``; its mappings and lists nest at most ``MAX_YAML_DEPTH`` levels; it holds at
 most ``MAX_YAML_VALUES`` values, of which at most ``MAX_ALIAS_VALUES`` come from YAML aliases (so an
@@ -17,6 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +29,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dinmo_dagster import filters, naming, secrets, writers
+from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, connectors
 from dinmo_dagster.filters import did_you_mean
+from dinmo_dagster.recurrence import Schedule, cron_problem, schedule_problem
+from dinmo_dagster.warehouses import SourceConfig
 
 QUICKSTART_DIR = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -52,95 +61,6 @@ class ProjectError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-
-class EnvRef(_Strict):
-    """A secret read from an environment variable at run time: ``{env: NAME}``."""
-
-    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-
-
-# Fields that hold secrets: they must be given as {env: NAME}, never inline.
-SECRET_FIELDS = {"password", "service_account_json", "access_token", "private_key", "private_key_passphrase"}
-
-
-class HelperSchemas(_Strict):
-    """Names of the helper schemas the tool creates in a source on first use."""
-
-    segments: str = "dinmo_segments"
-    stats: str = "dinmo_stats"
-    delta_storage: str = "dinmo_delta_storage"
-    predictions: str = "dinmo_predictions"
-
-
-class _SourceBase(_Strict):
-    helper_schemas: HelperSchemas = HelperSchemas()
-
-
-class DuckDBSource(_SourceBase):
-    type: Literal["duckdb"]
-    path: str
-    memory_limit: str | None = "50%"  # half the memory: see warehouses.DUCKDB_DEFAULT_MEMORY_LIMIT
-    preserve_insertion_order: bool = False
-
-
-class PostgresSource(_SourceBase):
-    type: Literal["postgres"]
-    host: str
-    port: int = 5432
-    database: str
-    user: str | EnvRef
-    password: EnvRef | None = None
-    schema_: str = Field("public", alias="schema")
-    sslmode: str | None = None
-
-
-class SnowflakeSource(_SourceBase):
-    type: Literal["snowflake"]
-    account: str | EnvRef
-    user: str | EnvRef
-    password: EnvRef | None = None
-    private_key: EnvRef | None = None
-    private_key_path: str | None = None
-    private_key_passphrase: EnvRef | None = None
-    database: str
-    warehouse: str | None = None
-    role: str | None = None
-    schema_: str | None = Field(None, alias="schema")
-
-
-class BigQuerySource(_SourceBase):
-    type: Literal["bigquery"]
-    project: str
-    location: str | None = None
-    service_account_json: EnvRef | None = None
-    service_account_file: str | None = None
-    dataset: str | None = None
-
-
-class RedshiftSource(_SourceBase):
-    type: Literal["redshift"]
-    host: str
-    port: int = 5439
-    database: str
-    user: str | EnvRef
-    password: EnvRef | None = None
-    schema_: str = Field("public", alias="schema")
-
-
-class DatabricksSource(_SourceBase):
-    type: Literal["databricks"]
-    server_hostname: str
-    http_path: str
-    access_token: EnvRef
-    catalog: str | None = None
-    schema_: str | None = Field(None, alias="schema")
-
-
-Source = Annotated[
-    DuckDBSource | PostgresSource | SnowflakeSource | BigQuerySource | RedshiftSource | DatabricksSource,
-    Field(discriminator="type"),
-]
 
 
 class Relationship(_Strict):
@@ -209,24 +129,6 @@ class Segment(_Strict):
         return self
 
 
-class GCSDestinationConfig(_Strict):
-    type: Literal["gcs"]
-    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")]
-    project: str | None = None
-    service_account_json: EnvRef | None = None
-    service_account_file: str | None = None
-
-
-class LocalDestinationConfig(_Strict):
-    type: Literal["local"]
-    path: str
-
-
-DestinationConfig = Annotated[
-    GCSDestinationConfig | LocalDestinationConfig, Field(discriminator="type")
-]
-
-
 class CsvOptions(_Strict):
     delimiter: Literal[",", ";", "|", "\t"] = ","
     header: bool = True
@@ -243,26 +145,6 @@ class XmlOptions(_Strict):
 
 class ParquetOptions(_Strict):
     compression: Literal["snappy", "gzip", "zstd", "none"] = "snappy"
-
-
-class Schedule(_Strict):
-    """DinMo's schedule options: an interval, a custom recurrence (times and days) or a cron."""
-
-    cron: str | None = None
-    every: str | None = None
-    at: str | list[str] | None = None
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
-    timezone: str = "UTC"
-    enabled: bool = True
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Schedule:
-        kinds = [k for k in ("cron", "every", "at") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError("give exactly one of 'cron', 'every' or 'at'")
-        if self.days is not None and self.at is None:
-            raise ValueError("'days' goes with 'at'")
-        return self
 
 
 class Trigger(_Strict):
@@ -312,10 +194,10 @@ class Project:
     """A loaded, validated project: the YAML sections plus where each entry came from."""
 
     directory: Path
-    sources: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
     segments: dict[str, Segment] = field(default_factory=dict)
-    destinations: dict[str, Any] = field(default_factory=dict)
+    destinations: dict[str, ConnectorConfig] = field(default_factory=dict)
     activations: dict[str, Activation] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
     origins: dict[str, str] = field(default_factory=dict)  # "activations.x" -> file name
@@ -536,7 +418,7 @@ def _describe(value: Any) -> str:
 def _clean_loc(err: dict[str, Any]) -> list[str]:
     # Drop discriminator tags pydantic inserts ("duckdb", "function-after[...]") from the path.
     return [_clip(str(p)) for p in err["loc"]
-            if not str(p).startswith("function-") and str(p) not in _DISCRIMINATOR_TAGS]
+            if not str(p).startswith("function-") and not _is_union_tag(str(p))]
 
 
 def _typo_fixes(errors: list[dict[str, Any]], model_cls: Any) -> dict[tuple[str, ...], str]:
@@ -585,8 +467,12 @@ def _format_error(file: str, prefix: str, err: dict[str, Any], model_cls: Any) -
     return f"{file}: {key}: {msg}, found {_describe(err['input'])}"
 
 
-_DISCRIMINATOR_TAGS = {"duckdb", "postgres", "snowflake", "bigquery", "redshift", "databricks", "gcs", "local",
-                       "str", "EnvRef", "list[str]", "float", "constrained-float", "none"}
+# Tags pydantic inserts in the path of an error inside a union (which member failed), besides connector types.
+_UNION_TAGS = {"str", "EnvRef", "SecretStr", "list[str]", "float", "constrained-float", "none"}
+
+
+def _is_union_tag(part: str) -> bool:
+    return part in _UNION_TAGS or any(part == c.type for kind in ConnectorKind for c in connectors(kind))
 
 
 def _field_names(cls: Any) -> list[str]:
@@ -618,9 +504,11 @@ def _first_model(ann: Any) -> Any:
     return None
 
 
-_SOURCE_TYPES = {c.model_fields["type"].annotation.__args__[0]: c for c in
-                 (DuckDBSource, PostgresSource, SnowflakeSource, BigQuerySource, RedshiftSource, DatabricksSource)}
-_DEST_TYPES = {"gcs": GCSDestinationConfig, "local": LocalDestinationConfig}
+def connector_models(section: str) -> dict[str, type[ConnectorConfig]]:
+    """The settings model of every ``type`` the ``sources`` or ``destinations`` section accepts, in the
+    registry's order: the discriminated union of that section, its ``type`` being the discriminator."""
+    kinds = [kind for kind in ConnectorKind if kind.section == section]
+    return {c.type: c.config_model for kind in kinds for c in connectors(kind)}
 
 
 def _type_of(raw: Any) -> Any:
@@ -631,32 +519,23 @@ def _type_of(raw: Any) -> Any:
 
 def _parse_entry(section: str, name: str, raw: Any, file: str, problems: list[str]) -> Any:
     prefix = f"{section}.{name}"
-    if section == "sources":
-        cls = _SOURCE_TYPES.get(_type_of(raw))
+    if section in ("sources", "destinations"):
+        models = connector_models(section)
+        cls = models.get(_type_of(raw))
         if cls is None:
             if isinstance(raw, dict):
-                found = raw.get("type")
-                problems.append(f"{file}: {prefix}.type: found {_describe(found)}; allowed: "
-                                + ", ".join(_SOURCE_TYPES))
-            else:
-                problems.append(f"{file}: {prefix}: expected a mapping, found {_describe(raw)}")
-            return None
-    elif section == "destinations":
-        cls = _DEST_TYPES.get(_type_of(raw))
-        if cls is None:
-            if isinstance(raw, dict):
-                problems.append(f"{file}: {prefix}.type: found {_describe(raw.get('type'))}; allowed: gcs, local")
+                problems.append(f"{file}: {prefix}.type: found {_describe(raw.get('type'))}; allowed: "
+                                + ", ".join(models))
             else:
                 problems.append(f"{file}: {prefix}: expected a mapping, found {_describe(raw)}")
             return None
     else:
         cls = SECTION_MODELS[section]
     if isinstance(raw, dict):
-        for key in SECRET_FIELDS & set(raw):
-            if isinstance(raw[key], str):
-                problems.append(f"{file}: {prefix}.{key}: secrets must not be written in the YAML; "
-                                f"found an inline value; allowed: {{env: VARIABLE_NAME}}")
-                raw = {k: v for k, v in raw.items() if k != key}
+        for key in secrets.inline_secrets(cls, raw):
+            problems.append(f"{file}: {prefix}.{key}: secrets must not be written in the YAML; "
+                            f"found an inline value; allowed: {{env: VARIABLE_NAME}}")
+            raw = {k: v for k, v in raw.items() if k != key}
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
@@ -665,6 +544,8 @@ def _parse_entry(section: str, name: str, raw: Any, file: str, problems: list[st
         for err in errors:
             if err["type"] == "missing" and tuple(_clean_loc(err)) in fixed:
                 continue  # the unknown key next to it is this key misspelled: one line says both
+            if any("SecretStr" in str(part) for part in err["loc"]):
+                continue  # a secret's plain-value form is for Python callers: the YAML takes {env: NAME} only
             problems.append(_format_error(file, prefix, err, cls))
         return None
 
@@ -749,19 +630,12 @@ def _check_references(p: Project, defined: dict[str, set[str]] | None = None,
     ``defined`` holds every name written in the YAML, including entries that failed to parse: a
     reference to one of those is not a second problem.
     """
-    from dagster._utils.schedules import is_valid_cron_string
-
-    from dinmo_dagster import filters, naming, writers
-    from dinmo_dagster.schedules import schedule_problem
-
     names = defined or {"sources": set(p.sources), "models": set(p.models), "segments": set(p.segments),
                         "destinations": set(p.destinations)}
     out: list[str] = []
 
     def check_schedule(key: str, s: Schedule) -> None:
         problem = schedule_problem(s)
-        if problem and s.cron is not None and problem.startswith("cron:"):
-            problem = f"cron: {cron_problem(s.cron)}"
         if problem:
             out.append(f"{where(key)}: {key}.schedule: {problem}")
 
@@ -840,76 +714,103 @@ def _check_references(p: Project, defined: dict[str, set[str]] | None = None,
                        "for parquet use parquet.compression")
         if a.schedule is not None:
             check_schedule(k, a.schedule)
-    cron = p.settings.validation_cron
-    if not is_valid_cron_string(cron):
-        out.append(f"{settings_file or '?'}: settings.validation_cron: {cron_problem(cron)}")
-    from dinmo_dagster.assets.models import (
-        dependency_cycles,  # models and segments whose views read themselves
-    )
-
+    cron_text = cron_problem(p.settings.validation_cron)
+    if cron_text:
+        out.append(f"{settings_file or '?'}: settings.validation_cron: {cron_text}")
     out.extend(f"{where(key)}: {problem}" for key, problem in dependency_cycles(p).items())
     return out
 
 
-# (name, lowest, highest, names) of the five cron fields, as Dagster's cron parser reads them.
-_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day", 1, 31, ()),
-    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
-    ("weekday", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
-)
-_CRON_SYNTAX = "allowed: *, a number, a range a-b, a step */n or a-b/n, or a list of these separated by ','"
+# ---------------------------------------------------------------------------------------------------------
+# which views read which: models through aggregate calculated fields, segments through their filters
+# ---------------------------------------------------------------------------------------------------------
 
 
-def cron_problem(expr: str) -> str:
-    """Why a cron expression that Dagster rejects is invalid, naming the field and its allowed range.
+def referenced_segments(node: Any) -> list[str]:
+    """The segments a filter names (``{segment: S, op: in | not_in}``) at any depth, in order."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("segment"), str):
+            found.append(node["segment"])
+        for v in node.values():
+            found += referenced_segments(v)
+    elif isinstance(node, list):
+        for v in node:
+            found += referenced_segments(v)
+    return found
 
-    For example ``'0 25 * * *'`` gives "hour '25' is out of range in '0 25 * * *'; allowed: 0-23".
-    Ranges are checked before syntax, so a value out of range is named even next to a field written in
-    a syntax this explanation does not know (Dagster's cron parser also accepts L, W and #).
+
+def model_reads(p: Project, name: str) -> list[str]:
+    """The models whose views model ``name``'s view reads: those of its aggregate calculated fields
+    (itself excluded: a self-relationship reads the model's own base rows)."""
+    m = p.models[name]
+    used = {f.relation for f in m.calculated_fields if f.type == "aggregate"}
+    return list(dict.fromkeys(r.model for r in m.relationships
+                              if r.name in used and r.model != name and r.model in p.models))
+
+
+def segment_reads(p: Project, name: str) -> list[str]:
+    """The segments whose views segment ``name``'s filter reads."""
+    return list(dict.fromkeys(n for n in referenced_segments(p.segments[name].filter or {}) if n in p.segments))
+
+
+def reads_without_cycles(p: Project, section: Literal["models", "segments"], name: str) -> list[str]:
+    """What ``name`` reads (``model_reads`` or ``segment_reads``) without the entries that lead back to it:
+    a cycle of asset dependencies would stop Dagster from loading the whole project."""
+    edges = model_reads if section == "models" else segment_reads
+    return [t for t in edges(p, name) if t != name and name not in _reachable(t, lambda n: edges(p, n))]
+
+
+def dependency_cycles(p: Project) -> dict[str, str]:
+    """Models and segments whose views would read themselves: ``{"models.M" | "segments.S": problem}``.
+
+    A cycle there cannot be built in any warehouse. ``load_project`` reports these problems; definitions
+    built from such a project anyway leave those dependencies out, and the entities in a cycle fail when
+    they run, with this message.
     """
-    shown = _clip(expr, 80)
-    fields = expr.split()
-    if len(fields) != 5:
-        return (f"invalid cron expression {shown!r}: found {len(fields)} field(s); "
-                "allowed: five fields 'minute hour day month weekday'")
-    syntax: str | None = None
-    values: dict[str, set[int]] = {}
-    for (name, low, high, words), text in zip(_CRON_FIELDS, fields):
-        allowed = f"{low}-{high}" + (f" or {words[0]}-{words[-1]}" if words else "")
-        if name == "weekday":
-            allowed += " (0 and 7 are Sunday)"
-        values[name] = set()
-        for item in text.split(","):
-            base, slash, step = item.partition("/")
-            if slash and not (step.isdigit() and int(step) > 0):
-                syntax = syntax or (f"{name} step '{_clip(step, 20)}' is not valid in {shown!r}; "
-                                    "allowed: a whole number of at least 1 after '/'")
-                continue
-            if base in ("*", "?"):
-                continue
-            ends = base.split("-")
-            for end in ends:
-                word = end.lower()
-                if end.isdigit():
-                    number = int(end)
-                elif word in words:
-                    number = words.index(word) + (1 if name == "month" else 0)
-                else:
-                    syntax = syntax or f"{name} '{_clip(item, 20)}' is not valid in {shown!r}; {_CRON_SYNTAX}"
-                    continue
-                if not low <= number <= high:
-                    return f"{name} '{_clip(end, 20)}' is out of range in {shown!r}; allowed: {allowed}"
-                if len(ends) == 1:
-                    values[name].add(number)
-            if len(ends) > 2:
-                syntax = syntax or f"{name} '{_clip(item, 20)}' is not valid in {shown!r}; {_CRON_SYNTAX}"
-    if syntax:
-        return syntax
-    if values["month"] == {2} and values["day"] and values["day"] <= {30, 31}:
-        return f"day {min(values['day'])} never occurs in February, in {shown!r}; allowed: 1-29 in February"
-    return f"invalid cron expression {shown!r}; allowed: five fields 'minute hour day month weekday'"
+    out: dict[str, str] = {}
+    for name in p.models:
+        cycle = _cycle_from(name, lambda n: model_reads(p, n))
+        if cycle:
+            members = ", ".join(sorted(set(cycle)))
+            out[f"models.{name}"] = (
+                f"models.{name}.calculated_fields: the aggregate calculated fields of models {members} read each "
+                f"other's views in a cycle ({' -> '.join(cycle)}); allowed: aggregates over models that do not "
+                "aggregate back")
+    for name in p.segments:
+        cycle = _cycle_from(name, lambda n: segment_reads(p, n))
+        if cycle:
+            what = f"segment '{name}' refers to itself" if len(cycle) == 2 else \
+                f"segments {', '.join(sorted(set(cycle)))} refer to each other in a cycle"
+            out[f"segments.{name}"] = (f"segments.{name}.filter: {what} ({' -> '.join(cycle)}); allowed: "
+                                       "conditions on other segments that do not refer back to this one")
+    return out
+
+
+def _cycle_from(start: str, edges: Callable[[str], list[str]]) -> list[str] | None:
+    """The shortest path ``start -> ... -> start`` through ``edges(node)``, or None."""
+    paths: list[list[str]] = [[start]]
+    seen: set[str] = set()
+    while paths:
+        path = paths.pop(0)
+        for nxt in edges(path[-1]):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                paths.append([*path, nxt])
+    return None
+
+
+def _reachable(start: str, edges: Callable[[str], list[str]]) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in edges(todo.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
 
 
 def _warnings(p: Project) -> list[str]:
@@ -919,8 +820,6 @@ def _warnings(p: Project) -> list[str]:
     the same name; it fails instead. A template without {ss}, {ms}, {X} or {x} renders the same name
     for two syncs in the same minute (or hour, or day...), so the second one would fail.
     """
-    from dinmo_dagster import naming
-
     out: list[str] = []
     periods = (("mm", "minute", "{ss}"), ("HH", "hour", "{mm}{ss}"), ("DD", "day", "{HH}{mm}{ss}"),
                ("MM", "month", "{DD}_{HH}{mm}{ss}"), ("YYYY", "year", "{MM}{DD}_{HH}{mm}{ss}"),

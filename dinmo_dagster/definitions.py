@@ -1,6 +1,9 @@
 """The Dagster definitions of the project in ``DINMO_PROJECT_DIR`` (default: the bundled quickstart).
 
-Each module contributes its own ``Definitions``; this one only merges them.
+Each module contributes its own ``Definitions``; this one only merges them. A project of your own, or
+asset keys and groups of your own, go through ``build_definitions``::
+
+    defs = build_definitions(load_project("path/to/project"), translator=MyTranslator())
 """
 
 from __future__ import annotations
@@ -11,17 +14,27 @@ from dinmo_dagster import schedules, sensors
 from dinmo_dagster.assets import activations, models
 from dinmo_dagster.config import Project, load_project
 from dinmo_dagster.resources import build_resources
+from dinmo_dagster.translator import DinmoTranslator
 
 
-def build_definitions(project: Project) -> dg.Definitions:
-    """Assets, checks, jobs, schedules and resources for one project."""
+def build_definitions(project: Project, translator: DinmoTranslator | None = None) -> dg.Definitions:
+    """Assets, checks, jobs, schedules, sensors and resources for one project.
+
+    ``translator`` gives every asset its key, group, kinds, description, tags and metadata (default:
+    ``DinmoTranslator()``, the keys ``models/M``, ``segments/S``, ``snapshots/A``, ``activations/A``).
+    """
+    translator = translator or DinmoTranslator()
     return dg.Definitions.merge(
-        models.defs(project),
-        activations.defs(project),
+        models.defs(project, translator),
+        activations.defs(project, translator),
         schedules.defs(project),
-        sensors.defs(project),
+        sensors.defs(project, translator),
         dg.Definitions(resources=build_resources(project)),
     )
 
 
-defs = build_definitions(load_project())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The project in ``DINMO_PROJECT_DIR``, loaded when Dagster loads this module's definitions (not on
+    import: the CLI imports ``build_definitions`` for other projects)."""
+    return build_definitions(load_project())

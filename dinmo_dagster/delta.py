@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 from sqlglot import exp
 
@@ -289,40 +290,18 @@ def drop_table_sql(table: exp.Table, dialect: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# State tables. They hold no customer data: names, keys, counts and timestamps.
+# State tables: small tables of names, keys, counts and timestamps, written one row at a time. The
+# sync's own (baselines, journal, history, rejections ...) are declared in ``dinmo_dagster.state``.
 # ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class StateTable:
+    """A table of state (not customer rows): its name and ``(column, type)`` pairs, ``text`` rendered as
+    the dialect's unbounded text. The sync's tables are declared in ``dinmo_dagster.state``."""
+
     name: str
     columns: tuple[tuple[str, str], ...]
-
-
-BASELINES = StateTable("dinmo_baselines", (
-    ("activation", "text"), ("partition_key", "text"), ("snapshot_table", "text"), ("row_count", "bigint"),
-    ("promoted_at", "timestamp"), ("values_table", "text"),
-))
-SNAPSHOTS = StateTable("dinmo_snapshots", (
-    ("activation", "text"), ("partition_key", "text"), ("snapshot_table", "text"), ("row_count", "bigint"),
-    ("created_at", "timestamp"), ("rows_kind", "text"), ("deduped", "bigint"), ("base_partition", "text"),
-))
-# One row per sync: its state (writing, written, done, failed, abandoned), the objects it wrote or is
-# about to write (JSON list), the working directory of its part files, its sync mode, and its counts
-# (JSON, for the history row of a sync that recovery completes).
-JOURNAL = StateTable("dinmo_sync_journal", (
-    ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("owner", "text"),
-    ("state", "text"), ("files", "text"), ("updated_at", "timestamp"), ("workdir", "text"),
-    ("sync_mode", "text"), ("summary", "text"),
-))
-# status: success, failed, or recovered (completed by the run ``completed_by`` after its own died).
-SYNC_HISTORY = StateTable("sync_history", (
-    ("activation", "text"), ("partition_key", "text"), ("run_id", "text"), ("status", "text"),
-    ("sync_type", "text"), ("run_type", "text"), ("sync_mode", "text"), ("rows_added", "bigint"),
-    ("rows_updated", "bigint"), ("rows_removed", "bigint"), ("rows_unchanged", "bigint"),
-    ("rows_written", "bigint"), ("files", "bigint"), ("bytes", "bigint"), ("started_at", "timestamp"),
-    ("finished_at", "timestamp"), ("error", "text"), ("completed_by", "text"),
-))
 
 
 def create_state_table_sql(table: exp.Table, spec: StateTable, dialect: str) -> str:
@@ -347,33 +326,49 @@ def add_columns_sql(table: exp.Table, spec: StateTable, existing: Sequence[str],
 def _value(v: object) -> exp.Expression:
     if v is None:
         return exp.Null()
+    if isinstance(v, Enum):
+        return lit(v.value)
     if hasattr(v, "isoformat"):
         return exp.cast(exp.Literal.string(v.isoformat(sep=" ")), exp.DataType.build("timestamp"))  # type: ignore[call-arg]
     return lit(v)
 
 
 def insert_sql(table: exp.Table, spec: StateTable, row: dict[str, object], dialect: str) -> str:
-    names = [n for n, _ in spec.columns if n in row]
+    """INSERT one row of ``spec`` (the columns ``row`` names, as literals)."""
+    return insert_rows_sql(table, spec, [row], dialect)
+
+
+def insert_rows_sql(table: exp.Table, spec: StateTable, rows: Sequence[dict[str, object]], dialect: str) -> str:
+    """INSERT several rows of ``spec`` in one statement; every row names the columns of the first."""
+    names = [n for n, _ in spec.columns if n in rows[0]]
     ins = exp.Insert(
         this=exp.Schema(this=table.copy(), expressions=[ident(n) for n in names]),
-        expression=exp.Values(expressions=[exp.Tuple(expressions=[_value(row[n]) for n in names])]),
+        expression=exp.Values(expressions=[exp.Tuple(expressions=[_value(row[n]) for n in names]) for row in rows]),
     )
     return render(ins, dialect)
 
 
-def _where(filters: dict[str, object]) -> exp.Expression:
-    return exp.and_(*[exp.EQ(this=col(k), expression=_value(v)) for k, v in filters.items()])
+def _where(filters: dict[str, object], where: exp.Expression | None = None) -> exp.Expression:
+    """``column = value`` for each filter (``column IN (...)`` for a list, tuple or set), and ``where``."""
+    conditions: list[exp.Expression] = [
+        exp.In(this=col(k), expressions=[_value(x) for x in v]) if isinstance(v, (list, tuple, set, frozenset))
+        else exp.EQ(this=col(k), expression=_value(v))
+        for k, v in filters.items()
+    ]
+    return exp.and_(*conditions, *([where] if where is not None else []))
 
 
-def delete_sql(table: exp.Table, filters: dict[str, object], dialect: str) -> str:
-    return render(exp.Delete(this=table.copy(), where=exp.Where(this=_where(filters))), dialect)
+def delete_sql(table: exp.Table, filters: dict[str, object], dialect: str, where: exp.Expression | None = None) -> str:
+    """DELETE the rows matching ``filters`` (and the extra condition ``where``)."""
+    return render(exp.Delete(this=table.copy(), where=exp.Where(this=_where(filters, where))), dialect)
 
 
 def select_sql(
     table: exp.Table, columns: Sequence[str], filters: dict[str, object], dialect: str,
-    order_by: str | None = None, desc: bool = False,
+    order_by: str | None = None, desc: bool = False, where: exp.Expression | None = None,
 ) -> str:
-    q = exp.select(*[col(c) for c in columns]).from_(table.copy()).where(_where(filters))
+    """SELECT ``columns`` of the rows matching ``filters`` (and the extra condition ``where``)."""
+    q = exp.select(*[col(c) for c in columns]).from_(table.copy()).where(_where(filters, where))
     if order_by:
         q = q.order_by(exp.Ordered(this=col(order_by), desc=desc))
     return render(q, dialect)

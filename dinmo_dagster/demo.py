@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 
 from dinmo_dagster.config import Project
+from dinmo_dagster.resources import build_resources, destination_of
 
 CUSTOMERS_SQL = """
 create table raw.customers as
@@ -93,14 +95,12 @@ def prepare_warehouse(project: Project) -> str:
 
 def list_destinations(project: Project) -> list[str]:
     """Every object under the activations' folders, with its size, as URIs."""
-    import dagster as dg
-
-    from dinmo_dagster.resources import build_resources, destination_key
-
     lines: list[str] = []
     with dg.build_resources(build_resources(project)) as resources:
         for name, a in project.activations.items():
-            dest = getattr(resources, destination_key(a.destination))
+            dest = destination_of(resources, a.destination)
+            if dest is None:
+                continue
             prefix = a.folder.strip("/") + "/" if a.folder else ""
             for path in sorted(dest.list(prefix)):
                 size = len(dest.read_bytes(path))

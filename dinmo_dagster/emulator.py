@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING
 
 from typing_extensions import Self
 
+from dinmo_dagster.destinations.gcs import STORAGE_EMULATOR_ENV_VAR
+
 if TYPE_CHECKING:
     from dinmo_dagster.config import Project
 
-__all__ = ["EmulatorError", "EmulatorHandle", "create_bucket", "emulated_buckets", "free_port", "start_emulator",
-           "start_for_buckets"]
-
-STORAGE_EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
+__all__ = ["STORAGE_EMULATOR_ENV_VAR", "EmulatorError", "EmulatorHandle", "create_bucket", "emulated_buckets",
+           "free_port", "start_emulator", "start_for_buckets"]
 
 
 class EmulatorError(RuntimeError):

@@ -4,7 +4,8 @@ The way of a row: the snapshot step stores keys and row hashes, and the rows the
 them, or the changes) -> warehouse query over those rows (over the segment for ``full_only``) -> Arrow
 batches -> mapping (in the SELECT) -> FileWriter parts -> Destination upload -> baseline promotion. The
 Dagster assets in ``assets/`` call ``take_snapshot`` and ``deliver``; the CLI's ``preview`` calls
-``preview``.
+``preview``. The activation's state in the warehouse (baseline, snapshot registry, journal, history)
+is read and written through ``SyncTarget.store``, a ``state.SyncStateStore``.
 
 Guarantees:
 - the baseline moves only after every file of the sync is in the destination;
@@ -22,7 +23,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -41,7 +42,18 @@ import pyarrow as pa
 from sqlglot import exp
 
 from dinmo_dagster import delta, naming, writers
-from dinmo_dagster.config import Activation, HelperSchemas, Model
+from dinmo_dagster.config import Activation, Model
+from dinmo_dagster.destinations import FileDestination
+from dinmo_dagster.state import (
+    OWNER,
+    Baseline,
+    HistoryEntry,
+    JournalState,
+    RowsKind,
+    SyncStateStore,
+    SyncStatus,
+)
+from dinmo_dagster.warehouses import HelperSchemas, Warehouse
 
 PARTITION_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 DIFFERENCE_SUFFIXES = (delta.ADDED, delta.UPDATED, delta.REMOVED)
@@ -81,8 +93,8 @@ class SyncTarget:
     model_name: str
     model: Model
     segment_name: str
-    warehouse: Any  # dinmo_dagster.resources.warehouses.Warehouse
-    destination: Any  # dinmo_dagster.resources.destinations.Destination
+    warehouse: Warehouse
+    destination: FileDestination | None  # None in a step that delivers nothing (the snapshot)
     schemas: HelperSchemas
 
     @property
@@ -92,9 +104,10 @@ class SyncTarget:
     def segment_relation(self) -> exp.Table:
         return self.warehouse.qualify(self.schemas.segments, naming.warehouse_name("segment_", self.segment_name))
 
-    def state(self, spec: delta.StateTable) -> exp.Table:
-        schema = self.schemas.stats if spec is delta.SYNC_HISTORY else self.schemas.delta_storage
-        return self.warehouse.qualify(schema, spec.name)
+    @cached_property
+    def store(self) -> SyncStateStore:
+        """The activation's sync state (baseline, snapshots, journal, history) in its warehouse."""
+        return SyncStateStore(self.warehouse, self.name, self.schemas.delta_storage, self.schemas.stats)
 
     def _delta_table(self, prefix: str, partition_key: str | None = None) -> exp.Table:
         suffix = f"__{_table_suffix(partition_key)}" if partition_key is not None else ""
@@ -162,21 +175,6 @@ class SyncResult:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def ensure_state(t: SyncTarget) -> None:
-    """Create the helper schemas and the state tables on first use."""
-    wh = t.warehouse
-    wh.ensure_schema(t.schemas.delta_storage)
-    wh.ensure_schema(t.schemas.stats)
-    specs = (delta.BASELINES, delta.SNAPSHOTS, delta.JOURNAL, delta.SYNC_HISTORY)
-    wh.execute([delta.create_state_table_sql(t.state(s), s, t.dialect) for s in specs])
-    # Tables created by an older version get the columns added since.
-    upgrades = [sql for s in specs for sql in delta.add_columns_sql(
-        t.state(s), s, wh.relation_columns(t.state(s)),
-        t.dialect)]
-    if upgrades:
-        wh.execute(upgrades)
-
-
 def exported_columns(t: SyncTarget, segment_columns: list[str]) -> list[tuple[str, str]]:
     """(source column, destination name) pairs: the mapping in its order, or every segment column."""
     pk = delta.resolve_column(t.model.primary_key, segment_columns)
@@ -193,41 +191,19 @@ def exported_columns(t: SyncTarget, segment_columns: list[str]) -> list[tuple[st
     return pairs
 
 
-@dataclass
-class Baseline:
-    """The activation's last successful sync."""
-
-    partition_key: str
-    row_count: int
-    values_table: str | None  # set once a difference activation keeps its delivered values
-
-
-def baseline(t: SyncTarget) -> Baseline | None:
-    rows = t.warehouse.query(delta.select_sql(
-        t.state(delta.BASELINES), ["partition_key", "row_count", "values_table"], {"activation": t.name}, t.dialect))
-    return Baseline(rows[0][0], int(rows[0][1]), rows[0][2]) if rows else None
-
-
 def _promote(t: SyncTarget, partition_key: str) -> list[str]:
     """Statements that make this partition's snapshot the baseline, in one transaction.
 
     A difference activation's delivered values follow (``_values_sql``).
     """
-    info = _snapshot_info(t, partition_key)
-    rows_count, rows_kind = (info[0], info[1]) if info else (0, "none")
+    info = t.store.snapshot_info(partition_key)
+    rows_count, rows_kind = (info.row_count, info.rows_kind) if info else (0, RowsKind.NONE)
     statements, values_table = _values_sql(t, partition_key, rows_kind)
-    table = t.state(delta.BASELINES)
-    return statements + [
-        delta.delete_sql(table, {"activation": t.name}, t.dialect),
-        delta.insert_sql(table, delta.BASELINES, {
-            "activation": t.name, "partition_key": partition_key,
-            "snapshot_table": t.snapshot_table(partition_key).name, "row_count": rows_count,
-            "promoted_at": datetime.now(timezone.utc).replace(tzinfo=None), "values_table": values_table,
-        }, t.dialect),
-    ]
+    return statements + t.store.promote_sql(partition_key, t.snapshot_table(partition_key).name, rows_count,
+                                            values_table)
 
 
-def _values_sql(t: SyncTarget, partition_key: str, rows_kind: str) -> tuple[list[str], str | None]:
+def _values_sql(t: SyncTarget, partition_key: str, rows_kind: RowsKind) -> tuple[list[str], str | None]:
     """Statements that bring a difference activation's delivered values (``vals__A``) up to this sync,
     and the table's name (None when the activation keeps none).
 
@@ -235,13 +211,13 @@ def _values_sql(t: SyncTarget, partition_key: str, rows_kind: str) -> tuple[list
     so its rows hold every record). Other deltas delete and re-insert their changed keys: applying one
     twice gives the same table, so a promotion repeated after a crash is harmless.
     """
-    if not t.keeps_values() or rows_kind not in ("full", "delta"):
+    if not t.keeps_values() or rows_kind is RowsKind.NONE:
         return [], None
     wh, dialect = t.warehouse, t.dialect
     vals, rows = t.values_table(), t.rows_table(partition_key)
     columns = [c for c in wh.relation_columns(rows) if c != delta.CHANGE_COL]
-    base = baseline(t)
-    if rows_kind == "full":
+    base = t.store.baseline()
+    if rows_kind is RowsKind.FULL:
         return delta.create_table_sql(vals, delta.sent_rows_select(rows, columns), dialect), vals.name
     if base is None:  # a delta with no baseline left to apply it to: nothing to keep
         return [], None
@@ -264,22 +240,11 @@ def _values_sql(t: SyncTarget, partition_key: str, rows_kind: str) -> tuple[list
     return statements + delta.apply_values_sql(vals, rows, pk, columns, dialect), vals.name
 
 
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _journal(t: SyncTarget, partition_key: str, run_id: str, state: str, files: list[str],
+def _journal(t: SyncTarget, partition_key: str, run_id: str, state: JournalState, files: list[str],
              workdir: Path | None = None, summary: dict[str, Any] | None = None) -> None:
-    """Record a sync's state, the objects it wrote (or is about to write), its working directory and
-    its counts (``summary``: what recovery puts in the sync history)."""
-    table = t.state(delta.JOURNAL)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    t.warehouse.execute([
-        delta.delete_sql(table, {"activation": t.name, "partition_key": partition_key}, t.dialect),
-        delta.insert_sql(table, delta.JOURNAL, {
-            "activation": t.name, "partition_key": partition_key, "run_id": run_id, "owner": OWNER, "state": state,
-            "files": json.dumps(files), "updated_at": now, "workdir": str(workdir) if workdir else None,
-            "sync_mode": t.activation.sync_mode, "summary": json.dumps(summary) if summary else None}, t.dialect),
-    ])
+    """Record a sync's state in the journal, with this activation's sync mode."""
+    t.store.journal(partition_key, run_id, state, files, workdir=str(workdir) if workdir else None,
+                    sync_mode=t.activation.sync_mode, summary=summary)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,13 +363,12 @@ def lookback(a: Activation) -> timedelta:
 
 
 def _take_snapshot(t: SyncTarget, partition_key: str, full: bool) -> SnapshotResult:
-    ensure_state(t)
-    base = baseline(t)
+    t.store.ensure()
+    base = t.store.baseline()
     # A partition whose files all landed (journal 'written' or 'done') must keep the snapshot it
     # delivered: re-snapshotting it would let recovery promote rows that were never sent.
-    delivered = t.warehouse.query(delta.select_sql(
-        t.state(delta.JOURNAL), ["state"], {"activation": t.name, "partition_key": partition_key}, t.dialect))
-    if (base and base.partition_key == partition_key) or any(r[0] in ("written", "done") for r in delivered):
+    delivered = t.store.journal_entries(partition_key)
+    if (base and base.partition_key == partition_key) or any(e.state.delivered for e in delivered):
         raise SyncError(f"partition '{partition_key}' of activation '{t.name}' was already delivered; "
                         "start a new sync instead of re-running it")
     wh, dialect = t.warehouse, t.dialect
@@ -444,29 +408,22 @@ def _take_snapshot(t: SyncTarget, partition_key: str, full: bool) -> SnapshotRes
     if t.activation.effective_run_type == "full_only":
         # Every sync exports the whole segment and nothing is computed from the rows it sent: keys
         # and hashes are enough (change counts, removal guard); the export reads the segment.
-        rows_kind = "none"
+        rows_kind = RowsKind.NONE
         statements = [delta.drop_table_sql(rows, dialect),
                       *delta.create_table_sql(target, delta.narrow_select(src, narrow), dialect)]
     elif base is None or full:
-        rows_kind = "full"
+        rows_kind = RowsKind.FULL
         statements = [*delta.create_table_sql(rows, delta.full_rows_select(src, columns), dialect),
                       *delta.create_table_sql(target, delta.narrow_select(rows, narrow), dialect)]
     else:
-        rows_kind = "delta"
+        rows_kind = RowsKind.DELTA
         base_rows = delta.narrow_select(t.snapshot_table(base.partition_key), narrow, where=window)
         statements = [*delta.create_table_sql(rows, delta.delta_rows_select(src, base_rows, pk, columns), dialect),
                       *delta.create_table_sql(target, delta.derive_snapshot_select(base_rows, rows, pk, narrow),
                                               dialect)]
-    snaps = t.state(delta.SNAPSHOTS)
-    wh.execute([
-        *statements,
-        delta.delete_sql(snaps, {"activation": t.name, "partition_key": partition_key}, dialect),
-        delta.insert_sql(snaps, delta.SNAPSHOTS, {
-            "activation": t.name, "partition_key": partition_key, "snapshot_table": target.name,
-            "row_count": distinct, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
-            "rows_kind": rows_kind, "deduped": int(dedupe),
-            "base_partition": base.partition_key if rows_kind == "delta" and base else None}, dialect),
-    ])
+    wh.execute([*statements, *t.store.register_snapshot_sql(
+        partition_key, target.name, distinct, rows_kind, dedupe,
+        base.partition_key if rows_kind is RowsKind.DELTA and base else None)])
     return SnapshotResult(table=target.sql(dialect=dialect), rows=distinct, null_keys=total - with_key,
                           duplicates_dropped=with_key - distinct, columns=exported, window_start=window_start)
 
@@ -525,23 +482,24 @@ class _Plan:
 def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     """Decide full or delta, count the changes in the warehouse, and list the files to write."""
     a, dialect = t.activation, t.dialect
-    info = _snapshot_info(t, partition_key)
+    info = t.store.snapshot_info(partition_key)
     if info is None:
         raise SyncError(f"no snapshot for partition '{partition_key}' of activation '{t.name}': "
                         f"materialize snapshots/{t.name} for this partition first")
-    new_rows, rows_kind, deduped, against = info
-    base = baseline(t)
-    full = force_full or base is None or a.effective_run_type == "full_only" or rows_kind == "full"
-    if rows_kind == "delta" and (full or base is None or base.partition_key != against):
+    base = t.store.baseline()
+    full = force_full or base is None or a.effective_run_type == "full_only" or info.rows_kind is RowsKind.FULL
+    if info.rows_kind is RowsKind.DELTA and (full or base is None or base.partition_key != info.base_partition):
         # The snapshot holds changes against a baseline that has moved since (recovery completed a sync
         # that had died after its files landed), or a full refresh was asked of the delivery only: take
         # it again, now, against the current baseline.
         _take_snapshot(t, partition_key, full=full)
-        new_rows, rows_kind, deduped, against = _snapshot_info(t, partition_key)  # type: ignore[misc]
+        info = t.store.snapshot_info(partition_key)
+        assert info is not None  # just registered
+    new_rows = info.row_count
     snap, rows = t.snapshot_table(partition_key), t.rows_table(partition_key)
     source: exp.Expression
-    if rows_kind == "none":
-        source, stored = _segment_rows(t, deduped)
+    if info.rows_kind is RowsKind.NONE:
+        source, stored = _segment_rows(t, info.deduped)
     else:
         source, stored = rows, [c for c in t.warehouse.relation_columns(rows)
                                 if c not in (delta.CHANGE_COL, delta.HASH_COL)]
@@ -659,45 +617,41 @@ def recover(
         told = is_alive(other_run, owner) if is_alive is not None else None
         return told if told is not None else bool(pid_alive)
 
-    rows = t.warehouse.query(delta.select_sql(
-        t.state(delta.JOURNAL), ["partition_key", "state", "files", "run_id", "owner", "workdir", "summary"],
-        {"activation": t.name}, t.dialect, order_by="partition_key"))
-    for partition_key, state, _files, other_run, owner, _workdir, _summary in rows:
-        if (state in ("writing", "written") and other_run != run_id
-                and alive(partition_key, other_run or "", owner or "")):
-            raise SyncError(f"another sync of activation '{t.name}' is running (partition {partition_key}, "
-                            f"run {other_run or 'unknown'}); two syncs of one activation never overlap. "
+    entries = t.store.journal_entries()
+    for e in entries:
+        if e.state.in_flight and e.run_id != run_id and alive(e.partition_key, e.run_id, e.owner):
+            raise SyncError(f"another sync of activation '{t.name}' is running (partition {e.partition_key}, "
+                            f"run {e.run_id or 'unknown'}); two syncs of one activation never overlap. "
                             "Try again when it has finished")
     done = Recovery()
-    base = baseline(t)
-    for partition_key, state, files_json, other_run, owner, workdir, summary_json in rows:
-        files = json.loads(files_json or "[]")
-        summary = json.loads(summary_json or "{}")
-        dead_run = other_run if other_run and other_run != run_id else ""
-        if state == "writing":
+    base = t.store.baseline()
+    for e in entries:
+        partition_key, files, summary = e.partition_key, e.files, e.summary
+        dead_run = e.run_id if e.run_id and e.run_id != run_id else ""
+        if e.state is JournalState.WRITING:
             t.destination.delete(files)
-            _remove_workdir(workdir, owner or "")
-            _journal(t, partition_key, "", "abandoned", files)
-            _history_once(t, partition_key, other_run or "", summary,
+            _remove_workdir(e.workdir, e.owner)
+            _journal(t, partition_key, "", JournalState.ABANDONED, files)
+            _history_once(t, partition_key, e.run_id, summary,
                           f"the sync's process died before all its files landed; its {len(files)} file(s) "
                           f"were removed by run {run_id or 'unknown'}")
             if dead_run and on_dead is not None:
                 on_dead(dead_run, False)
             done.notes.append(f"removed {len(files)} file(s) left by the dead sync {partition_key}"
                               + (f" (run {dead_run}, marked failed)" if dead_run else ""))
-        elif state == "written":
+        elif e.state is JournalState.WRITTEN:
             if base is None or partition_key > base.partition_key:
                 t.warehouse.execute(_promote(t, partition_key))
                 base = Baseline(partition_key, 0, None)
-                _history(t, partition_key, other_run or "", "recovered", _summary_result(summary, files), t.activation,
-                         _summary_start(summary), None, completed_by=run_id)
+                _history(t, partition_key, e.run_id, SyncStatus.RECOVERED, _summary_result(summary, files),
+                         t.activation, _summary_start(summary), None, completed_by=run_id)
                 if dead_run and on_dead is not None:
                     on_dead(dead_run, True)
                 done.partitions.append(partition_key)
                 done.files += [t.destination.uri(f) for f in files]
                 done.notes.append(f"completed the sync {partition_key}: all its files had landed; "
                                   "promoted its snapshot to baseline")
-            _journal(t, partition_key, "", "done", files, summary=summary)
+            _journal(t, partition_key, "", JournalState.DONE, files, summary=summary)
     return done
 
 
@@ -723,11 +677,8 @@ def _summary_start(summary: dict[str, Any]) -> datetime | None:
 
 def _history_once(t: SyncTarget, partition_key: str, run_id: str, summary: dict[str, Any], error: str) -> None:
     """A ``failed`` history row for a sync that died, unless that run recorded its own outcome."""
-    recorded = t.warehouse.query(delta.select_sql(
-        t.state(delta.SYNC_HISTORY), ["status"], {"activation": t.name, "partition_key": partition_key,
-                                                 "run_id": run_id}, t.dialect))
-    if not recorded:
-        _history(t, partition_key, run_id, "failed", _summary_result(summary, []), t.activation,
+    if not t.store.history(partition_key, run_id):
+        _history(t, partition_key, run_id, SyncStatus.FAILED, _summary_result(summary, []), t.activation,
                  _summary_start(summary), error)
 
 
@@ -764,7 +715,7 @@ def _deliver(
 ) -> SyncResult:
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    ensure_state(t)
+    t.store.ensure()
     swept = sweep_workdirs()
     if swept:
         on_log(f"removed {len(swept)} working director{'y' if len(swept) == 1 else 'ies'} of dead syncs: "
@@ -773,7 +724,8 @@ def _deliver(
     workdir = new_workdir()
     try:
         # Claim the activation at once: a concurrent sync's recover() now sees this one running.
-        _journal(t, partition_key, run_id, "writing", [], workdir, {"started_at": started_at.isoformat()})
+        _journal(t, partition_key, run_id, JournalState.WRITING, [], workdir,
+                 {"started_at": started_at.isoformat()})
         _ACTIVE.add((t.name, partition_key))
         try:
             return _write_and_promote(t, partition_key, run_id, force_full, on_log, recovered, started, started_at,
@@ -797,9 +749,9 @@ def _write_and_promote(
         _removal_guard(t, p, forced=force_full)
         _check_overwrites(t, p, partition_key, options.extension)
     except SyncError as exc:  # a refused sync is a failed sync: it gets its history row too
-        _journal(t, partition_key, run_id, "failed", [])
-        _history(t, partition_key, run_id, "failed", SyncResult(sync_type=p.sync_type, counts=p.counts), a,
-                 started_at, str(exc)[:500])
+        _journal(t, partition_key, run_id, JournalState.FAILED, [])
+        _history(t, partition_key, run_id, SyncStatus.FAILED, SyncResult(sync_type=p.sync_type, counts=p.counts),
+                 a, started_at, str(exc)[:500])
         raise
     max_bytes = int(a.max_file_size_mb * 1024 * 1024) if a.max_file_size_mb else None
     result = SyncResult(sync_type=p.sync_type, counts=p.counts, recovered=recovered.notes,
@@ -812,7 +764,7 @@ def _write_and_promote(
                 path = naming.join_object_name(a.folder, part.name)
                 uploaded.append(path)
                 # Journal before the upload, so a kill mid-upload still knows what to remove.
-                _journal(t, partition_key, run_id, "writing", uploaded, workdir, summary)
+                _journal(t, partition_key, run_id, JournalState.WRITING, uploaded, workdir, summary)
                 result.bytes += t.destination.upload(part.path, path)
                 result.rows_written += part.rows
                 result.files.append(t.destination.uri(path))
@@ -824,22 +776,22 @@ def _write_and_promote(
                 schema = pa.schema([f.with_name(n) for f, n in zip(reader.schema, p.names)])
                 batches = (pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in reader)
                 writers.write_parts(batches, schema, options, stem, max_bytes, workdir, upload)
-        _journal(t, partition_key, run_id, "written", uploaded, workdir, _summary(t, result, started_at))
+        _journal(t, partition_key, run_id, JournalState.WRITTEN, uploaded, workdir, _summary(t, result, started_at))
     except BaseException as exc:
         try:
             t.destination.delete(uploaded)
-            _journal(t, partition_key, run_id, "failed", [])
+            _journal(t, partition_key, run_id, JournalState.FAILED, [])
         except Exception as cleanup_exc:  # noqa: BLE001 - keep the journal entry: the next sync cleans up
             on_log(f"could not remove the files of the failed sync yet: {cleanup_exc}")
-        _history(t, partition_key, run_id, "failed", result, a, started_at, str(exc)[:500])
+        _history(t, partition_key, run_id, SyncStatus.FAILED, result, a, started_at, str(exc)[:500])
         raise
     t.warehouse.execute(_promote(t, partition_key))
-    _journal(t, partition_key, run_id, "done", uploaded, summary=_summary(t, result, started_at))
+    _journal(t, partition_key, run_id, JournalState.DONE, uploaded, summary=_summary(t, result, started_at))
     if p.changes_table is not None:
         t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
     result.dropped_partitions = apply_retention(t)
     result.duration_s = time.monotonic() - started
-    _history(t, partition_key, run_id, "success", result, a, started_at, None)
+    _history(t, partition_key, run_id, SyncStatus.SUCCESS, result, a, started_at, None)
     return result
 
 
@@ -868,28 +820,12 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _delivered_by(t: SyncTarget) -> dict[str, tuple[str, str | None]]:
-    """Object path -> (partition, sync mode) of the latest sync of this activation that delivered it."""
-    rows = t.warehouse.query(delta.select_sql(
-        t.state(delta.JOURNAL), ["partition_key", "state", "files", "sync_mode"], {"activation": t.name}, t.dialect,
-        order_by="partition_key"))
-    owners: dict[str, tuple[str, str | None]] = {}
-    for partition_key, state, files_json, mode in rows:
-        if state in ("written", "done"):
-            for path in json.loads(files_json or "[]"):
-                owners[path] = (partition_key, mode)
-    return owners
-
-
 def _mode_of(t: SyncTarget, partition_key: str, mode: str | None) -> str | None:
     """The sync mode a partition was delivered in: from its journal entry, or (entries of versions that
     did not record it) from its history row."""
     if mode:
         return mode
-    rows = t.warehouse.query(delta.select_sql(
-        t.state(delta.SYNC_HISTORY), ["sync_mode", "status"], {"activation": t.name, "partition_key": partition_key},
-        t.dialect))
-    return next((m for m, status in rows if status in ("success", "recovered")), None)
+    return next((h.sync_mode for h in t.store.history(partition_key) if h.status.delivered), None)
 
 
 def _check_overwrites(t: SyncTarget, p: _Plan, partition_key: str, ext: str) -> None:
@@ -908,7 +844,7 @@ def _check_overwrites(t: SyncTarget, p: _Plan, partition_key: str, ext: str) -> 
                 if t.destination.exists(path)]
     if not existing:
         return
-    owners = _delivered_by(t)
+    owners = t.store.delivered_files()
     for path in existing:
         owner = owners.get(path)
         if owner is not None and owner[0] == partition_key:
@@ -932,42 +868,24 @@ def _check_overwrites(t: SyncTarget, p: _Plan, partition_key: str, ext: str) -> 
             "own names")
 
 
-def _snapshot_info(t: SyncTarget, partition_key: str) -> tuple[int, str, bool, str | None] | None:
-    """(row count, rows kind, deduplicated, baseline it was computed against) of a partition's snapshot,
-    from the snapshot registry; None when there is no snapshot. Rows kind: 'full', 'delta', or 'none'
-    (a full_only sync keeps no rows)."""
-    rows = t.warehouse.query(delta.select_sql(
-        t.state(delta.SNAPSHOTS), ["row_count", "rows_kind", "deduped", "base_partition"],
-        {"activation": t.name, "partition_key": partition_key}, t.dialect))
-    return (int(rows[0][0]), rows[0][1] or "none", bool(rows[0][2]), rows[0][3]) if rows else None
-
-
-def _history(t: SyncTarget, partition_key: str, run_id: str, status: str, r: SyncResult, a: Activation,
+def _history(t: SyncTarget, partition_key: str, run_id: str, status: SyncStatus, r: SyncResult, a: Activation,
              started_at: datetime | None, error: str | None, completed_by: str | None = None) -> None:
     """One row of ``sync_history``: success, failed, or recovered (completed by run ``completed_by``)."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    row = {
-        "activation": t.name, "partition_key": partition_key, "run_id": run_id, "status": status,
-        "sync_type": r.sync_type, "run_type": a.effective_run_type, "sync_mode": a.sync_mode,
-        "rows_added": r.counts.added, "rows_updated": r.counts.updated, "rows_removed": r.counts.removed,
-        "rows_unchanged": r.counts.unchanged, "rows_written": r.rows_written, "files": len(r.files),
-        "bytes": r.bytes, "started_at": started_at or now, "finished_at": now, "error": error,
-        "completed_by": completed_by,
-    }
+    entry = HistoryEntry(
+        partition_key=partition_key, run_id=run_id, status=status, sync_type=r.sync_type,
+        run_type=a.effective_run_type, sync_mode=a.sync_mode, rows_added=r.counts.added,
+        rows_updated=r.counts.updated, rows_removed=r.counts.removed, rows_unchanged=r.counts.unchanged,
+        rows_written=r.rows_written, files=len(r.files), bytes=r.bytes, started_at=started_at, error=error,
+        completed_by=completed_by)
     try:
-        t.warehouse.execute([delta.insert_sql(t.state(delta.SYNC_HISTORY), delta.SYNC_HISTORY, row, t.dialect)])
+        t.store.record_history(entry)
     except Exception as exc:  # noqa: BLE001 - history is informative; never mask the sync's own outcome
         log.warning("could not record sync history: %s", exc)
 
 
 def apply_retention(t: SyncTarget) -> list[str]:
     """Keep the baseline and the newest N snapshots; drop older tables. Returns dropped partition keys."""
-    keys = [r[0] for r in t.warehouse.query(delta.select_sql(
-        t.state(delta.SNAPSHOTS), ["partition_key"], {"activation": t.name}, t.dialect, order_by="partition_key",
-        desc=True))]
-    base = baseline(t)
-    keep = set(keys[: t.activation.keep_snapshots]) | ({base.partition_key} if base else set())
-    dropped = [k for k in keys if k not in keep]
+    dropped = t.store.retention(t.activation.keep_snapshots)
     if dropped:
         t.warehouse.execute([sql for k in dropped for sql in _drop_snapshot_sql(t, k)])
     return dropped
@@ -1007,6 +925,4 @@ def drop_snapshot(t: SyncTarget, partition_key: str) -> None:
 def _drop_snapshot_sql(t: SyncTarget, partition_key: str) -> list[str]:
     """Drop a partition's tables (snapshot, rows, change counts) and its registry row."""
     tables = (t.snapshot_table(partition_key), t.rows_table(partition_key), t.changes_table(partition_key))
-    return [*(delta.drop_table_sql(table, t.dialect) for table in tables),
-            delta.delete_sql(t.state(delta.SNAPSHOTS), {"activation": t.name, "partition_key": partition_key},
-                             t.dialect)]
+    return [*(delta.drop_table_sql(table, t.dialect) for table in tables), t.store.forget_snapshot_sql(partition_key)]

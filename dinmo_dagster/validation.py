@@ -13,10 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import dagster as dg
 from sqlglot import exp
 
-from dinmo_dagster import delta
+from dinmo_dagster import delta, writers
+from dinmo_dagster.compile import (
+    filters_model_infos,
+    model_relation,
+    model_select,
+    segment_relation,
+    segment_select,
+)
 from dinmo_dagster.config import Project
+from dinmo_dagster.resources import build_resources, destination_of, warehouse_of
 
 
 @dataclass(frozen=True)
@@ -30,28 +39,26 @@ class Problem:
 
 def check_project(project: Project, resources: Any) -> list[Problem]:
     """Connect to everything the project uses and report what is broken."""
-    from dinmo_dagster.resources import destination_key, source_key
-
     problems: list[Problem] = []
     inliners: dict[str, _Inliner] = {}
 
     def inliner(source: str) -> _Inliner:
         if source not in inliners:
-            inliners[source] = _Inliner(getattr(resources, source_key(source)), project)
+            inliners[source] = _Inliner(warehouse_of(resources, source), project)
         return inliners[source]
 
     broken_sources: set[str] = set()
     model_columns: dict[str, list[str]] = {}  # models whose view's columns were read
     for name in project.sources:
         try:
-            getattr(resources, source_key(name)).check_connection()
+            warehouse_of(resources, name).check_connection()
         except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             broken_sources.add(name)
             problems.append(Problem(f"sources.{name}", _short(exc)))
     for name, m in project.models.items():
         if m.source in broken_sources:
             continue
-        wh = getattr(resources, source_key(m.source))
+        wh = warehouse_of(resources, m.source)
         try:
             if m.table and wh.table_columns(m.table) is None:
                 problems.append(Problem(f"models.{name}", f"table {m.table} does not exist"))
@@ -86,7 +93,7 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
         m = project.models[s.model]
         if m.source in broken_sources or any(p.culprit == f"models.{s.model}" for p in problems):
             continue
-        wh = getattr(resources, source_key(m.source))
+        wh = warehouse_of(resources, m.source)
         try:
             q = inliner(m.source).select("segment", name)
             cols = wh.relation_columns(q.subquery("s"))
@@ -112,7 +119,9 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             problems.append(Problem(f"segments.{name}", _short(exc)))
     for name in project.destinations:
         try:
-            getattr(resources, destination_key(name)).check()
+            destination = destination_of(resources, name)
+            if destination is not None:
+                destination.check()
         except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"destinations.{name}", _short(exc)))
     return problems
@@ -122,8 +131,6 @@ def _activation_problem(wh: Any, project: Project, name: str, segment: exp.Expre
                         segment_columns: list[str]) -> str | None:
     """What in activation ``name`` the warehouse shows to be broken: its trigger's watermark column, or a
     column type its format cannot hold (read from a zero-row query of the exported columns)."""
-    from dinmo_dagster import writers
-
     a = project.activations[name]
     seg, m = project.model_of(name)
     mark = a.trigger.watermark_column if a.trigger else None
@@ -156,8 +163,6 @@ class _Inliner:
     """
 
     def __init__(self, wh: Any, project: Project) -> None:
-        from dinmo_dagster.assets.models import filters_model_infos, model_relation, segment_relation
-
         self.wh, self.project = wh, project
         self.infos = filters_model_infos(wh, project)
         self.views: dict[str, tuple[str, str]] = {}
@@ -169,8 +174,6 @@ class _Inliner:
                 self.views[segment_relation(wh, project, name).sql(dialect=wh.dialect)] = ("segment", name)
 
     def select(self, kind: str, name: str, depth: int = 0) -> exp.Expression:
-        from dinmo_dagster.assets.models import model_select, segment_select
-
         build = model_select if kind == "model" else segment_select
         return self._inline(build(self.wh, self.project, name, self.infos), depth)
 
@@ -210,10 +213,7 @@ def affected_activations(project: Project, problems: list[Problem]) -> dict[str,
 
 
 def validate_connections(project: Project) -> list[str]:
-    import dagster as dg
-
-    from dinmo_dagster.resources import build_resources
-
+    """``check_project`` with the project's resources, as ``dinmo validate --connect`` runs it."""
     with dg.build_resources(build_resources(project)) as resources:
         return [str(p) for p in check_project(project, resources)]
 

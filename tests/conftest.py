@@ -20,6 +20,9 @@ import pytest
 
 from dinmo_dagster.emulator import free_port
 
+# The Firestore emulator's fixtures (one emulator per session, shared by every test module).
+pytest_plugins = ["fakes.firestore_emulator"]
+
 _PG_MISSING = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: "
     "install Debian's postgresql: apt-get install -y postgresql"

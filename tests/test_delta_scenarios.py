@@ -40,9 +40,10 @@ from dinmo_dagster.assets import activations as activation_assets
 from dinmo_dagster.assets import models as model_assets
 from dinmo_dagster.cli import run_sync
 from dinmo_dagster.config import ProjectError, load_project
+from dinmo_dagster.destinations import DestinationError, FileDestination
+from dinmo_dagster.destinations.gcs import GCSConfig, GCSDestination
 from dinmo_dagster.emulator import create_bucket
-from dinmo_dagster.resources import build_resources, destination_key
-from dinmo_dagster.resources.destinations import DestinationError, GCSDestination
+from dinmo_dagster.resources import DestinationResource, build_resources, destination_key
 
 try:  # pytest puts either the repository root or tests/ on sys.path, depending on the import mode
     from tests.gcs_emulator import EmulatorHandle, start_gcs_emulator
@@ -502,7 +503,7 @@ def test_null_empty_string_and_text_null_are_different_values_and_unmapped_colum
 class FailingGCSDestination(GCSDestination):
     """The real GCS destination whose ``fail_on``-th upload raises (a stand-in for a real upload error)."""
 
-    fail_on: int = 2
+    fail_on: ClassVar[int] = 2
     calls: ClassVar[list[str]] = []
 
     def upload(self, local_path: Path, object_path: str) -> int:
@@ -510,6 +511,13 @@ class FailingGCSDestination(GCSDestination):
         if len(FailingGCSDestination.calls) == self.fail_on:
             raise DestinationError(f"destination 'out': injected upload failure on {object_path}")
         return super().upload(local_path, object_path)
+
+
+class FailingGCSResource(DestinationResource):
+    """The destination resource handing out a FailingGCSDestination (same settings as a `gcs` one)."""
+
+    def get_destination(self) -> FileDestination:
+        return FailingGCSDestination(GCSConfig.model_validate(self.settings), name=self.destination_name)
 
 
 # About 300 bytes per file: the 20-row exports split into several parts.
@@ -543,7 +551,7 @@ def test_an_upload_error_mid_sync_leaves_no_file_and_the_next_sync_delivers_ever
           "insert into raw.customers select i, 'c' || i || '@example.com', 'FR', i * 100, 'n' || i, i, "
           "TIMESTAMP '2025-03-01' from range(30, 40) t(i)")
     FailingGCSDestination.calls.clear()
-    failing = FailingGCSDestination(destination_name="out", bucket=s.bucket, project="test", fail_on=2)
+    failing = FailingGCSResource(destination_name="out", settings={"type": "gcs", "bucket": s.bucket, "project": "test"})
     failed = s.run("a", destination=failing)
     assert not failed.success
     assert "injected upload failure" in failed.error
@@ -585,8 +593,8 @@ KILLED_SYNC = textwrap.dedent('''
     from dinmo_dagster import sync
     from dinmo_dagster.assets.activations import sync_target
     from dinmo_dagster.config import load_project
-    from dinmo_dagster.resources import build_resources, destination_key
-    from dinmo_dagster.resources.destinations import GCSDestination
+    from dinmo_dagster.destinations.gcs import GCSConfig, GCSDestination
+    from dinmo_dagster.resources import DestinationResource, build_resources, destination_key
 
     root, key, when, run_id = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 
@@ -596,11 +604,16 @@ KILLED_SYNC = textwrap.dedent('''
             os.kill(os.getpid(), signal.SIGKILL)
             return size
 
+    class KillingResource(DestinationResource):
+        def get_destination(self):
+            return KillAfterFirstUpload(GCSConfig.model_validate(self.settings), name=self.destination_name)
+
     project = load_project(root)
     resources = build_resources(project)
     if when == "after_first_upload":
         bucket = project.destinations["out"].bucket
-        resources[destination_key("out")] = KillAfterFirstUpload(destination_name="out", bucket=bucket, project="test")
+        resources[destination_key("out")] = KillingResource(
+            destination_name="out", settings={"type": "gcs", "bucket": bucket, "project": "test"})
     else:  # every file landed; the machine dies before the baseline moves
         sync._promote = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     with dg.build_resources(resources) as r:

@@ -20,14 +20,11 @@ import dagster as dg
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
+from dinmo_dagster.destinations import DestinationError, destination_from_config
+from dinmo_dagster.destinations.gcs import GCSDestination
+from dinmo_dagster.destinations.local import LocalDestination
 from dinmo_dagster.emulator import free_port
-from dinmo_dagster.resources.destinations import (
-    Destination,
-    DestinationError,
-    GCSDestination,
-    LocalDestination,
-    destination_from_config,
-)
+from dinmo_dagster.resources import DestinationResource
 
 try:  # pytest puts either the repository root or tests/ on sys.path, depending on tests/__init__.py
     from tests.gcs_emulator import EmulatorHandle, start_gcs_emulator
@@ -66,11 +63,20 @@ def folder() -> str:
 def make_gcs(bucket: str = BUCKET, **settings: object) -> GCSDestination:
     """A GCS destination with tiny retry waits (the policy is the same, only faster)."""
     defaults: dict[str, object] = {
-        "destination_name": "exports",
+        "type": "gcs",
         "retry_initial_wait_seconds": 0.001,
         "retry_max_wait_seconds": 0.01,
     }
-    return GCSDestination(bucket=bucket, **{**defaults, **settings})
+    dest = destination_from_config("exports", {**defaults, "bucket": bucket, **settings})
+    assert isinstance(dest, GCSDestination)
+    return dest
+
+
+def make_local(path: Path, name: str) -> LocalDestination:
+    """A local-folder destination."""
+    dest = destination_from_config(name, {"type": "local", "path": str(path)})
+    assert isinstance(dest, LocalDestination)
+    return dest
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -268,7 +274,7 @@ def test_gcs_large_file_uses_resumable_upload_and_survives_a_failed_chunk(
 
 def test_local_round_trip(tmp_path: Path) -> None:
     root = tmp_path / "exports"
-    dest = LocalDestination(path=str(root), destination_name="local")
+    dest = make_local(root, "local")
     dest.check()
     assert root.is_dir()
     a = write(tmp_path / "a.csv", b"id\n1\n")
@@ -300,7 +306,7 @@ def test_local_files_get_the_mode_the_process_umask_gives(tmp_path: Path, umask:
     """Export files are for other tools and users: they get 0666 minus the umask, like any tool's files,
     whatever the mode of the private part file they come from (the writer's parts are 0600)."""
     root = tmp_path / "exports"
-    dest = LocalDestination(path=str(root), destination_name="local")
+    dest = make_local(root, "local")
     part = write(tmp_path / "part.csv", b"id\n1\n")
     part.chmod(0o600)
     previous = os.umask(umask)
@@ -314,7 +320,7 @@ def test_local_files_get_the_mode_the_process_umask_gives(tmp_path: Path, umask:
 
 def test_local_failed_upload_leaves_nothing(tmp_path: Path) -> None:
     root = tmp_path / "exports"
-    dest = LocalDestination(path=str(root), destination_name="local")
+    dest = make_local(root, "local")
     dest.check()
     (root / "blocked").write_text("a file where a folder is expected")
     with pytest.raises(DestinationError, match=r"destination 'local': could not write file:///"):
@@ -327,7 +333,7 @@ def test_local_failed_upload_leaves_nothing(tmp_path: Path) -> None:
 
 def test_local_check_not_writable(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("x")
-    dest = LocalDestination(path=str(tmp_path / "a-file" / "exports"), destination_name="local")
+    dest = make_local(tmp_path / "a-file" / "exports", "local")
     with pytest.raises(DestinationError, match=r"destination 'local': local folder '.*' is not writable"):
         dest.check()
 
@@ -337,7 +343,7 @@ def test_local_check_not_writable(tmp_path: Path) -> None:
 )
 def test_invalid_object_paths_are_rejected(gcs_env: EmulatorHandle, tmp_path: Path, bad: str) -> None:
     local = write(tmp_path / "a.csv", b"x")
-    for dest in (make_gcs(), LocalDestination(path=str(tmp_path / "out"), destination_name="exports")):
+    for dest in (make_gcs(), make_local(tmp_path / "out", "exports")):
         with pytest.raises(DestinationError, match="invalid object path"):
             dest.upload(local, bad)
     assert not (tmp_path / "up.csv").exists()
@@ -488,7 +494,7 @@ def test_destination_from_config(tmp_path: Path) -> None:
         "exports", {"type": "gcs", "bucket": "acme-exports", "project": "acme", "retry_attempts": 2}
     )
     assert isinstance(gcs, GCSDestination)
-    assert (gcs.bucket, gcs.project, gcs.retry_attempts, gcs.destination_name) == (
+    assert (gcs.config.bucket, gcs.config.project, gcs.config.retry_attempts, gcs.destination_name) == (
         "acme-exports",
         "acme",
         2,
@@ -545,12 +551,13 @@ def test_usable_as_a_dagster_resource(
     local = write(tmp_path / "a.csv", b"id\n1\n")
 
     @dg.asset
-    def exported(destination: Destination) -> str:
-        destination.upload(local, f"{folder}/a.csv")
-        return destination.uri(f"{folder}/a.csv")
+    def exported(destination: DestinationResource) -> str:
+        destination.get_destination().upload(local, f"{folder}/a.csv")
+        return destination.get_destination().uri(f"{folder}/a.csv")
 
-    resource = GCSDestination(
-        bucket=BUCKET, project=dg.EnvVar("DINMO_TEST_PROJECT"), destination_name="exports"
+    resource = DestinationResource(
+        destination_name="exports",
+        settings={"type": "gcs", "bucket": BUCKET, "project": {"env": "DINMO_TEST_PROJECT"}},
     )
     result = dg.materialize(
         [exported], resources={"destination": resource}, instance=dg.DagsterInstance.ephemeral()
@@ -563,7 +570,7 @@ def test_usable_as_a_dagster_resource(
 def test_service_account_json_from_env_var_outside_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("DINMO_TEST_KEY", '{"private_key": "SUPERSECRET"')
-    dest = make_gcs(service_account_json=dg.EnvVar("DINMO_TEST_KEY"))
+    dest = make_gcs(service_account_json={"env": "DINMO_TEST_KEY"})
     with pytest.raises(DestinationError) as info:
         dest.check()
     assert str(info.value) == "destination 'exports': service_account_json is not a valid service account key"

@@ -18,11 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 from fakes.braze import BrazeFake
-from fakes.firestore_emulator import (  # noqa: F401 (fixtures are found by name)
+from fakes.firestore_emulator import (  # its fixtures come from conftest's pytest_plugins
     FIRESTORE_EMULATOR_ENV_VAR,
     FirestoreEmulatorUnavailable,
-    firestore_emulator,
-    firestore_env,
     start_firestore_emulator,
 )
 from fakes.meta_ads import MetaAdsFake

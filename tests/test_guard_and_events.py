@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 import socket
@@ -23,12 +22,13 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dinmo_dagster import delta, sync
+from dinmo_dagster import sync
 from dinmo_dagster.assets.activations import sync_target
 from dinmo_dagster.assets.models import refresh_upstream
 from dinmo_dagster.config import load_project
 from dinmo_dagster.definitions import build_definitions
 from dinmo_dagster.resources import build_resources
+from dinmo_dagster.state import JournalState
 
 PROJECT = """
 sources:
@@ -93,13 +93,11 @@ def snapshot_and_deliver(env, activation: str, key: str, **kwargs) -> sync.SyncR
     return sync.deliver(t, key, **kwargs)
 
 
-def journal(env, activation: str, partition_key: str, state: str, files: list[str], owner: str,
+def journal(env, activation: str, partition_key: str, state: JournalState, files: list[str], owner: str,
             run_id: str = "other-run") -> None:
     t = sync_target(env.project, activation, env.resources)
-    sync.ensure_state(t)
-    t.warehouse.execute([delta.insert_sql(t.state(delta.JOURNAL), delta.JOURNAL, {
-        "activation": activation, "partition_key": partition_key, "run_id": run_id, "owner": owner,
-        "state": state, "files": json.dumps(files), "updated_at": T0}, "duckdb")])
+    t.store.ensure()
+    t.store.journal(partition_key, run_id, state, files, owner=owner)
 
 
 def test_a_running_sync_blocks_a_second_one_and_a_dead_one_does_not(env) -> None:
@@ -108,7 +106,7 @@ def test_a_running_sync_blocks_a_second_one_and_a_dead_one_does_not(env) -> None
     leftover.write_text("partial")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        journal(env, "people", "20250102T000000.000000Z", "writing", ["people_20250102.csv"],
+        journal(env, "people", "20250102T000000.000000Z", JournalState.WRITING, ["people_20250102.csv"],
                 owner=f"{socket.gethostname()}:{sleeper.pid}")
         t = sync_target(env.project, "people", env.resources)
         sync.take_snapshot(t, "20250103T000000.000000Z")
@@ -180,12 +178,12 @@ def test_any_sync_removes_the_working_directories_of_dead_processes_and_only_tho
 def test_a_run_dagster_reports_finished_never_blocks(env) -> None:
     snapshot_and_deliver(env, "people", "20250101T000000.000000Z")
     # A live pid on another machine: only Dagster's word is known, and it says the run is finished.
-    journal(env, "people", "20250102T000000.000000Z", "writing", [], owner="elsewhere:1")
+    journal(env, "people", "20250102T000000.000000Z", JournalState.WRITING, [], owner="elsewhere:1")
     result = snapshot_and_deliver(env, "people", "20250103T000000.000000Z",
                                   is_alive=lambda run_id, owner: False)
     assert result.sync_type == "delta"
     with pytest.raises(sync.SyncError, match="is running"):
-        journal(env, "people", "20250104T000000.000000Z", "writing", [], owner="elsewhere:1")
+        journal(env, "people", "20250104T000000.000000Z", JournalState.WRITING, [], owner="elsewhere:1")
         snapshot_and_deliver(env, "people", "20250105T000000.000000Z", is_alive=lambda run_id, owner: True)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -19,11 +22,17 @@ from dagster._core.test_utils import in_process_test_workspace
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from dinmo_dagster import sync
-from dinmo_dagster.assets.activations import job_name, partitions_name
 from dinmo_dagster.config import load_project
 from dinmo_dagster.definitions import build_definitions
-from dinmo_dagster.sensors import FAILURE_SENSOR, VALIDATION_SENSOR, control
+from dinmo_dagster.names import (
+    FAILURE_SENSOR,
+    VALIDATION_SENSOR,
+    job_name,
+    partitions_name,
+    source_sensor_name,
+)
 from dinmo_dagster.sensors.fingerprint import fingerprint_sql
+from dinmo_dagster.translator import DinmoEntity, DinmoTranslator
 
 PROJECT = """
 sources:
@@ -217,7 +226,7 @@ def _source_tick(project: Any, instance: dg.DagsterInstance, name: str, cursor: 
     from dinmo_dagster.resources import build_resources
 
     defs = build_definitions(project)
-    sensor_def = defs.resolve_sensor_def(control.source_sensor_name(name))
+    sensor_def = defs.resolve_sensor_def(source_sensor_name(name))
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=build_resources(project),
                                       repository_def=defs.get_repository_def())
     from dagster._core.definitions.partitions.context import partition_loading_context
@@ -251,7 +260,7 @@ def test_fingerprint_queries_by_model_kind(project_dir: Path) -> None:
     from dinmo_dagster.resources import build_resources
 
     with dg.build_resources(build_resources(project)) as res:
-        wh = res.source_warehouse
+        wh = res.source_warehouse.get_warehouse()
         assert "max(" in fingerprint_sql(wh, project, "vip_daily").lower()  # table model with order_by
         assert "hash(" in fingerprint_sql(wh, project, "people_hash").lower()  # sql model, no watermark
         assert "max(" in fingerprint_sql(wh, project, "people_mark").lower()  # watermark column
@@ -569,10 +578,11 @@ def test_dependency_cycles_are_validation_errors_and_never_stop_the_project_load
     # Definitions built from such a project anyway (as a code location that skipped validation would) still
     # load: the entities in a cycle fail when they run, with the same message, and the others work.
     from dinmo_dagster import config
+    from dinmo_dagster.warehouses.duckdb import DuckDBSource
 
     project = config.Project(directory=tmp_path)
     raw = yaml.load(CYCLES, Loader=config._Loader)  # the project's YAML 1.2 loader: `on:` stays a key
-    project.sources = {"wh": config.DuckDBSource.model_validate(raw["sources"]["wh"])}
+    project.sources = {"wh": DuckDBSource.model_validate(raw["sources"]["wh"])}
     project.models = {n: config.Model.model_validate(v) for n, v in raw["models"].items()}
     project.segments = {n: config.Segment.model_validate(v) for n, v in raw["segments"].items()}
     project.destinations = {}
@@ -586,3 +596,74 @@ def test_dependency_cycles_are_validation_errors_and_never_stop_the_project_load
     assert set(failures) == {"models__customers", "models__orders", "segments__a", "segments__b", "segments__me"}
     assert failures["segments__me"] == f"segments.me.filter: segment 'me' refers to itself (me -> me); {allowed}"
     assert instance.get_latest_materialization_event(dg.AssetKey(["segments", "fine"])) is not None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the translator: keys and groups of the user's own
+# ---------------------------------------------------------------------------------------------------------
+
+
+class CrmTranslator(DinmoTranslator):
+    """Every asset under the key prefix ``crm``, in one group ``crm``."""
+
+    def get_asset_spec(self, entity: DinmoEntity) -> dg.AssetSpec:
+        spec = super().get_asset_spec(entity)
+        return spec.replace_attributes(key=spec.key.with_prefix("crm"), group_name="crm")
+
+
+def test_a_translator_re_prefixes_keys_and_regroups_and_the_sync_still_runs(project_dir: Path, instance) -> None:
+    defs = build_definitions(load_project(project_dir), translator=CrmTranslator())
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    lineage = {k.to_user_string(): (graph.get(k).group_name, sorted(p.to_user_string() for p in graph.get(k).parent_keys))
+               for k in graph.get_all_asset_keys()}
+    assert lineage == {
+        "crm/sources/warehouse/raw/customers": ("crm", []),
+        "crm/models/customers": ("crm", ["crm/sources/warehouse/raw/customers"]),
+        "crm/models/people": ("crm", []),
+        "crm/segments/vip": ("crm", ["crm/models/customers"]),
+        "crm/segments/everyone": ("crm", ["crm/models/people"]),
+        **{f"crm/snapshots/{a}": ("crm", [f"crm/segments/{s}"]) for a, s in (
+            ("vip_daily", "vip"), ("vip_weekly", "vip"), ("people_hash", "everyone"), ("people_mark", "everyone"))},
+        **{f"crm/activations/{a}": ("crm", [f"crm/snapshots/{a}"])
+           for a in ("vip_daily", "vip_weekly", "people_hash", "people_mark")},
+    }
+    assert sorted(c.to_user_string() for c in graph.asset_check_keys) == [
+        "crm/models/customers:primary_key_unique", "crm/models/people:primary_key_unique",
+        "crm/segments/everyone:primary_key_unique", "crm/segments/vip:primary_key_unique"]
+    # The sync job, its partitions and its run config keep their names: `dinmo sync` runs it unchanged.
+    result = _sync(defs, instance, "vip_daily")
+    assert result.success
+    assert _read_csv(project_dir / "out" / "vip.csv") == [
+        ["customer_id", "email", "ltv", "updated_at"],
+        ["1", "a@x.io", "500.0", "2025-01-01T00:00:00.000000"],
+        ["3", "c@x.io", "900.0", "2025-01-03T00:00:00.000000"]]
+    event = instance.get_latest_materialization_event(dg.AssetKey(["crm", "activations", "vip_daily"]))
+    assert event is not None and event.asset_materialization.metadata["rows_added"].value == 2
+    assert instance.get_latest_materialization_event(dg.AssetKey(["activations", "vip_daily"])) is None
+
+
+def test_validation_pauses_the_activation_observed_under_the_translated_key(workspace: Workspace,
+                                                                            project_dir: Path) -> None:
+    ws = workspace
+    # The definitions the sensor runs with (schedule and sensor names do not depend on the translator).
+    ws.defs = build_definitions(ws.project, translator=CrmTranslator())
+    ws.repo_def = ws.defs.get_repository_def()
+    sql(project_dir, "drop table raw.customers")
+    broken = ws.evaluate(VALIDATION_SENSOR)
+    observed = {e.asset_key.to_user_string(): e.metadata["dinmo/culprit"].value for e in broken.asset_events}
+    assert sorted(observed) == ["crm/activations/people_hash", "crm/activations/people_mark",
+                                "crm/activations/vip_daily", "crm/activations/vip_weekly"]
+    assert observed["crm/activations/vip_daily"] == "models.customers: table raw.customers does not exist"
+    assert not ws.running("schedule", "vip_daily_schedule")
+
+
+def test_importing_the_definitions_module_loads_no_project(tmp_path: Path) -> None:
+    """`dinmo --project P` imports the definitions module: a broken DINMO_PROJECT_DIR must not stop it."""
+    missing = tmp_path / "missing"
+    code = ("import dinmo_dagster.cli, dinmo_dagster.definitions as d\n"
+            "from dinmo_dagster.config import ProjectError\n"
+            "try:\n    d.defs()\nexcept ProjectError as exc:\n    print(exc.problems)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DINMO_PROJECT_DIR": str(missing)})
+    assert (out.returncode, out.stdout.strip()) == (0, str([f"{missing}: project directory does not exist"]))

@@ -275,6 +275,16 @@ def test_a_hashing_platform_never_receives_raw_identifiers(echo):
     assert result.top_reasons() == [("invalid identifier email", 1), ("invalid identifier phone", 1)]
 
 
+def test_a_null_identifier_is_rejected_as_empty_and_never_sent_as_the_text_none(echo):
+    batch = people(2).append_column("ext", pa.array(["A-1", None]))
+    spec = ActivationSpec("vip_audience", "customer_id", {"external_id": "ext"})
+    journal = InMemoryJournal()
+    deliver(echo_platform(echo), spec, {"add": [batch]}, journal)
+
+    assert [m["ids"] for m in echo.members()] == [{"external_id": "A-1"}]
+    assert journal.rejections == [("2", "add", "identifier external_id (column ext) is empty")]
+
+
 # --------------------------------------------------------------------------------------------------
 # Mapping, NULLs, batching
 # --------------------------------------------------------------------------------------------------

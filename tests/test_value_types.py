@@ -372,7 +372,7 @@ def test_intervals_match_postgresql_iso_8601(postgres_server: Any) -> None:
 
 def test_postgresql_infinity_lands_as_duckdb_infinity(postgres_server: Any, tmp_path: Path) -> None:
     """PostgreSQL's infinite timestamps and dates stream as DuckDB's do, and are written 'infinity'."""
-    from dinmo_dagster.resources.warehouses import warehouse_from_config
+    from dinmo_dagster.warehouses import warehouse_from_config
 
     pg = warehouse_from_config("pg", postgres_server.config())
     sql = (

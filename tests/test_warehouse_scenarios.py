@@ -201,7 +201,7 @@ def scenario_project(kind: str, request, tmp_path: Path, monkeypatch,
         (tmp_path / "dinmo.yaml").write_text(_project_yaml(source, raw, names))
         project = load_project(tmp_path)
         with dg.build_resources(build_resources(project)) as resources:
-            wh = resources.source_wh
+            wh = resources.source_wh.get_warehouse()
             try:
                 if live_schemas:
                     wh.ensure_schema(raw)  # in the source's location (BigQuery)

@@ -29,17 +29,14 @@ from test_warehouse_scenarios import (
     scenario_project,
 )
 
-from dinmo_dagster.resources.warehouses import (
-    BigQueryWarehouse,
-    DatabricksWarehouse,
-    DuckDBWarehouse,
-    PostgresWarehouse,
-    RedshiftWarehouse,
-    SnowflakeWarehouse,
-    Warehouse,
-    WarehouseError,
-    warehouse_from_config,
-)
+from dinmo_dagster.resources import WarehouseResource
+from dinmo_dagster.warehouses import Warehouse, WarehouseError, warehouse_from_config
+from dinmo_dagster.warehouses.bigquery import BigQueryWarehouse
+from dinmo_dagster.warehouses.databricks import DatabricksWarehouse
+from dinmo_dagster.warehouses.duckdb import DuckDBWarehouse
+from dinmo_dagster.warehouses.postgres import PostgresWarehouse
+from dinmo_dagster.warehouses.redshift import RedshiftWarehouse
+from dinmo_dagster.warehouses.snowflake import SnowflakeWarehouse
 
 UTC = dt.timezone.utc
 N_ROWS = 250_000
@@ -193,7 +190,7 @@ def test_duckdb_connection_released_after_each_operation(duck, tmp_path):
     holder = textwrap.dedent(
         f"""
         import duckdb, sys, time
-        con = duckdb.connect({duck.path!r})
+        con = duckdb.connect({duck.config.path!r})
         con.execute("INSERT INTO t VALUES (42)")
         print("locked", flush=True)
         time.sleep(1.5)
@@ -224,20 +221,22 @@ def test_duckdb_unusable_path_is_a_clear_error(tmp_path):
 
 
 def test_duckdb_works_as_a_dagster_resource(duck, monkeypatch):
-    monkeypatch.setenv("DINMO_TEST_DUCK_PATH", duck.path)
+    monkeypatch.setenv("DINMO_TEST_DUCK_PATH", duck.config.path)
     seen = {}
 
     @dg.asset
-    def probe(warehouse: DuckDBWarehouse) -> None:
-        seen["rows"] = warehouse.query("SELECT 41 + 1")
+    def probe(warehouse: WarehouseResource) -> None:
+        seen["rows"] = warehouse.get_warehouse().query("SELECT 41 + 1")
 
-    resource = DuckDBWarehouse(source_name="local", path=dg.EnvVar("DINMO_TEST_DUCK_PATH"))
+    resource = WarehouseResource(
+        source_name="local", settings={"type": "duckdb", "path": {"env": "DINMO_TEST_DUCK_PATH"}}
+    )
     result = dg.materialize(
         [probe], resources={"warehouse": resource}, instance=dg.DagsterInstance.ephemeral()
     )
     assert result.success and seen["rows"] == [(42,)]
     # outside a run the EnvVar is read from the environment when connecting
-    assert resource.query("SELECT 1") == [(1,)]
+    assert resource.get_warehouse().query("SELECT 1") == [(1,)]
 
 
 def _duckdb_limit_for(setting: str) -> str:
@@ -258,7 +257,7 @@ def _default_duckdb_source(tmp_path, settings: str = "") -> DuckDBWarehouse:
     from dinmo_dagster.resources import build_resources
 
     (tmp_path / "dinmo.yaml").write_text(f"sources:\n  wh: {{type: duckdb, path: wh.duckdb{settings}}}\n")
-    wh = build_resources(load_project(tmp_path))["source_wh"]
+    wh = build_resources(load_project(tmp_path))["source_wh"].get_warehouse()
     assert isinstance(wh, DuckDBWarehouse)
     return wh
 
@@ -267,7 +266,7 @@ def test_duckdb_default_memory_limit_is_half_the_memory(tmp_path):
     """With no `memory_limit` in the YAML, DuckDB may use half the machine's memory and spills next to
     the database file."""
     wh = _default_duckdb_source(tmp_path)
-    assert wh.memory_limit == "50%"
+    assert wh.config.memory_limit == "50%"
     [(limit, temp_directory)] = wh.query(
         "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
     )
@@ -305,7 +304,7 @@ def test_duckdb_spill_files_of_a_killed_process_are_deleted_when_the_file_is_nex
     holder = textwrap.dedent(
         f"""
         import duckdb, time
-        con = duckdb.connect({wh.path!r})
+        con = duckdb.connect({wh.config.path!r})
         con.execute("SET memory_limit = '32MB'")
         con.execute("SET threads = 1")
         reader = con.sql("SELECT id, md5(id::VARCHAR) AS h FROM raw.keys ORDER BY h").to_arrow_reader(1000)
@@ -527,7 +526,7 @@ def test_redshift_construction_and_sql(postgres_server):
         {"type": "redshift", "host": "example.redshift.amazonaws.com", "database": "dev", "user": "dinmo",
          "password": {"env": "RS_PASSWORD"}},
     )  # fmt: skip
-    assert isinstance(wh, RedshiftWarehouse) and wh.dialect == "redshift" and wh.port == 5439
+    assert isinstance(wh, RedshiftWarehouse) and wh.dialect == "redshift" and wh.config.port == 5439
     assert wh.qualify("dinmo_segments", "model_X").sql(dialect="redshift") == '"dinmo_segments"."model_x"'
     assert wh._render(wh._create_schema("dinmo_stats")) == 'CREATE SCHEMA IF NOT EXISTS "dinmo_stats"'
 
@@ -637,16 +636,19 @@ def test_snowflake_errors_name_the_source_not_the_password(snow):
     assert SF_PASSWORD not in str(info.value)
 
 
+def snowflake(name: str, **settings: str) -> SnowflakeWarehouse:
+    """A Snowflake source built from these settings (no connection is opened)."""
+    wh = warehouse_from_config(name, {"type": "snowflake", **settings})
+    assert isinstance(wh, SnowflakeWarehouse)
+    return wh
+
+
 def test_snowflake_auth_config():
     with pytest.raises(WarehouseError, match="needs `password`, `private_key` or `private_key_path`"):
-        SnowflakeWarehouse(source_name="snow", account="a", user="u", database="d").snowflake_resource()
+        snowflake("snow", account="a", user="u", database="d").snowflake_resource()
     with pytest.raises(WarehouseError, match="either `password` or a private key"):
-        SnowflakeWarehouse(
-            source_name="snow", account="a", user="u", database="d", password="p", private_key="k"
-        ).snowflake_resource()
-    key_only = SnowflakeWarehouse(
-        source_name="snow", account="a", user="u", database="d", private_key="KEY-xyz"
-    )
+        snowflake("snow", account="a", user="u", database="d", password="p", private_key="k").snowflake_resource()
+    key_only = snowflake("snow", account="a", user="u", database="d", private_key="KEY-xyz")
     assert key_only.snowflake_resource().private_key == "KEY-xyz"
     assert "KEY-xyz" not in repr(key_only)
     # a key that cannot be loaded fails at connect time, without echoing the key
@@ -695,7 +697,10 @@ def test_bigquery_construction_and_sql(monkeypatch):
 
 
 def test_bigquery_bad_key_is_a_clear_error():
-    wh = BigQueryWarehouse(source_name="bq", project="acme-data", service_account_json="not json NOTAKEY-123")
+    wh = warehouse_from_config(
+        "bq", {"type": "bigquery", "project": "acme-data", "service_account_json": "not json NOTAKEY-123"}
+    )
+    assert isinstance(wh, BigQueryWarehouse)
     with pytest.raises(WarehouseError) as info:
         wh.check_connection()
     assert "neither a JSON key nor a base64-encoded JSON key" in str(info.value)
@@ -740,9 +745,12 @@ def test_databricks_without_driver_is_a_clear_error():
         pass
     else:
         pytest.skip("databricks-sql-connector is installed: this test covers its absence")
-    wh = DatabricksWarehouse(
-        source_name="dbx", server_hostname="h", http_path="/p", access_token="dapi-SECRET-123", catalog="main"
-    )
+    wh = warehouse_from_config(
+        "dbx",
+        {"type": "databricks", "server_hostname": "h", "http_path": "/p", "access_token": "dapi-SECRET-123",
+         "catalog": "main"},
+    )  # fmt: skip
+    assert isinstance(wh, DatabricksWarehouse)
     with pytest.raises(WarehouseError, match="pip install databricks-sql-connector"):
         wh.check_connection()
 
@@ -779,25 +787,16 @@ def test_from_config_errors(tmp_path):
     # null is "unset" for a setting that cannot be None
     pg = warehouse_from_config("x", {"type": "postgres", "host": "h", "database": "d", "user": "u",
                                      "password": None, "schema": None})  # fmt: skip
-    assert (pg.password, pg.schema_) == ("", "public")
+    assert (pg.config.password, pg.config.schema_) == (None, "public")
 
 
 def test_every_project_config_key_is_accepted():
-    """Each key the project YAML allows for a source is a setting of its warehouse resource."""
-    from dinmo_dagster import config as project_config
-    from dinmo_dagster.resources.warehouses import WAREHOUSE_TYPES, config_keys
+    """The project YAML and the warehouse read a source's settings with the same model, one per type."""
+    from dinmo_dagster.config import connector_models
+    from dinmo_dagster.connectors import ConnectorKind, connectors
 
-    models = {
-        "duckdb": project_config.DuckDBSource,
-        "postgres": project_config.PostgresSource,
-        "snowflake": project_config.SnowflakeSource,
-        "bigquery": project_config.BigQuerySource,
-        "redshift": project_config.RedshiftSource,
-        "databricks": project_config.DatabricksSource,
-    }
-    for source_type, model in models.items():
-        yaml_keys = {info.alias or name for name, info in model.model_fields.items()} - {
-            "type",
-            "helper_schemas",
-        }
-        assert yaml_keys <= set(config_keys(WAREHOUSE_TYPES[source_type])), source_type
+    models = connector_models("sources")
+    assert list(models) == ["duckdb", "postgres", "snowflake", "bigquery", "redshift", "databricks"]
+    for connector in connectors(ConnectorKind.WAREHOUSE):
+        assert models[connector.type] is connector.config_model
+        assert connector.adapter.source_type == connector.type

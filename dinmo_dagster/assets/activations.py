@@ -3,19 +3,30 @@
 ``snapshots/A`` stores, in ``dinmo_delta_storage``, each record's key and row hash and the rows the sync
 will deliver (every row for a full sync, the changes for a delta sync: ``sync.take_snapshot``);
 ``activations/A`` computes the change set against A's last successful snapshot, writes the files, and
-only then promotes the snapshot to A's baseline. The plain-Python work is in ``dinmo_dagster.sync``.
+only then promotes the snapshot to A's baseline. The plain-Python work is in ``dinmo_dagster.sync``;
+keys, groups and descriptions come from the translator, names from ``names.py``.
 """
 
-
+# No `from __future__ import annotations`: Dagster reads the steps' `config: SyncConfig` annotation.
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from dinmo_dagster import sync
-from dinmo_dagster.assets.models import model_key, segment_key
 from dinmo_dagster.config import Project
-from dinmo_dagster.resources import destination_key, source_key
+from dinmo_dagster.names import (
+    ACTIVATION_TAG,
+    OWNER_TAG,
+    activation_key,
+    job_name,
+    op_name,
+    partitions_name,
+    pool_name,
+    snapshot_key,
+)
+from dinmo_dagster.resources import destination_key, destination_of, source_key, warehouse_of
+from dinmo_dagster.translator import DinmoEntity, DinmoTranslator
 
 
 class SyncConfig(dg.Config):
@@ -25,40 +36,18 @@ class SyncConfig(dg.Config):
         default=False, description="Ignore the baseline and export every record (the baseline is replaced).")
 
 
-def snapshot_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["snapshots", name])
-
-
-def activation_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["activations", name])
-
-
-def partitions_name(activation: str) -> str:
-    return f"sync_{activation}"
-
-
-def job_name(activation: str) -> str:
-    return f"sync_{activation}"
-
-
-def pool_name(activation: str) -> str:
-    return f"dinmo_activation_{activation}"
-
-
 def sync_target(project: Project, name: str, resources: Any) -> sync.SyncTarget:
+    """What ``sync`` needs of activation ``name``, with its warehouse and destination from ``resources``."""
     a = project.activations[name]
     seg = project.segments[a.segment]
     model = project.models[seg.model]
     return sync.SyncTarget(
         name=name, activation=a, model_name=seg.model, model=model, segment_name=a.segment,
-        warehouse=getattr(resources, source_key(model.source)),
+        warehouse=warehouse_of(resources, model.source),
         # A snapshot step has no destination resource: it takes snapshots and writes no file.
-        destination=getattr(resources, destination_key(a.destination), None),
+        destination=destination_of(resources, a.destination),
         schemas=project.sources[model.source].helper_schemas,
     )
-
-
-OWNER_TAG = "dinmo/owner"
 
 
 def reap_dead_syncs(instance: dg.DagsterInstance, activation: str) -> list[str]:
@@ -90,7 +79,7 @@ def fail_dead_run(instance: dg.DagsterInstance, run: dg.DagsterRun, message: str
 def sync_ops_config(activation: str, full_refresh: bool = False) -> dict[str, Any]:
     """The ``ops`` run config of a sync: both steps take ``full_refresh`` (a full refresh's snapshot
     stores every row)."""
-    return {key(activation).to_python_identifier(): {"config": {"full_refresh": full_refresh}}
+    return {op_name(key(activation)): {"config": {"full_refresh": full_refresh}}
             for key in (snapshot_key, activation_key)}
 
 
@@ -149,60 +138,16 @@ def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
     return md
 
 
-def destination_text(project: Project, name: str) -> str:
-    """Where activation ``name`` writes: ``gs://bucket/folder/`` or the local folder's path."""
+def _activation_assets(project: Project, name: str, translator: DinmoTranslator) -> list[Any]:
     a = project.activations[name]
-    d = project.destinations[a.destination]
-    folder = a.folder.strip("/")
-    if d.type == "gcs":
-        return f"gs://{d.bucket}/{folder + '/' if folder else ''}"
-    return str(project.resolve_path(d.path) / folder) if folder else str(project.resolve_path(d.path))
-
-
-def asset_descriptions(project: Project, name: str) -> tuple[str, str]:
-    """The descriptions of ``snapshots/A`` and ``activations/A``.
-
-    Both assets' keys end in the activation's name, which is the label the asset graph shows on
-    each node, so each description starts with a line that tells them apart
-    (``A: snapshot (delta storage)``, ``A: delivery to D``): the UI shows that first line under the
-    label when the graph's Description facet is on, and the whole text in the asset's sidebar and page.
-    The activation's own ``description`` follows that line.
-    """
-    a = project.activations[name]
-    schemas = project.sources[project.models[project.segments[a.segment].model].source].helper_schemas
-    rows = "" if a.effective_run_type == "full_only" else \
-        f", and the rows this sync delivers (`rows__{name}__<partition>`)"
-    snapshot = (
-        f"{name}: snapshot (delta storage)\n\n"
-        f"Step 1 of each sync of activation '{name}': stores in `{schemas.delta_storage}` the key and row hash "
-        f"of every record of segment '{a.segment}' (`snap__{name}__<partition>`){rows}. One partition per "
-        "sync; nothing leaves the warehouse."
-    )
-    delivery = "\n\n".join([
-        f"{name}: delivery to {a.destination}",
-        *([a.description] if a.description else []),
-        (f"Step 2 of each sync: writes segment '{a.segment}' as {a.format} files ({a.sync_mode} mode, "
-         f"{a.effective_run_type}) to {destination_text(project, name)}, then promotes the snapshot to the "
-         "activation's baseline."),
-    ])
-    return snapshot, delivery
-
-
-def _activation_assets(project: Project, name: str) -> list[Any]:
-    a = project.activations[name]
-    seg = project.segments[a.segment]
-    model = project.models[seg.model]
+    _, model = project.model_of(name)
     parts = dg.DynamicPartitionsDefinition(name=partitions_name(name))
-    src_kind = project.sources[model.source].type
-    dest_kind = project.destinations[a.destination].type
-    resource_keys = {source_key(model.source), destination_key(a.destination)}
-    snapshot_desc, delivery_desc = asset_descriptions(project, name)
+    snapshot_spec = translator.get_asset_spec(DinmoEntity.snapshot(project, name))
+    delivery_spec = translator.get_asset_spec(DinmoEntity.activation(project, name))
 
-    @dg.asset(
-        key=snapshot_key(name), group_name=f"activation_{name}", partitions_def=parts,
-        deps=[segment_key(a.segment)], required_resource_keys={source_key(model.source)},
-        kinds={src_kind, "snapshot"}, pool=pool_name(name), description=snapshot_desc,
-        metadata={"dinmo/activation": name, "dinmo/step": "1 of 2: snapshot (delta storage)"},
+    @dg.multi_asset(
+        specs=[snapshot_spec], name=op_name(snapshot_key(name)), partitions_def=parts, pool=pool_name(name),
+        required_resource_keys={source_key(model.source)},
     )
     def _snapshot(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
         t = sync_target(project, name, context.resources)
@@ -227,13 +172,9 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
             **({"event_window_start": snap.window_start.isoformat()} if snap.window_start else {}),
         })
 
-    @dg.asset(
-        key=activation_key(name), group_name=f"activation_{name}", partitions_def=parts,
-        deps=[snapshot_key(name)], required_resource_keys=resource_keys,
-        kinds={dest_kind, a.format, "delivery"}, pool=pool_name(name), description=delivery_desc,
-        metadata={"dinmo/activation": name, "dinmo/step": f"2 of 2: delivery to {a.destination}",
-                  "dinmo/destination": destination_text(project, name)},
-        tags={"dinmo/sync_mode": a.sync_mode, "dinmo/run_type": a.effective_run_type},
+    @dg.multi_asset(
+        specs=[delivery_spec], name=op_name(activation_key(name)), partitions_def=parts, pool=pool_name(name),
+        required_resource_keys={source_key(model.source), destination_key(a.destination)},
     )
     def _activation(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
         t = sync_target(project, name, context.resources)
@@ -268,24 +209,28 @@ def _activation_assets(project: Project, name: str) -> list[Any]:
     return [_snapshot, _activation]
 
 
-def sync_job(project: Project, name: str) -> Any:
+def sync_job(project: Project, name: str, translator: DinmoTranslator | None = None) -> Any:
     """Models, segments (with their blocking checks), snapshot and activation, in one run."""
     a = project.activations[name]
-    selection = dg.AssetSelection.assets(activation_key(name)).upstream().materializable()
+    key = (translator or DinmoTranslator()).get_asset_key(DinmoEntity.activation(project, name))
     return dg.define_asset_job(
-        job_name(name), selection=selection,
+        job_name(name), selection=dg.AssetSelection.assets(key).upstream().materializable(),
         description=f"Sync activation '{name}': refresh segment '{a.segment}', snapshot it, deliver the changes",
-        tags={"dinmo/activation": name},
+        tags={ACTIVATION_TAG: name},
     )
 
 
-def defs(project: Project) -> dg.Definitions:
+def defs(project: Project, translator: DinmoTranslator | None = None) -> dg.Definitions:
+    """Each activation's snapshot and delivery assets, and its sync job."""
+    translator = translator or DinmoTranslator()
     assets: list[Any] = []
     jobs = []
     for name in project.activations:
-        assets += _activation_assets(project, name)
-        jobs.append(sync_job(project, name))
+        assets += _activation_assets(project, name, translator)
+        jobs.append(sync_job(project, name, translator))
     return dg.Definitions(assets=assets, jobs=jobs)
 
 
-__all__ = ["activation_key", "defs", "model_key", "segment_key", "snapshot_key", "sync_job"]
+# Names callers have always imported from here; they live in names.py.
+__all__ = ["OWNER_TAG", "SyncConfig", "activation_key", "defs", "job_name", "partitions_name", "pool_name",
+           "reap_dead_syncs", "step_failure_text", "sync_job", "sync_ops_config", "sync_run_request", "sync_target"]

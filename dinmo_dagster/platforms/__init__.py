@@ -117,7 +117,7 @@ __all__ = [
 ]
 
 # Modules of the platforms shipped with the package (each registers itself when imported).
-_BUILTIN_MODULES = ("hubspot",)
+_BUILTIN_MODULES = ("hubspot", "braze", "meta_ads", "firestore")
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,17 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import pydantic
 from pydantic import ConfigDict, Field, SecretStr
 
 from dinmo_dagster.platforms.errors import PlatformConfigError, PlatformRequestError, redact
 from dinmo_dagster.platforms.identifiers import IdentifierSpec
-
-if TYPE_CHECKING:
-    from dinmo_dagster.platforms.http import Transport
-    from dinmo_dagster.platforms.ratelimit import RateLimiter
+from dinmo_dagster.platforms.ratelimit import RateLimiter
 
 __all__ = [
     "ATTRIBUTE_OPERATIONS",
@@ -94,6 +91,13 @@ class RateLimitSetting(pydantic.BaseModel):
     def per_second(self) -> float:
         """The limit as requests per second."""
         return self.requests / self.per_seconds
+
+
+class Transport(Protocol):
+    """What an adapter may do with the connection it is handed: send one prepared request and get the
+    answer (retries, rate limiting and auth errors are the transport's business; see ``http.Transport``)."""
+
+    def send(self, request: PreparedRequest) -> HttpResponse: ...
 
 
 class PlatformSettings(pydantic.BaseModel):
@@ -177,13 +181,20 @@ class Record:
 @dataclass(frozen=True)
 class PreparedRequest:
     """An HTTP request an adapter wants sent. ``path`` is relative to the platform's base URL
-    (or an absolute ``https://`` URL, for job links)."""
+    (or an absolute ``https://`` URL, for job links).
+
+    ``call`` is for platforms reached through their own client library (gRPC) rather than HTTP:
+    the transport runs it instead of an HTTP request, under the same rate limiter, retries and
+    error handling, and it returns the answer as its HTTP equivalent (gRPC ``UNAVAILABLE`` as 503,
+    ``PERMISSION_DENIED`` as 403...). ``method``, ``path`` and ``json`` then describe the call for
+    logs and previews."""
 
     method: str
     path: str
     json: Any = None
     params: Mapping[str, str] | None = None
     headers: Mapping[str, str] | None = None
+    call: Callable[[], HttpResponse] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -232,7 +243,7 @@ class Signal:
     message: str | None = None
 
 
-RecordStatus = Literal["accepted", "rejected", "retry"]
+RecordStatus = Literal["accepted", "rejected", "retry", "pending"]
 
 
 @dataclass(frozen=True)
@@ -242,7 +253,8 @@ class RecordResult:
     ``reason`` is the platform's own message (kept with the rejected record in the warehouse);
     ``reason_code`` is a short label without record values (category, error code, field) used to
     group rejections in run metadata. ``retry`` means "send it again" (the platform was busy for
-    this record only).
+    this record only). ``pending`` means "sent, but the platform applies it only when the operation
+    ends" (a replace session): its verdict comes from :meth:`Platform.finish_operation`.
     """
 
     key: str
@@ -409,8 +421,9 @@ class Platform(ABC):
     ``services`` (service -> operations it supports), ``default_base_url`` and ``limits`` (a
     :class:`Limits`). Methods it implements: :meth:`record_input`, :meth:`build_request`,
     :meth:`parse_response`; it may override :meth:`deliver_batch` (several requests per batch),
-    :meth:`poll_job` (async imports), :meth:`classify` and :meth:`observe` (its error codes and
-    rate-limit headers), :meth:`identifier_spec`, :meth:`check_connection` and
+    :meth:`poll_job` (async imports), :meth:`finish_operation` (operations the platform applies only
+    at their end), :meth:`classify` and :meth:`observe` (its error codes and
+    rate-limit headers), :meth:`identifier_spec`, :meth:`clears_fields_on`, :meth:`check_connection` and
     :meth:`discover_fields` (for ``validate --connect``).
     """
 
@@ -502,6 +515,11 @@ class Platform(ABC):
         """How the platform wants identifier ``name``; None when it has no such identifier."""
         return None
 
+    def clears_fields_on(self, operation: str) -> bool:
+        """True when ``operation`` (a removal, which carries no values) clears the mapped fields: its
+        records then hold every mapped field set to None. Default: False."""
+        return False
+
     def validate_activation(self, match: Mapping[str, str], mapping: Mapping[str, str]) -> list[str]:
         """Problems of an activation's ``match`` and ``mapping`` for this platform (no network).
 
@@ -543,6 +561,13 @@ class Platform(ABC):
         """Send one batch and read the answer. Override for operations that need several requests."""
         response = transport.send(self.build_request(operation, inputs, records))
         return self.parse_response(operation, records, response)
+
+    def finish_operation(self, operation: str, pending: Sequence[str], transport: Transport) -> BatchOutcome:
+        """Complete ``operation`` once all its batches were answered (commit a replace session), and
+        give the verdicts of the records its batches left ``pending`` (keys in ``pending``). Not
+        called when the delivery stopped early: pending records then stay unacknowledged. Default:
+        nothing to complete."""
+        return BatchOutcome()
 
     def preview_request(
         self, operation: str, inputs: Sequence[Any], records: Sequence[Record]

@@ -12,7 +12,9 @@ mapped columns. For every platform alike it
 3. cuts batches at the platform's documented record count and byte size;
 4. sends them with bounded concurrency through the transport (rate limiter, retries);
 5. journals every batch's verdicts as they come back, splits a batch the platform refused whole for
-   one unnamed bad record, re-sends records the platform asked to retry, polls async jobs;
+   one unnamed bad record, re-sends records the platform asked to retry, polls async jobs; once an
+   operation's batches are all answered, lets the platform finish it (``finish_operation``: commit a
+   replace session) and journals the records it left pending;
 6. stops early, as a partial success, when a quota runs out; stops at once on an auth error.
 
 Operations run one after the other in the order given (all batches of one operation complete before
@@ -145,6 +147,8 @@ def prepare_records(
     fields = (
         {col: batch.column(col).to_pylist() for col in spec.mapping} if operation in FIELD_OPERATIONS else {}
     )
+    # A removal that clears the mapped fields (Braze's mirror) names them, each set to None.
+    cleared = dict.fromkeys(spec.mapping.values()) if platform.clears_fields_on(operation) else None
     records: list[Record] = []
     rejections: list[RecordResult] = []
     for row, raw_key in enumerate(keys):
@@ -160,14 +164,22 @@ def prepare_records(
             ident_spec = specs[name]
             if ident_spec is None:
                 raise platform.config_error(f"match.{name}: {platform.name} has no identifier {name!r}")
+            value = values[row]
+            if ident_spec.optional and (value is None or (isinstance(value, str) and not value.strip())):
+                continue  # the platform matches on the identifiers the record has
             try:
                 identifiers[name] = prepare_identifier(
-                    ident_spec, values[row], default_country=spec.default_country
+                    ident_spec, value, default_country=spec.default_country
                 )
             except IdentifierError as exc:
                 column = spec.match[name]
                 problem = (f"identifier {name} (column {column}) is {exc}", f"invalid identifier {name}")
                 break
+        if problem is None and idents and not identifiers:
+            problem = (
+                f"no identifier has a value (columns {', '.join(spec.match.values())})",
+                "no identifier",
+            )
         if problem is not None:
             rejections.append(RecordResult(key, "rejected", problem[0], problem[1]))
             continue
@@ -177,7 +189,7 @@ def prepare_records(
             if value is None and spec.null_values == "skip":
                 continue
             values_out[target] = value
-        records.append(Record(key, operation, identifiers, values_out))
+        records.append(Record(key, operation, identifiers, values_out if cleared is None else dict(cleared)))
     return records, rejections
 
 
@@ -253,6 +265,7 @@ class _Delivery:
         self.result = DeliveryResult(destination=spec.destination, platform=platform.name)
         self.stop_error: BaseException | None = None
         self.quota: QuotaExhausted | None = None
+        self.pending: dict[str, list[str]] = {}  # keys sent, awaiting finish_operation (per operation)
         self._stop = threading.Event()
 
     # -- worker side ------------------------------------------------------------------------------------
@@ -295,7 +308,9 @@ class _Delivery:
             self.reject(operation, rejections)
             if not records:
                 continue
-            done = set(self.journal.already_acknowledged(operation, [r.key for r in records]))
+            # A replace is whole (the platform drops what it was not sent): it re-sends every record.
+            keys = [r.key for r in records] if operation != "replace" else []
+            done = set(self.journal.already_acknowledged(operation, keys)) if keys else set()
             if done:
                 counts.already_acknowledged += sum(1 for r in records if r.key in done)
                 records = [r for r in records if r.key not in done]
@@ -332,6 +347,8 @@ class _Delivery:
             self.journal.acknowledged(operation, accepted)
             counts.accepted += len(accepted)
         self.reject(operation, [v for v in verdicts if v is not None and v.status == "rejected"])
+        pending = [r.key for r, v in zip(work.records, verdicts) if v is not None and v.status == "pending"]
+        self.pending.setdefault(operation, []).extend(pending)
         again = [i for i, v in enumerate(verdicts) if v is None or v.status == "retry"]
         if not again:
             return
@@ -353,6 +370,27 @@ class _Delivery:
             )
         else:
             counts.not_sent += len(again)
+
+    def finish(self, operation: str) -> None:
+        """Let the platform complete ``operation`` and journal the records it left pending."""
+        assert self.transport is not None
+        keys = self.pending.pop(operation, [])
+        counts = self.result.counts(operation)
+        try:
+            outcome = self.platform.finish_operation(operation, keys, self.transport)
+        except (PlatformError, requests.RequestException) as exc:
+            counts.not_sent += len(keys)
+            self.stop(exc)
+            return
+        by_key = {r.key: r for r in outcome.results}
+        accepted = [k for k in keys if k in by_key and by_key[k].status == "accepted"]
+        if accepted:
+            self.journal.acknowledged(operation, accepted)
+            counts.accepted += len(accepted)
+        self.reject(operation, [by_key[k] for k in keys if k in by_key and by_key[k].status == "rejected"])
+        counts.not_sent += sum(
+            1 for k in keys if k not in by_key or by_key[k].status not in ("accepted", "rejected")
+        )
 
     def stop(self, error: BaseException) -> None:
         if isinstance(error, QuotaExhaustedError):
@@ -463,7 +501,10 @@ def _run(state: _Delivery, operations: list[tuple[str, Iterable[pa.RecordBatch]]
                         continue
                     state.apply(work, outcome, pending)
             if state.stopped:
-                state.result.counts(operation).not_sent += sum(len(w.records) for w in pending)
+                left = sum(len(w.records) for w in pending) + len(state.pending.pop(operation, []))
+                state.result.counts(operation).not_sent += left
+            else:
+                state.finish(operation)
     if state.stop_error is not None:
         raise state.stop_error
 

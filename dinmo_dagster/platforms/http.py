@@ -223,6 +223,9 @@ class Transport:
             raise QuotaExhaustedError(f"{self.platform.label}: {self._quota_message}")
         waited = self.limiter.acquire()
         self._count(requests=1, rate_limit_wait_seconds=waited)
+        if request.call is not None:
+            # A client-library call (gRPC): the adapter answers with the HTTP equivalent.
+            return self._answer(request.call(), request)
         headers = dict(request.headers or {})
         data = None
         if request.json is not None:
@@ -249,6 +252,10 @@ class Transport:
             headers={k.lower(): v for k, v in raw.headers.items()},
             content=raw.content,
         )
+        return self._answer(response, request)
+
+    def _answer(self, response: HttpResponse, request: PreparedRequest) -> HttpResponse:
+        """Read the platform's signals in ``response``: return it, or raise what it means."""
         quota = self.platform.observe(response, self.limiter) or self._observe_common(response)
         if quota is not None:
             with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,10 +44,17 @@ class IdentifierError(ValueError):
 
 @dataclass(frozen=True)
 class IdentifierSpec:
-    """How a platform wants one identifier: its kind and whether it must be hashed."""
+    """How a platform wants one identifier: its kind and whether it must be hashed.
+
+    ``optional``: a record may lack it (platforms that match on any of several keys): an empty
+    value leaves it out instead of rejecting the record. ``normalize(value, default_country)``: the
+    platform's own normalization, used instead of the kind's (it raises IdentifierError).
+    """
 
     kind: IdentifierKind
     hashed: bool = False
+    optional: bool = False
+    normalize: Callable[[str, str | None], str] | None = None
 
 
 def sha256_hex(text: str) -> str:
@@ -92,9 +100,16 @@ def prepare_identifier(spec: IdentifierSpec, value: Any, *, default_country: str
     Raise IdentifierError for an empty or invalid value. Identifiers that are not hashed go as the
     warehouse holds them (as text): the platform matches them with its own rules.
     """
+    if value is None:
+        raise IdentifierError("empty")  # a NULL, never the text "None"
     text = value if isinstance(value, str) else str(value)
     if not text.strip():
         raise IdentifierError("empty")
+    if spec.normalize is not None:
+        if spec.hashed and is_sha256_hex(text):
+            return text.strip().lower()
+        normalized = spec.normalize(text, default_country)
+        return sha256_hex(normalized) if spec.hashed else normalized
     if not spec.hashed:
         return text
     if is_sha256_hex(text):

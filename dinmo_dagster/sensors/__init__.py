@@ -18,18 +18,35 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
+from dagster._core.remote_origin import RemoteRepositoryOrigin
+from dagster._core.scheduler.instigation import InstigatorStatus
+from dagster._utils.schedules import get_latest_completed_cron_tick
 
-from dinmo_dagster.config import EnvRef, Project
+from dinmo_dagster import secrets, sync
+from dinmo_dagster.assets.activations import step_failure_text, sync_run_request
+from dinmo_dagster.config import Project
+from dinmo_dagster.names import (
+    ACTIVATION_TAG,
+    FAILURE_SENSOR,
+    PAUSED_TAG,
+    TRIGGER_TAG,
+    VALIDATION_SENSOR,
+    job_name,
+    partitions_name,
+    source_sensor_name,
+)
+from dinmo_dagster.resources import destination_key, source_key, warehouse_of
 from dinmo_dagster.sensors import control
 from dinmo_dagster.sensors.fingerprint import fingerprint
+from dinmo_dagster.translator import DinmoEntity, DinmoTranslator
+from dinmo_dagster.validation import Problem, affected_activations, check_project
 
-VALIDATION_SENSOR = "dinmo_validation"
-FAILURE_SENSOR = "dinmo_pause_after_failures"
+__all__ = ["FAILURE_SENSOR", "VALIDATION_SENSOR", "defs", "pause_after_failures", "reconcile", "short_error"]
+
 VALIDATION_INTERVAL_S = 60
 
 
@@ -39,34 +56,29 @@ VALIDATION_INTERVAL_S = 60
 
 
 def source_change_sensor(project: Project, name: str) -> dg.SensorDefinition:
-    from dinmo_dagster import sync
-    from dinmo_dagster.assets.activations import job_name, partitions_name
-    from dinmo_dagster.resources import source_key
-
+    """Syncs activation ``name`` when the fingerprint of its model's source changes."""
     seg, model = project.model_of(name)
     key = source_key(model.source)
     parts = dg.DynamicPartitionsDefinition(name=partitions_name(name))
 
     @dg.sensor(
-        name=control.source_sensor_name(name), job_name=job_name(name),
+        name=source_sensor_name(name), job_name=job_name(name),
         minimum_interval_seconds=control.SOURCE_SENSOR_INTERVAL_S, default_status=dg.DefaultSensorStatus.RUNNING,
         required_resource_keys={key},
         description=f"Sync activation '{name}' when the source of model "
                     f"'{seg.model}' changes",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        fp = fingerprint(getattr(context.resources, key), project, name)
+        fp = fingerprint(warehouse_of(context.resources, model.source), project, name)
         if context.cursor is None:
             return dg.SensorResult(skip_reason=f"first fingerprint recorded: {fp}", cursor=fp)
         if fp == context.cursor:
             return dg.SkipReason(f"source unchanged: {fp}")
-        from dinmo_dagster.assets.activations import sync_run_request
-
         pk = sync.new_partition_key()
         # The partition is added by sync_run_request as well as requested below: the run request is
         # resolved against the instance's partitions.
         request = sync_run_request(context.instance, name, pk,
-                                   tags={"dinmo/activation": name, "dinmo/trigger": "source_change"})
+                                   tags={ACTIVATION_TAG: name, TRIGGER_TAG: "source_change"})
         context.log.info(f"source changed: {context.cursor} -> {fp}; syncing '{name}' as partition {pk}")
         return dg.SensorResult(
             run_requests=[request],
@@ -82,15 +94,13 @@ def source_change_sensor(project: Project, name: str) -> dg.SensorDefinition:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def reconcile(instance: Any, project: Project, problems: list[Any], paused: dict[str, Any],
+def reconcile(instance: Any, project: Project, problems: list[Problem], paused: dict[str, Any],
               origin: Any = None, log: Any = None) -> tuple[dict[str, Any], list[str]]:
     """Pause what ``problems`` break, resume what this sensor paused and is fixed.
 
     ``paused`` is ``{activation: {"culprit": ..., "instigators": {name: previous status}}}`` (the
     sensor's memory of what it paused); returns the new memory and one line per action.
     """
-    from dinmo_dagster.validation import affected_activations
-
     affected = affected_activations(project, problems)
     paused = {a: v for a, v in paused.items() if a in project.activations}
     lines: list[str] = []
@@ -122,9 +132,8 @@ def reconcile(instance: Any, project: Project, problems: list[Any], paused: dict
     return paused, lines
 
 
-def _origin(context: Any) -> Any:
-    from dagster._core.remote_origin import RemoteRepositoryOrigin
-
+def _origin(context: Any) -> RemoteRepositoryOrigin | None:
+    """The code location the daemon evaluates this sensor in, when it says."""
     loc = getattr(context, "code_location_origin", None)
     if loc is None or not context.repository_name:
         return None
@@ -135,14 +144,14 @@ def _utc(d: datetime) -> datetime:
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
 
 
-def validation_sensor(project: Project) -> dg.SensorDefinition:
-    from dagster._utils.schedules import get_latest_completed_cron_tick
-
-    from dinmo_dagster.assets.activations import activation_key
-    from dinmo_dagster.resources import destination_key, source_key
-    from dinmo_dagster.validation import check_project
-
+def validation_sensor(project: Project, translator: DinmoTranslator) -> dg.SensorDefinition:
+    """Validates the project at each tick of ``settings.validation_cron``; pauses what breaks, resumes
+    what it paused once fixed, and records both as observations of the ``activations/A`` assets."""
     cron = project.settings.validation_cron
+
+    def activation_key(name: str) -> dg.AssetKey:
+        return translator.get_asset_key(DinmoEntity.activation(project, name))
+
     keys = {source_key(n) for n in project.sources} | {destination_key(n) for n in project.destinations}
 
     @dg.sensor(
@@ -170,7 +179,7 @@ def validation_sensor(project: Project) -> dg.SensorDefinition:
             "dinmo/paused_by": "validation", "dinmo/culprit": v["culprit"]}) for a, v in paused.items()
             if a not in before]
         events += [dg.AssetObservation(asset_key=activation_key(a), metadata={
-            "dinmo/resumed_by": "validation"}) for a in before - set(paused)]
+            "dinmo/resumed_by": "validation"}) for a in sorted(before - set(paused))]
         summary = (f"{len(problems)} problem(s): " + "; ".join(str(p) for p in problems)) if problems \
             else "validation passed"
         if lines:
@@ -187,13 +196,10 @@ def validation_sensor(project: Project) -> dg.SensorDefinition:
 
 
 def _secrets(project: Project) -> list[str]:
-    out = []
-    for cfg in [*project.sources.values(), *project.destinations.values()]:
-        for name in type(cfg).model_fields:
-            v = getattr(cfg, name, None)
-            if isinstance(v, EnvRef) and len(os.environ.get(v.env, "")) >= 3:
-                out.append(os.environ[v.env])
-    return sorted(out, key=len, reverse=True)
+    """Every value the project's sources and destinations read from the environment, longest first."""
+    found = {s for cfg in [*project.sources.values(), *project.destinations.values()]
+             for s in secrets.secret_values(cfg, every_env_ref=True)}
+    return sorted(found, key=len, reverse=True)
 
 
 def short_error(project: Project, text: str) -> str:
@@ -205,8 +211,6 @@ def short_error(project: Project, text: str) -> str:
 
 
 def _failure_text(context: dg.RunFailureSensorContext) -> str:
-    from dinmo_dagster.assets.activations import step_failure_text
-
     for event in context.get_step_failure_events():
         text = step_failure_text(event)
         if text:
@@ -217,11 +221,9 @@ def _failure_text(context: dg.RunFailureSensorContext) -> str:
 def pause_after_failures(instance: Any, project: Project, activation: str, last_error: str,
                          origin: Any = None) -> str | None:
     """Pause ``activation`` when its last N finished syncs all failed; returns what was done."""
-    from dinmo_dagster.assets.activations import job_name
-
     n = project.settings.consecutive_failures_to_pause
     states = [(t, control.find_state(instance, t, origin)) for t in control.instigators(project, activation)]
-    running = [(t, st) for t, st in states if control.status_of(st, t) != "STOPPED"]
+    running = [(t, st) for t, st in states if control.status_of(st, t) != InstigatorStatus.STOPPED.value]
     if not running:
         return None
     starts = [s for s in (control.start_timestamp(st) for _, st in running) if s]
@@ -239,8 +241,7 @@ def pause_after_failures(instance: Any, project: Project, activation: str, last_
 
 
 def failure_sensor(project: Project) -> dg.SensorDefinition:
-    from dinmo_dagster.assets.activations import job_name
-
+    """Pauses an activation after ``settings.consecutive_failures_to_pause`` failed syncs in a row."""
     jobs = {job_name(a): a for a in project.activations}
 
     @dg.run_failure_sensor(
@@ -258,15 +259,15 @@ def failure_sensor(project: Project) -> dg.SensorDefinition:
         done = pause_after_failures(context.instance, project, activation, _failure_text(context), origin)
         if done:
             context.log.warning(done)
-            context.instance.add_run_tags(run.run_id, {"dinmo/paused": done[:1000]})
+            context.instance.add_run_tags(run.run_id, {PAUSED_TAG: done[:1000]})
 
     return _sensor
 
 
-def defs(project: Project) -> dg.Definitions:
+def defs(project: Project, translator: DinmoTranslator | None = None) -> dg.Definitions:
     """Source-change sensors, the validation sensor and the consecutive-failure sensor."""
     sensors = [source_change_sensor(project, a) for a in project.activations if control.has_source_trigger(project, a)]
-    sensors.append(validation_sensor(project))
+    sensors.append(validation_sensor(project, translator or DinmoTranslator()))
     if project.activations:
         sensors.append(failure_sensor(project))
     return dg.Definitions(sensors=sensors)

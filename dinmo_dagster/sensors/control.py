@@ -31,20 +31,14 @@ from dagster._core.scheduler.instigation import (
 )
 
 from dinmo_dagster.config import Project
-
-
-def schedule_name(activation: str) -> str:
-    return f"{activation}_schedule"
-
-
-def source_sensor_name(activation: str) -> str:
-    return f"{activation}_source_change"
-
+from dinmo_dagster.names import schedule_name, source_sensor_name
+from dinmo_dagster.recurrence import to_cron
 
 SOURCE_SENSOR_INTERVAL_S = 60
 
 
 def has_source_trigger(project: Project, activation: str) -> bool:
+    """Whether the activation has a source-change sensor (``on_source_change`` or a ``watermark_column``)."""
     t = project.activations[activation].trigger
     return bool(t and (t.on_source_change or t.watermark_column))
 
@@ -66,8 +60,6 @@ class Instigator:
 
 def instigators(project: Project, activation: str) -> list[Instigator]:
     """The activation's schedule and source-change sensor (those it has)."""
-    from dinmo_dagster.schedules import to_cron
-
     a = project.activations[activation]
     out: list[Instigator] = []
     if a.schedule is not None:
@@ -156,7 +148,8 @@ def resume(instance: Any, t: Instigator, origin: RemoteRepositoryOrigin | None, 
     state = find_state(instance, t, origin)
     if state is None or state.status != InstigatorStatus.STOPPED:
         return False
-    status = InstigatorStatus(previous) if previous in ("RUNNING", "DECLARED_IN_CODE") else InstigatorStatus.RUNNING
+    resumable = (InstigatorStatus.RUNNING.value, InstigatorStatus.DECLARED_IN_CODE.value)
+    status = InstigatorStatus(previous) if previous in resumable else InstigatorStatus.RUNNING
     now = time.time()
     data = state.instigator_data
     if isinstance(data, ScheduleInstigatorData):

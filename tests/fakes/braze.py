@@ -8,21 +8,28 @@ Contract (and where each part comes from):
 
 * **Auth** -- ``Authorization: Bearer <REST API key>`` on every call. A missing or unknown key gets
   ``401`` ``{"message": "Invalid API key"}`` ("401 Unauthorized: Invalid API key"); a key without the
-  endpoint's permission (``users.track``, ``subscription.status.set``) gets ``403``
+  endpoint's permission (``users.track``, ``users.delete``, ``subscription.status.set``) gets ``403``
   ``{"message": "Access Denied"}`` ("403 Access Denied: the REST API key ... does not have sufficient
   permissions"). https://www.braze.com/docs/api/errors/ , https://www.braze.com/docs/api/api_key/
 * **``POST /users/track``** -- ``attributes``, ``events``, ``purchases`` arrays of at most **75**
-  objects each (225 objects per request). A larger array is a fatal ``400`` whose message is Braze's
-  ``"Max Input Length Exceeded"`` and nothing is processed. Each object names its user by one of
-  ``external_id``, ``user_alias``, ``braze_id``, ``email`` or ``phone`` (email wins over phone);
-  ``_update_existing_only`` (default ``false``, but ``true`` for ``user_alias``) stops the creation of
-  new profiles; an alias-only profile is created only with ``_update_existing_only: false``; an
+  objects each, and (Braze's current batching rule) at most **75 objects in all** per request:
+  "Batching: up to 75 objects total combined across attributes, events, and purchases per API
+  request. Customers with legacy rate limits can include up to 75 objects per array independently"
+  (``max_objects_per_request=None`` stands for a legacy account; Monthly Active Users CY 24-25
+  contracts batch "up to 50 updates combined", ``max_objects_per_request=50``). A larger request is a
+  fatal ``400`` whose message is Braze's ``"Max Input Length Exceeded"`` and nothing is processed.
+  https://www.braze.com/docs/api/api_limits/ (and its 2025 translations, e.g.
+  https://www.braze.com/docs/de/api/api_limits/, which carry the combined rule). Each object names
+  its user by one of ``external_id``, ``user_alias``, ``braze_id``, ``email`` or ``phone`` (email
+  wins over phone); ``_update_existing_only`` (default ``false``, but ``true`` for ``user_alias``)
+  stops the creation of new profiles; an alias-only profile is created only with ``_update_existing_only: false``; an
   email-only or phone-only object updates the most recently updated profile with that email/phone
   (one with an ``external_id`` first) or creates an email-only/phone-only profile. Attributes:
   ``null`` removes an attribute, ``{"inc": n}`` increments, an array is set as a set of unique values,
   ``{"add": [...]}`` / ``{"remove": [...]}`` edit an array (an added value moves to the end; arrays
   keep at most ``array_max`` elements, 25 by default, the oldest are dropped), ``subscription_groups``
-  sets subscription states. Events need ``name`` and ``time``; purchases need ``product_id``,
+  sets subscription states. Events need ``name`` and ``time``; event property names must be
+  non-empty, at most 255 characters, and not start with ``$``; purchases need ``product_id``,
   ``currency``, ``price`` and ``time``. Braze does **not** de-duplicate events: "each event ingested
   into Braze has its own event ID, so duplicate events are treated as separate, unique events"; the
   fake gives each stored event its own ``event_id``. Success is ``201`` ``{"message": "success",
@@ -38,8 +45,9 @@ Contract (and where each part comes from):
   https://www.braze.com/docs/api/objects_filters/purchase_object/
 * **Rate limits** -- ``/users/track``: 3,000 requests per 3 seconds per workspace (Braze's documented
   base limit since 2024-10-28; older pages said 50,000 per minute); ``/subscription/status/set`` and
-  ``/v2/subscription/status/set``: 5,000 per minute. Both are settable (``track_limit``,
-  ``track_window``, ...), e.g. a small budget with a one-hour window stands for an hourly quota. Every
+  ``/v2/subscription/status/set``: 5,000 per minute (shared); ``/users/delete``: 20,000 per minute.
+  All are settable (``track_limit``, ``track_window``, ...), e.g. a small budget with a one-hour
+  window stands for an hourly quota. Every
   authenticated answer of these endpoints carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
   ``X-RateLimit-Reset`` (UTC epoch seconds of the end of the window); over the limit the answer is ``429`` ``{"message": "Rate
   Limited"}`` ("429 Rate Limited: Over rate limit"; Braze documents no body) and nothing is processed.
@@ -54,6 +62,13 @@ Contract (and where each part comes from):
   users are ignored (Braze documents no error for them).
   https://www.braze.com/docs/api/endpoints/subscription_groups/post_update_user_subscription_group_status/ ,
   https://www.braze.com/docs/api/endpoints/subscription_groups/post_update_user_subscription_group_status_v2/
+* **``POST /users/delete``** -- ``external_ids``, ``user_aliases`` or ``braze_ids`` (only one of
+  them per request, at most 50), permission ``users.delete``, 20,000 requests per minute (settable:
+  ``delete_limit``, ``delete_window``). Deleted profiles disappear with their attributes and
+  subscription states (their events stay, as Braze keeps event data); the answer is ``201``
+  ``{"message": "success", "deleted": n}`` (Braze documents ``deleted`` as "number of user ids
+  queued for deletion"; it counts the ids sent). Unknown ids are ignored.
+  https://www.braze.com/docs/api/endpoints/user_data/post_user_delete/
 * **Audiences** -- Braze documents two ways: a custom attribute array edited with ``add`` /
   ``remove`` through ``/users/track`` (any REST key), and the **partner cohort import**
   (``POST /partners/<partner>/cohorts`` to name a cohort, ``POST /partners/<partner>/cohorts/users``
@@ -103,7 +118,9 @@ SUBSCRIPTION_MAX_IDS = 50
 COHORT_MAX_IDS = 1000
 TRACK_ARRAYS = ("attributes", "events", "purchases")
 IDENTIFIER_KEYS = ("external_id", "user_alias", "braze_id", "email", "phone")
-ALL_PERMISSIONS = frozenset({"users.track", "subscription.status.set"})
+ALL_PERMISSIONS = frozenset({"users.track", "users.delete", "subscription.status.set"})
+DELETE_MAX_IDS = 50
+DELETE_KEYS = ("external_ids", "user_aliases", "braze_ids")
 SUBSCRIBE_VALUES = {"opted_in", "unsubscribed", "subscribed"}
 SUBSCRIPTION_STATES = {"subscribed", "unsubscribed"}
 # Braze's extra date format besides ISO 8601: yyyy-MM-dd'T'HH:mm:ss:SSSZ.
@@ -168,13 +185,16 @@ class BrazeCohort:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """A request the fake answered (the Authorization header is never recorded)."""
+    """A request the fake answered. ``headers`` holds every header but Authorization, which is never
+    recorded; ``authorized`` says whether it carried the workspace's REST API key."""
 
     method: str
     path: str
     status: int
     body: Any
     at: float  # time.monotonic() when the request arrived
+    headers: dict[str, str] = field(default_factory=dict)
+    authorized: bool = False
 
 
 @dataclass
@@ -220,11 +240,13 @@ class BrazeFake:
 
     ``api_key`` is the workspace's REST API key and ``permissions`` what it may call. ``track_limit``
     requests per ``track_window`` seconds are allowed on ``/users/track`` and ``subscription_limit``
-    per ``subscription_window`` on the subscription endpoints. ``partner_name``, ``partner_api_key``
-    and ``client_secret`` configure the partner cohort import. ``latency`` seconds are spent on each
-    request outside the lock, so concurrent requests overlap and ``max_in_flight`` shows how many a
-    client ran at once; ``requests[i].at`` is each arrival time. ``clock`` (epoch seconds) lets a test
-    move time.
+    per ``subscription_window`` on the subscription endpoints, ``delete_limit`` per ``delete_window``
+    on ``/users/delete``. ``max_objects_per_request`` caps the objects of one ``/users/track`` request
+    across its three arrays (``None``: the legacy rule, 75 per array only). ``partner_name``,
+    ``partner_api_key`` and ``client_secret`` configure the partner cohort import. ``latency`` seconds
+    are spent on each request outside the lock, so concurrent requests overlap and ``max_in_flight``
+    shows how many a client ran at once; ``requests[i].at`` is each arrival time. ``clock`` (epoch
+    seconds) lets a test move time. ``deleted`` holds the profiles ``/users/delete`` removed.
     """
 
     def __init__(
@@ -236,6 +258,9 @@ class BrazeFake:
         track_window: float = 3.0,
         subscription_limit: int = 5000,
         subscription_window: float = 60.0,
+        delete_limit: int = 20000,
+        delete_window: float = 60.0,
+        max_objects_per_request: int | None = BRAZE_MAX_OBJECTS_PER_ARRAY,
         array_max: int = 25,
         partner_name: str = "dinmo",
         partner_api_key: str = "braze-partner-key",
@@ -255,7 +280,9 @@ class BrazeFake:
         self._windows = {
             "track": _Window(track_limit, track_window),
             "subscription": _Window(subscription_limit, subscription_window),
+            "delete": _Window(delete_limit, delete_window),
         }
+        self.max_objects_per_request = max_objects_per_request
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.reset()
@@ -299,12 +326,14 @@ class BrazeFake:
 
     # ---------------------------------------------------------------------------------- test hooks
     def reset(self) -> None:
-        """Forget every user, event, purchase, cohort, recorded request and injected failure."""
+        """Forget every user (and deleted user), event, purchase, cohort, recorded request and injected
+        failure."""
         with self._lock:
             self._users: list[BrazeUser] = []
             self.events: list[BrazeEvent] = []
             self.purchases: list[BrazePurchase] = []
             self.cohorts: dict[str, BrazeCohort] = {}
+            self.deleted: list[BrazeUser] = []
             self.requests: list[RecordedRequest] = []
             self._failures: list[_Failure] = []
             self._in_flight = 0
@@ -314,7 +343,7 @@ class BrazeFake:
                 window.start, window.used = 0.0, 0
 
     def set_rate_limit(self, endpoint: str, limit: int, window_seconds: float) -> None:
-        """Change the limit of ``"track"`` or ``"subscription"`` (and restart its window)."""
+        """Change the limit of ``"track"``, ``"subscription"`` or ``"delete"`` (and restart its window)."""
         with self._lock:
             self._windows[endpoint] = _Window(limit, window_seconds)
 
@@ -418,7 +447,9 @@ class BrazeFake:
         except ValueError:
             parsed = raw.decode("utf-8", "replace")
         status, body, extra = self._route(method, path, headers, parsed, raw)
-        self.requests.append(RecordedRequest(method, path, status, parsed, arrived))
+        kept = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        self.requests.append(RecordedRequest(method, path, status, parsed, arrived, kept,
+                                             _bearer(headers) == self.api_key))
         return status, body, extra
 
     def _route(
@@ -428,6 +459,7 @@ class BrazeFake:
             "/users/track": ("users.track", "track", self._track),
             "/subscription/status/set": ("subscription.status.set", "subscription", self._subscription_v1),
             "/v2/subscription/status/set": ("subscription.status.set", "subscription", self._subscription_v2),
+            "/users/delete": ("users.delete", "delete", self._delete),
             f"/partners/{self.partner_name}/cohorts": (None, None, self._cohort_name),
             f"/partners/{self.partner_name}/cohorts/users": (None, None, self._cohort_users),
         }
@@ -491,6 +523,14 @@ class BrazeFake:
                               "are allowed per request", "input_array": name}],
                 )
             arrays[name] = value
+        total = sum(len(v) for v in arrays.values())
+        if self.max_objects_per_request is not None and total > self.max_objects_per_request:
+            raise _FatalError(
+                400,
+                "Max Input Length Exceeded",
+                [{"type": f"the request has {total} objects; at most {self.max_objects_per_request} "
+                          "are allowed across attributes, events and purchases"}],
+            )
         errors: list[dict[str, Any]] = []
         processed = {name: 0 for name in arrays}
         handlers = {"attributes": self._apply_attributes, "events": self._apply_event,
@@ -623,6 +663,8 @@ class BrazeFake:
         reserved = sorted({"time", "event_name"} & set(properties))
         if reserved:
             return f"'properties' uses reserved keys {reserved}"
+        if any(not isinstance(k, str) or not k or len(k) > 255 or k.startswith("$") for k in properties):
+            return "property names must be non-empty strings of at most 255 characters with no leading '$'"
         user, problem = self._resolve(obj)
         if problem is not None or user is None:
             return problem
@@ -657,6 +699,34 @@ class BrazeFake:
                                             currency, float(price), quantity, obj["time"], properties))
         self._touch(user)
         return None
+
+    # ------------------------------------------------------------------------------- /users/delete
+    def _delete(self, body: dict[str, Any]) -> tuple[int, Any]:
+        given = [key for key in DELETE_KEYS if body.get(key) is not None]
+        if len(given) != 1:
+            raise _FatalError(400, "Exactly one of external_ids, user_aliases or braze_ids is required")
+        key = given[0]
+        ids = body[key]
+        if not isinstance(ids, list):
+            raise _FatalError(400, f"'{key}' must be an array")
+        if len(ids) > DELETE_MAX_IDS:
+            raise _FatalError(400, "The max number of ids per request was exceeded")
+        for value in ids:
+            if key == "user_aliases":
+                if not (isinstance(value, dict) and isinstance(value.get("alias_name"), str)
+                        and isinstance(value.get("alias_label"), str)):
+                    raise _FatalError(400, "each user alias needs string 'alias_name' and 'alias_label'")
+                user = self._by_alias((value["alias_name"], value["alias_label"]))
+            elif not isinstance(value, str):
+                raise _FatalError(400, f"'{key}' must be an array of strings")
+            elif key == "external_ids":
+                user = self._by_external_id(value)
+            else:
+                user = next((u for u in self._users if u.braze_id == value), None)
+            if user is not None:
+                self._users.remove(user)
+                self.deleted.append(user)
+        return 201, {"message": "success", "deleted": len(ids)}
 
     # ----------------------------------------------------------------------- subscription endpoints
     def _subscription_v1(self, body: dict[str, Any]) -> tuple[int, Any]:

@@ -17,23 +17,44 @@ Fixtures (import them into a test module, or list this module in ``pytest_plugin
   names what to install when gcloud, Java or the emulator component is missing.
 * ``firestore_env``: sets ``FIRESTORE_EMULATOR_HOST`` (and ``GOOGLE_CLOUD_PROJECT``) for one test
   and deletes every document afterwards.
+* ``firestore_proxy``: a :class:`FirestoreProxy` in front of the session's emulator for one test.
+
+:class:`FirestoreProxy` is a gRPC proxy on loopback that forwards every call to the emulator as it
+came (bytes in, bytes out) and keeps what a test needs to see of the wire: each call's method, its
+decoded request (``BatchWriteRequest``...) and its metadata (the ``authorization`` header). It can
+answer chosen calls itself with a gRPC error (``fail("BatchWrite", RESOURCE_EXHAUSTED, ...)``), the
+way Firestore signals overload, or forward them without their ``authorization`` metadata so that
+the emulator itself refuses them (``PERMISSION_DENIED``, as Firestore refuses a caller without the
+right role). Everything else is the real emulator's answer.
+
+Where the emulator differs from Firestore (checked with the emulator of Google Cloud SDK 528.0.0):
+it takes gRPC messages of 4 MiB at most (``RESOURCE_EXHAUSTED: gRPC message exceeds maximum size
+4194304``) where Firestore documents 10 MiB requests; a BatchWrite whose writes all succeed answers
+an empty ``status`` list; and the message of a per-write ``NOT_FOUND`` is a dump of its internal
+entity key, not Firestore's ``No document to update``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from typing_extensions import Self
 
 from dinmo_dagster.emulator import free_port
 
@@ -41,9 +62,13 @@ __all__ = [
     "FIRESTORE_EMULATOR_ENV_VAR",
     "FirestoreEmulator",
     "FirestoreEmulatorUnavailable",
+    "FirestoreProxy",
+    "ProxiedCall",
     "firestore_emulator",
     "firestore_env",
+    "firestore_proxy",
     "start_firestore_emulator",
+    "terminate_as_interrupt",
 ]
 
 FIRESTORE_EMULATOR_ENV_VAR = "FIRESTORE_EMULATOR_HOST"
@@ -76,11 +101,11 @@ class FirestoreEmulator:
         """The emulator's REST base URL."""
         return f"http://{self.host}"
 
-    def reset(self) -> None:
-        """Delete every document of ``project`` in the emulator."""
-        request = urllib.request.Request(
-            f"{self.url}/emulator/v1/projects/{self.project}/databases/(default)/documents", method="DELETE"
-        )
+    def reset(self, database: str = "(default)", project: str | None = None) -> None:
+        """Delete every document of ``database`` in ``project`` (default: the emulator's project)."""
+        database_path = f"projects/{project or self.project}/databases/{database}/documents"
+        path = urllib.parse.quote(database_path, safe="/()")
+        request = urllib.request.Request(f"{self.url}/emulator/v1/{path}", method="DELETE")
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
@@ -169,11 +194,34 @@ def start_firestore_emulator(project: str = "dinmo-test", *, timeout: float = 90
             _stop_group(process)
 
 
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``timeout``, a CI runner) raises KeyboardInterrupt in the main
+    thread, as Ctrl-C does: pytest then tears its fixtures down and the emulator, which runs in a
+    session of its own and would outlive the test process, is stopped. Nothing changes when SIGTERM
+    already has a handler or this is not the main thread."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session")
 def firestore_emulator() -> Iterator[FirestoreEmulator]:
     """The Firestore emulator for the test session (skips, naming what to install, when it is missing)."""
     try:
-        with start_firestore_emulator() as emulator:
+        with start_firestore_emulator() as emulator, terminate_as_interrupt():
             yield emulator
     except FirestoreEmulatorUnavailable as exc:
         pytest.skip(str(exc))
@@ -189,3 +237,197 @@ def firestore_env(firestore_emulator: FirestoreEmulator, monkeypatch: pytest.Mon
     finally:
         firestore_emulator.reset()
 
+
+
+# --------------------------------------------------------------------------------------------------
+# A recording, fault-injecting gRPC proxy in front of the emulator
+# --------------------------------------------------------------------------------------------------
+
+# Firestore's methods that answer with a stream, or take one (the rest are unary).
+_SERVER_STREAMING = frozenset(
+    {"BatchGetDocuments", "RunQuery", "RunAggregationQuery", "PartitionQuery", "ExecutePipeline"}
+)
+_BIDI_STREAMING = frozenset({"Write", "Listen"})
+# Metadata gRPC sets on each hop itself: forwarding it would duplicate it.
+_HOP_METADATA = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding", "grpc-encoding"})
+
+
+@dataclass
+class ProxiedCall:
+    """One call that reached the proxy: ``method`` (``BatchWrite``), its ``request`` decoded as
+    Firestore's message (raw bytes for methods without one), its ``metadata`` (lower-case keys) and
+    the ``status`` it got (``OK``, or the gRPC status name from the emulator or the proxy)."""
+
+    method: str
+    request: Any
+    metadata: dict[str, str]
+    raw: bytes
+    arrived: float
+    status: str = "pending"
+    injected: bool = False
+
+
+@dataclass
+class _Failure:
+    code: Any  # grpc.StatusCode
+    message: str
+    times: int
+
+
+class FirestoreProxy:
+    """A gRPC proxy on a free loopback port that forwards every call to ``target`` (the emulator).
+
+    ``host`` is what a client takes as its emulator host (``http://{host}`` as a ``base_url``).
+    ``calls`` lists every call in arrival order. :meth:`fail` answers the next calls of a method
+    with an error status instead of forwarding them; ``strip_auth = True`` forwards calls without
+    their ``authorization`` metadata (the emulator then refuses administrative calls).
+    """
+
+    def __init__(self, target: str) -> None:
+        import grpc
+
+        self.target = target
+        self.calls: list[ProxiedCall] = []
+        self.strip_auth = False
+        self._failures: dict[str, list[_Failure]] = {}
+        self._lock = threading.Lock()
+        # No size limit of its own: the emulator's (4 MiB) is the one a test meets.
+        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        self._channel = grpc.insecure_channel(target, options=unlimited)
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="firestore-proxy"), options=unlimited
+        )
+        self._server.add_generic_rpc_handlers((_ProxyHandler(self),))
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        self.host = f"127.0.0.1:{port}"
+        self._server.start()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``: the proxy as a plain-text (emulator) endpoint."""
+        return f"http://{self.host}"
+
+    def close(self) -> None:
+        """Stop serving and close the channel to the emulator."""
+        self._server.stop(grace=None).wait(10)
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fail(self, method: str, code: Any, message: str, *, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` (``BatchWrite``) with ``code`` (a
+        ``grpc.StatusCode``) and ``message`` instead of forwarding them."""
+        with self._lock:
+            self._failures.setdefault(method, []).append(_Failure(code, message, times))
+
+    def requests(self, method: str) -> list[Any]:
+        """The decoded requests of every call of ``method`` that reached the proxy."""
+        with self._lock:
+            return [c.request for c in self.calls if c.method == method]
+
+    # -- serving --------------------------------------------------------------------------------------
+
+    def _arrive(self, method: str, raw: bytes, context: Any) -> tuple[ProxiedCall, _Failure | None, list]:
+        name = method.rsplit("/", 1)[-1]
+        metadata = {key.lower(): value for key, value in context.invocation_metadata()}
+        call = ProxiedCall(name, _decode(name, raw), metadata, raw, time.monotonic())
+        with self._lock:
+            self.calls.append(call)
+            queue = self._failures.get(name) or []
+            failure = queue[0] if queue else None
+            if failure is not None:
+                failure.times -= 1
+                if failure.times <= 0:
+                    queue.pop(0)
+        forward = [
+            (key, value)
+            for key, value in metadata.items()
+            if key not in _HOP_METADATA
+            and not key.startswith((":", "grpc-"))
+            and not (self.strip_auth and key == "authorization")
+        ]
+        return call, failure, forward
+
+    def _abort(self, call: ProxiedCall, context: Any, code: Any, message: str) -> None:
+        call.status = code.name
+        context.abort(code, message)
+
+    def unary_unary(self, method: str, raw: bytes, context: Any) -> bytes:
+        import grpc
+
+        call, failure, forward = self._arrive(method, raw, context)
+        if failure is not None:
+            call.injected = True
+            self._abort(call, context, failure.code, failure.message)
+        try:
+            answer = self._channel.unary_unary(method)(raw, metadata=forward, timeout=60)
+        except grpc.RpcError as exc:
+            self._abort(call, context, exc.code(), exc.details() or "")
+        call.status = "OK"
+        return answer
+
+    def unary_stream(self, method: str, raw: bytes, context: Any) -> Iterator[bytes]:
+        import grpc
+
+        call, failure, forward = self._arrive(method, raw, context)
+        if failure is not None:
+            call.injected = True
+            self._abort(call, context, failure.code, failure.message)
+        try:
+            yield from self._channel.unary_stream(method)(raw, metadata=forward, timeout=60)
+        except grpc.RpcError as exc:
+            self._abort(call, context, exc.code(), exc.details() or "")
+        call.status = "OK"
+
+    def stream_stream(self, method: str, requests: Iterable[bytes], context: Any) -> Iterator[bytes]:
+        import grpc
+
+        call, failure, forward = self._arrive(method, b"", context)
+        if failure is not None:
+            call.injected = True
+            self._abort(call, context, failure.code, failure.message)
+        try:
+            yield from self._channel.stream_stream(method)(iter(requests), metadata=forward)
+        except grpc.RpcError as exc:
+            self._abort(call, context, exc.code(), exc.details() or "")
+        call.status = "OK"
+
+
+def _decode(method: str, raw: bytes) -> Any:
+    """``raw`` as Firestore's ``{method}Request`` message, or the bytes when there is none."""
+    from google.cloud.firestore_v1.types import firestore as firestore_types
+
+    message = getattr(firestore_types, f"{method}Request", None)
+    if message is None or not raw:
+        return raw
+    return message.deserialize(raw)
+
+
+class _ProxyHandler:
+    """Routes every method to the proxy, streaming or not, with bytes in and out."""
+
+    def __init__(self, proxy: FirestoreProxy) -> None:
+        self.proxy = proxy
+
+    def service(self, details: Any) -> Any:
+        import grpc
+
+        method = details.method
+        name = method.rsplit("/", 1)[-1]
+        if name in _SERVER_STREAMING:
+            return grpc.unary_stream_rpc_method_handler(functools.partial(self.proxy.unary_stream, method))
+        if name in _BIDI_STREAMING:
+            return grpc.stream_stream_rpc_method_handler(functools.partial(self.proxy.stream_stream, method))
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self.proxy.unary_unary, method))
+
+
+@pytest.fixture
+def firestore_proxy(firestore_emulator: FirestoreEmulator) -> Iterator[FirestoreProxy]:
+    """A :class:`FirestoreProxy` in front of the session's emulator, closed after the test."""
+    pytest.importorskip("grpc", reason="needs grpcio (installed with google-cloud-firestore)")
+    with FirestoreProxy(firestore_emulator.host) as proxy:
+        yield proxy

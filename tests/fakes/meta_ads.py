@@ -32,8 +32,9 @@ Contract (and where each part comes from):
   ``PHONE_SHA256``, ``MOBILE_ADVERTISER_ID`` or a multi-key list such as ``["EMAIL", "PHONE", "FN"]``
   (then each row is a list in that order, ``""`` for an unknown key). Identifiers must be SHA-256 hex
   digests of the normalized value, except ``EXTERN_ID`` (hashing recommended), ``MADID``,
-  ``LOOKALIKE_VALUE`` and ``DATA_PROCESSING_OPTIONS``: a raw e-mail or phone is an invalid entry,
-  counted in ``num_invalid_entries`` and shown in ``invalid_entry_samples`` (value -> key, at most
+  ``LOOKALIKE_VALUE`` and ``DATA_PROCESSING_OPTIONS``; a ``MADID`` is an advertising id (Apple's
+  IDFA or Google's AAID, both UUIDs, "all lowercase, keep hyphens"). A raw e-mail or phone, or a
+  malformed MADID, is an invalid entry, counted in ``num_invalid_entries`` and shown in ``invalid_entry_samples`` (value -> key, at most
   ``invalid_sample_limit``), and never stored. The answer is ``{"audience_id", "session_id",
   "num_received", "num_invalid_entries", "invalid_entry_samples"}``. A member is a person: a row
   that shares an identifier with a member merges into it, and a removal removes every member that
@@ -75,9 +76,12 @@ Contract (and where each part comes from):
   https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/server-event ,
   https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/customer-information-parameters ,
   https://developers.facebook.com/docs/marketing-api/conversions-api/deduplicate-pixel-and-server-events
+* **Pixel** -- ``GET /{pixel_id}`` reads the pixel (``{"id", "name"}``), as ``validate --connect``
+  does. https://developers.facebook.com/docs/marketing-api/reference/ads-pixel
 
 Messages Meta does not publish word for word (the 10,000 limit, session rules, old events, unhashed
-values) are the fake's own, in Meta's error shape. The fake never records the access token.
+values) are the fake's own, in Meta's error shape. The fake never records the access token, only
+where it came (``RecordedRequest.token_via``: the ``Authorization`` header, the query or the body).
 """
 
 from __future__ import annotations
@@ -113,6 +117,8 @@ CAPI_MAX_AGE_SECONDS = 7 * 24 * 3600
 DEDUP_SECONDS = 48 * 3600
 LATEST_VERSION = "v25.0"
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+# Apple's IDFA and Google's AAID are UUIDs (8-4-4-4-12 hexadecimal digits).
+_ADVERTISING_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _VERSION = re.compile(r"^v\d+\.\d+$")
 # Single-key schema names and the multi-key name they stand for.
 _SINGLE_SCHEMAS = {"EMAIL_SHA256": "EMAIL", "PHONE_SHA256": "PHONE", "MOBILE_ADVERTISER_ID": "MADID"}
@@ -200,13 +206,15 @@ class CapiEvent:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """A request the fake answered (the access token is removed from ``params``)."""
+    """A request the fake answered (the access token is removed from ``params``; ``token_via`` says
+    where it came: ``"header"`` (``Authorization``), ``"query"``, ``"body"`` or None)."""
 
     method: str
     path: str
     status: int
     params: dict[str, Any]
     at: float  # time.monotonic() when the request arrived
+    token_via: str | None = None
 
 
 @dataclass
@@ -455,9 +463,14 @@ class MetaAdsFake:
                 arrived: float) -> tuple[int, Any, dict[str, str]]:
         extra: dict[str, str] = {}
         params: dict[str, Any] = {}
+        token_via = None
         try:
+            in_query = "access_token" in dict(parse_qsl(query, keep_blank_values=True))
             params = _params(query, headers, raw)
-            token = params.pop("access_token", None) or _bearer(headers)
+            token = params.pop("access_token", None)
+            token_via = ("query" if in_query else "body") if token is not None else None
+            if token is None and _bearer(headers) is not None:
+                token, token_via = _bearer(headers), "header"
             segments = [s for s in path.split("/") if s]
             if segments and _VERSION.match(segments[0]):
                 version = segments.pop(0)
@@ -477,7 +490,7 @@ class MetaAdsFake:
         except GraphError as exc:
             status, body = exc.http_status, {"error": {**exc.error, "fbtrace_id": _trace_id()}}
             extra = getattr(exc, "headers", extra)
-        self.requests.append(RecordedRequest(method, path, status, params, arrived))
+        self.requests.append(RecordedRequest(method, path, status, params, arrived, token_via))
         return status, body, extra
 
     def _route(self, method: str, segments: list[str], params: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
@@ -485,6 +498,8 @@ class MetaAdsFake:
             raise GraphError("Unsupported get request.", 100)
         node, edge = segments[0], "/".join(segments[1:])
         if node in self.pixel_ids:
+            if (method, edge) == ("GET", ""):
+                return 200, {"id": node, "name": f"Pixel {node}"}, {}
             if (method, edge) != ("POST", "events"):
                 raise GraphError(f"Unknown path components: /{edge}", 2500)
             return (*self._capi(node, params), {})
@@ -710,6 +725,8 @@ def _row(keys: list[str], values: list[Any]) -> tuple[dict[str, str] | None, tup
         if not isinstance(value, str):
             return None, (str(value)[:80], key)
         if key not in _UNHASHED_KEYS and not _SHA256.match(value):
+            return None, (value, key)
+        if key == "MADID" and not _ADVERTISING_ID.match(value):
             return None, (value, key)
         row[key] = value.lower() if key not in _UNHASHED_KEYS else value
     if not any(k not in _NON_IDENTITY_KEYS for k in row):

@@ -1,7 +1,8 @@
-"""The Google Cloud Storage destination, on ``dagster_gcp``'s ``GCSResource``.
+"""Google Cloud Storage as a file destination, through the official ``google-cloud-storage`` client.
 
-Its own module so that projects without a GCS destination do not import ``dagster_gcp`` and the
-Google clients (about 0.7 s per process). ``destinations.destination_from_config`` imports it on use.
+When ``STORAGE_EMULATOR_HOST`` is set, the client talks to that emulator with anonymous credentials
+(``dinmo emulator`` starts one). The Google clients are imported when the first client is made, not
+with this module: they take about 0.7 s to import, and every project loads this module's settings model.
 """
 
 from __future__ import annotations
@@ -12,30 +13,30 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from dagster import EnvVar
-from dagster_gcp import GCSResource
-from google.api_core import exceptions as api_exceptions
-from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import storage
-from google.oauth2 import service_account
-from pydantic import Field, PrivateAttr
+from pydantic import field_validator, model_validator
 
-from dinmo_dagster.emulator import STORAGE_EMULATOR_ENV_VAR
-from dinmo_dagster.resources.destinations import (
-    Destination,
+from dinmo_dagster import secrets
+from dinmo_dagster.connectors import register_file_destination
+from dinmo_dagster.destinations.base import (
+    TRANSIENT_HTTP_STATUSES,
     DestinationError,
-    _status_of,
+    FileDestination,
+    FileDestinationConfig,
     describe_exception,
-    is_transient,
+    http_status_of,
     run_with_retries,
 )
+from dinmo_dagster.destinations.base import is_transient as _is_transient_http
+from dinmo_dagster.secrets import EnvRef, Secret
 
-__all__ = ["GCSDestination"]
+__all__ = ["STORAGE_EMULATOR_ENV_VAR", "GCSConfig", "GCSDestination"]
 
 T = TypeVar("T")
+
+STORAGE_EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
+"""google-cloud-storage's own variable: when set, every client talks to the emulator at that URL."""
 
 # google-cloud-storage requires resumable chunk sizes to be multiples of 256 KiB.
 _CHUNK_UNIT = 256 * 1024
@@ -43,81 +44,141 @@ _CHUNK_UNIT = 256 * 1024
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 
 
-def _resolve_secret(value: str | None) -> str | None:
-    """Read a ``dagster.EnvVar`` when the resource is used outside a Dagster run (CLI, tests):
-    inside a run Dagster has already replaced it by the variable's value."""
-    if isinstance(value, EnvVar):
-        return value.get_value()
-    return value
+class GCSConfig(FileDestinationConfig):
+    """``{type: gcs, bucket, project, service_account_json: {env: NAME} | service_account_file, ...}``."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ("service_account_file",)
+
+    type: Literal["gcs"]
+    bucket: str
+    """Name of the bucket (without 'gs://')."""
+    project: str | EnvRef | None = None
+    """Google Cloud project id; optional (taken from the credentials when omitted)."""
+    service_account_json: Secret | None = None
+    """JSON text of a service account key, as {env: NAME}."""
+    service_account_file: str | None = None
+    """Path to a service account key file."""
+    retry_attempts: int = 5
+    """Maximum number of attempts per operation on transient errors (>= 1)."""
+    retry_initial_wait_seconds: float = 0.5
+    """Wait before the first retry; doubles on every further retry."""
+    retry_max_wait_seconds: float = 8.0
+    """Upper bound of one wait between retries."""
+    timeout_seconds: float = 120.0
+    """Timeout of one HTTP request (connect and read), in seconds."""
+    upload_chunk_size_bytes: int = 8 * 1024 * 1024
+    """Chunk size of resumable uploads (files above 8 MiB are uploaded resumably); a multiple of 256 KiB."""
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, bucket: str) -> str:
+        if not _BUCKET_RE.match(bucket):
+            raise ValueError(
+                f"invalid GCS bucket name {bucket!r} (expected a bare bucket name such as 'my-bucket', "
+                "without 'gs://' or a folder)"
+            )
+        return bucket
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GCSConfig:
+        if self.service_account_json is not None and self.service_account_file:
+            raise ValueError("set service_account_json or service_account_file, not both")
+        if self.retry_attempts < 1:
+            raise ValueError("retry_attempts must be at least 1")
+        if self.retry_initial_wait_seconds < 0 or self.retry_max_wait_seconds < 0:
+            raise ValueError("retry wait times must not be negative")
+        if self.timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        if self.upload_chunk_size_bytes <= 0 or self.upload_chunk_size_bytes % _CHUNK_UNIT:
+            raise ValueError("upload_chunk_size_bytes must be a positive multiple of 262144 (256 KiB)")
+        return self
 
 
-class GCSDestination(Destination, GCSResource):
-    """Upload export files to a Google Cloud Storage bucket.
+# --------------------------------------------------------------------------------------------------
+# Errors of the Google clients
+# --------------------------------------------------------------------------------------------------
 
-    Credentials, in order: ``STORAGE_EMULATOR_HOST`` set -> anonymous credentials against the
-    emulator; ``service_account_json`` (the key's JSON text, normally from an environment variable);
-    ``service_account_file`` (a path to a key file); otherwise application default credentials.
-    Pass the key as ``dagster.EnvVar("...")`` when building the resource for Dagster so its value is
-    not shown in the UI; the key never appears in ``repr``, logs or errors.
 
-    It is a :class:`dagster_gcp.GCSResource` (so it can also serve, e.g., a GCS IO manager) whose
-    ``get_client()`` returns the official ``google.cloud.storage.Client`` with these credentials.
-    """
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status an exception of the Google clients (or of requests) carries, if any."""
+    from google.api_core import exceptions as api_exceptions  # loaded with the client already
+    from google.cloud.storage import exceptions as storage_exceptions
 
-    project: str | None = Field(
-        default=None,
-        description="Google Cloud project id; optional (taken from the credentials when omitted).",
-    )
-    bucket: str = Field(description="Name of the bucket (without 'gs://').")
-    service_account_json: str | None = Field(
-        default=None,
-        repr=False,  # a secret: keep it out of repr()
-        description="JSON text of a service account key (from an environment variable); secret.",
-    )
-    service_account_file: str | None = Field(default=None, description="Path to a service account key file.")
-    retry_attempts: int = Field(
-        default=5, description="Maximum number of attempts per operation on transient errors (>= 1)."
-    )
-    retry_initial_wait_seconds: float = Field(
-        default=0.5, description="Wait before the first retry; doubles on every further retry."
-    )
-    retry_max_wait_seconds: float = Field(default=8.0, description="Upper bound of one wait between retries.")
-    timeout_seconds: float = Field(
-        default=120.0, description="Timeout of one HTTP request (connect and read), in seconds."
-    )
-    upload_chunk_size_bytes: int = Field(
-        default=8 * 1024 * 1024,
-        description=(
-            "Chunk size of resumable uploads (files above 8 MiB are uploaded resumably); "
-            "a multiple of 256 KiB."
+    if isinstance(exc, api_exceptions.GoogleAPICallError) and isinstance(exc.code, int):
+        return exc.code
+    if isinstance(exc, storage_exceptions.InvalidResponse):
+        response = getattr(exc, "response", None)
+        return getattr(response, "status_code", None)
+    return http_status_of(exc)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that another identical attempt may not hit: 408/429/5xx, dropped or refused
+    connections, timeouts, a network failure while fetching a token, a corrupted transfer. Everything
+    else (401, 403, 404, bad input) is permanent and must fail at once."""
+    from google.auth import exceptions as auth_exceptions  # loaded with the client already
+    from google.cloud.storage import exceptions as storage_exceptions
+
+    status = _status_of(exc)
+    if status is not None:
+        return status in TRANSIENT_HTTP_STATUSES
+    return _is_transient_http(exc) or isinstance(
+        exc,
+        (
+            auth_exceptions.TransportError,  # network failure while fetching a token
+            storage_exceptions.DataCorruption,  # checksum mismatch: re-send the whole object
         ),
     )
 
-    _client: storage.Client | None = PrivateAttr(default=None)
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description of a Google client error: ``HTTP 403: <the server's reason>``."""
+    from google.api_core import exceptions as api_exceptions  # loaded with the client already
+
+    text = (exc.message or type(exc).__name__) if isinstance(exc, api_exceptions.GoogleAPICallError) else None
+    return describe_exception(exc, status=_status_of(exc), text=text)
+
+
+# --------------------------------------------------------------------------------------------------
+# The destination
+# --------------------------------------------------------------------------------------------------
+
+
+class GCSDestination(FileDestination):
+    """Upload export files to a Google Cloud Storage bucket.
+
+    Credentials, in order: ``STORAGE_EMULATOR_HOST`` set -> anonymous credentials against the
+    emulator; ``service_account_json`` (the key's JSON text, from an environment variable);
+    ``service_account_file`` (a path to a key file); otherwise application default credentials.
+    The key is read when the client is made and never appears in ``repr``, logs or errors.
+    ``get_client()`` returns the official ``google.cloud.storage.Client`` with these credentials.
+    """
+
+    config: GCSConfig
+
+    def __init__(self, config: GCSConfig, *, name: str = "") -> None:
+        super().__init__(config, name=name)
+        self._client: Any = None
+
+    @property
+    def bucket(self) -> str:
+        """The bucket's name."""
+        return self.config.bucket
 
     # -- configuration and client ------------------------------------------------------------------
 
-    def validate_settings(self) -> None:
-        """Check the settings without any network call; raise DestinationError on a bad one."""
-        if not isinstance(self.bucket, str) or not _BUCKET_RE.match(self.bucket):
-            raise self._error(
-                f"invalid GCS bucket name {self.bucket!r} (expected a bare bucket name such as "
-                "'my-bucket', without 'gs://' or a folder)"
-            )
-        if self.service_account_json and self.service_account_file:
-            raise self._error("set service_account_json or service_account_file, not both")
-        if self.retry_attempts < 1:
-            raise self._error("retry_attempts must be at least 1")
-        if self.retry_initial_wait_seconds < 0 or self.retry_max_wait_seconds < 0:
-            raise self._error("retry wait times must not be negative")
-        if self.timeout_seconds <= 0:
-            raise self._error("timeout_seconds must be positive")
-        if self.upload_chunk_size_bytes <= 0 or self.upload_chunk_size_bytes % _CHUNK_UNIT:
-            raise self._error("upload_chunk_size_bytes must be a positive multiple of 262144 (256 KiB)")
+    def _setting(self, field: str) -> Any:
+        """The plain value of a setting (an `{env: NAME}` read now); an unset variable is an error."""
+        try:
+            return secrets.resolve(getattr(self.config, field), key=field)
+        except secrets.MissingSecret as exc:
+            raise self._error(str(exc)) from None
 
-    def _credentials(self) -> Credentials | None:
+    def _credentials(self) -> Any:
         """Credentials from the key (JSON text or file), or None for application default ones."""
-        key_text = _resolve_secret(self.service_account_json)
+        from google.oauth2 import service_account  # Google client: import cost only
+
+        key_text = self._setting("service_account_json")
         if key_text:
             credentials = _load_key(
                 lambda: service_account.Credentials.from_service_account_info(_json_object(key_text))
@@ -125,7 +186,7 @@ class GCSDestination(Destination, GCSResource):
             if credentials is None:
                 raise self._error("service_account_json is not a valid service account key")
             return credentials
-        key_file = _resolve_secret(self.service_account_file)
+        key_file = self._setting("service_account_file")
         if key_file:
             path = Path(key_file).expanduser()
             if not path.is_file():
@@ -136,22 +197,26 @@ class GCSDestination(Destination, GCSResource):
             return credentials
         return None
 
-    def get_client(self) -> storage.Client:
+    def get_client(self) -> Any:
         """The ``google.cloud.storage.Client`` for this destination (created once, then reused)."""
         if self._client is None:
             self._client = self._make_client()
         return self._client
 
-    def _make_client(self) -> storage.Client:
-        self.validate_settings()
+    def _make_client(self) -> Any:
+        # Google clients: imported when the first client is made (import cost only)
+        from google.auth import exceptions as auth_exceptions
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
         if os.environ.get(STORAGE_EMULATOR_ENV_VAR):
             # The client would pick anonymous credentials itself; being explicit keeps a configured
             # key (or ADC lookup) from ever being used against a local emulator.
-            credentials: Credentials | None = AnonymousCredentials()
-            project = _resolve_secret(self.project)
+            credentials: Any = AnonymousCredentials()
+            project = self._setting("project")
         else:
             credentials = self._credentials()
-            project = _resolve_secret(self.project) or getattr(credentials, "project_id", None)
+            project = self._setting("project") or getattr(credentials, "project_id", None)
         # Passing project=None explicitly would mean "no project"; omit it to let ADC infer one.
         kwargs: dict[str, Any] = {"credentials": credentials}
         if project:
@@ -171,11 +236,6 @@ class GCSDestination(Destination, GCSResource):
             client._bucket_metadata_cache = None
         return client
 
-    def get_object_to_set_on_execution_context(self) -> Any:
-        # GCSResource would put the bare storage client on `context.resources`; a destination is
-        # more useful there (its client stays reachable through get_client()).
-        return self
-
     # -- error handling ----------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], T], *, object_path: str | None = None) -> T:
@@ -185,9 +245,11 @@ class GCSDestination(Destination, GCSResource):
             return run_with_retries(
                 fn,
                 what=self._msg(f"GCS {what} {self.uri(object_path) if object_path else self.uri('')}"),
-                attempts=self.retry_attempts,
-                initial_wait=self.retry_initial_wait_seconds,
-                max_wait=self.retry_max_wait_seconds,
+                attempts=self.config.retry_attempts,
+                initial_wait=self.config.retry_initial_wait_seconds,
+                max_wait=self.config.retry_max_wait_seconds,
+                should_retry=is_transient,
+                describe=describe,
             )
         except DestinationError:
             raise
@@ -196,9 +258,11 @@ class GCSDestination(Destination, GCSResource):
 
     def _translate(self, exc: Exception, what: str, object_path: str | None) -> DestinationError:
         """A clear, secret-free DestinationError for a failed GCS call."""
+        from google.auth import exceptions as auth_exceptions  # loaded with the client already
+
         status = _status_of(exc)
         bucket = self.bucket
-        cause = describe_exception(exc)
+        cause = describe(exc)
         if status == 404:
             if what == "read":
                 return self._error(f"object '{object_path}' not found in GCS bucket '{bucket}' (404)")
@@ -211,7 +275,9 @@ class GCSDestination(Destination, GCSResource):
             return self._error(f"could not authenticate to GCS for bucket '{bucket}': {cause}")
         target = self.uri(object_path) if object_path else f"gs://{bucket}"
         if is_transient(exc):
-            return self._error(f"GCS {what} of {target} failed after {self.retry_attempts} attempts: {cause}")
+            return self._error(
+                f"GCS {what} of {target} failed after {self.config.retry_attempts} attempts: {cause}"
+            )
         return self._error(f"GCS {what} of {target} failed: {cause}")
 
     # -- the interface -----------------------------------------------------------------------------
@@ -235,10 +301,10 @@ class GCSDestination(Destination, GCSResource):
             blob = (
                 self.get_client()
                 .bucket(self.bucket)
-                .blob(object_path, chunk_size=self.upload_chunk_size_bytes)
+                .blob(object_path, chunk_size=self.config.upload_chunk_size_bytes)
             )
             blob.upload_from_filename(
-                str(local_path), content_type=content_type, timeout=self.timeout_seconds, retry=None
+                str(local_path), content_type=content_type, timeout=self.config.timeout_seconds, retry=None
             )
 
         self._call("upload", attempt, object_path=object_path)
@@ -246,13 +312,15 @@ class GCSDestination(Destination, GCSResource):
 
     def delete(self, object_paths: Sequence[str]) -> None:
         """Delete each object (one request each, retried); a missing object is not an error."""
+        from google.api_core import exceptions as api_exceptions  # loaded with the client already
+
         for object_path in object_paths:
             self._check_object_path(object_path)
 
             def attempt(path: str = object_path) -> None:
                 try:
                     self.get_client().bucket(self.bucket).blob(path).delete(
-                        timeout=self.timeout_seconds, retry=None
+                        timeout=self.config.timeout_seconds, retry=None
                     )
                 except api_exceptions.NotFound:
                     pass  # already gone (or removed by an earlier attempt whose answer was lost)
@@ -267,7 +335,7 @@ class GCSDestination(Destination, GCSResource):
                 self.get_client()
                 .bucket(self.bucket)
                 .blob(object_path)
-                .exists(timeout=self.timeout_seconds, retry=None)
+                .exists(timeout=self.config.timeout_seconds, retry=None)
             ),
             object_path=object_path,
         )
@@ -280,7 +348,7 @@ class GCSDestination(Destination, GCSResource):
             lambda: sorted(
                 blob.name
                 for blob in self.get_client().list_blobs(
-                    self.bucket, prefix=prefix or None, timeout=self.timeout_seconds, retry=None
+                    self.bucket, prefix=prefix or None, timeout=self.config.timeout_seconds, retry=None
                 )
             ),
             object_path=prefix,
@@ -294,7 +362,7 @@ class GCSDestination(Destination, GCSResource):
                 self.get_client()
                 .bucket(self.bucket)
                 .blob(object_path)
-                .download_as_bytes(timeout=self.timeout_seconds, retry=None)
+                .download_as_bytes(timeout=self.config.timeout_seconds, retry=None)
             ),
             object_path=object_path,
         )
@@ -307,12 +375,8 @@ class GCSDestination(Destination, GCSResource):
         trigger the consumer's processing of the folder.
         """
         client = self.get_client()
-        self._call(
-            "check",
-            lambda: list(
-                client.list_blobs(self.bucket, max_results=1, timeout=self.timeout_seconds, retry=None)
-            ),
-        )
+        timeout = self.config.timeout_seconds
+        self._call("check", lambda: list(client.list_blobs(self.bucket, max_results=1, timeout=timeout, retry=None)))
         wanted = [
             "storage.objects.create",
             "storage.objects.delete",
@@ -321,9 +385,7 @@ class GCSDestination(Destination, GCSResource):
         ]
         granted = self._call(
             "check",
-            lambda: client.bucket(self.bucket).test_iam_permissions(
-                wanted, timeout=self.timeout_seconds, retry=None
-            ),
+            lambda: client.bucket(self.bucket).test_iam_permissions(wanted, timeout=timeout, retry=None),
         )
         missing = [permission for permission in wanted if permission not in set(granted or [])]
         if missing:
@@ -340,13 +402,15 @@ def _json_object(text: str) -> dict:
     return info
 
 
-def _load_key(load: Callable[[], Credentials]) -> Credentials | None:
+def _load_key(load: Callable[[], Any]) -> Any:
     """Run ``load``; None if the key is unusable.
 
     The DestinationError is raised by the caller *outside* the ``except`` block on purpose: raised
     inside, it would keep the parse error as ``__context__`` (``JSONDecodeError.doc`` holds the
     whole key text) and error reporters that walk the chain could print it.
     """
+    from google.auth import exceptions as auth_exceptions  # Google client: import cost only
+
     try:
         return load()
     except (OSError, ValueError, TypeError, KeyError, auth_exceptions.GoogleAuthError):
@@ -365,7 +429,7 @@ def _otel_traces_enabled() -> bool:
 
 def _cause_text(exc: BaseException) -> str:
     """The server's explanation without the status prefix (for 401/403 messages)."""
-    text = describe_exception(exc)
+    text = describe(exc)
     return text.split(": ", 1)[1] if text.startswith("HTTP ") and ": " in text else text
 
 
@@ -380,3 +444,6 @@ def _content_type(object_path: str) -> str:
     if object_path.endswith(".parquet"):
         return "application/vnd.apache.parquet"
     return mime or "application/octet-stream"
+
+
+register_file_destination("gcs", GCSConfig, GCSDestination)

@@ -1,0 +1,190 @@
+"""DuckDB: an embedded database file (the default source)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+
+from dinmo_dagster.connectors import register_warehouse
+from dinmo_dagster.secrets import EnvRef
+from dinmo_dagster.warehouses.base import SourceConfig, Warehouse, WarehouseError, quietly
+
+_LOCK_WAIT_SECONDS = 30.0
+
+DUCKDB_DEFAULT_MEMORY_LIMIT = "50%"
+"""DuckDB's memory cap on the tool's connections when the source sets none: half the machine's memory.
+
+The Python side of a sync stays small whatever the table size (rows leave DuckDB in Arrow batches of
+100,000 rows), so the cap is about DuckDB's own work. Most of it spills to disk beyond the cap, but
+an ungrouped count(distinct key), which every primary-key check and snapshot runs, cannot: it holds
+every key in memory (about 2.3 GB for 50M keys). A fixed 64 MB cap failed on a 2M-row table; half
+the memory syncs a 50M-row table on a 24 GB machine and leaves the other half to Python, the writer
+threads and the rest of the machine.
+"""
+
+
+class DuckDBSource(SourceConfig):
+    """``{type: duckdb, path, memory_limit, preserve_insertion_order}``."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ("path",)
+
+    type: Literal["duckdb"]
+    path: str | EnvRef
+    """Path of the DuckDB database file; created with its parent directory when missing. Relative to
+    the project directory in a project (an `{env: NAME}` path: to the working directory)."""
+    memory_limit: str | None = DUCKDB_DEFAULT_MEMORY_LIMIT
+    """DuckDB's memory_limit for the tool's connections: a size ('512MB', '4GB') or a share of the
+    machine's memory ('50%', the default). DuckDB spills to `<path>.tmp` beyond it where the operator
+    can (joins, GROUP BY, sorts); an ungrouped count(distinct key), which every primary key check runs,
+    cannot spill and needs about 50 bytes per key. None: DuckDB's own default (80% of the memory)."""
+    preserve_insertion_order: bool = False
+    """DuckDB's preserve_insertion_order. Off by default: snapshots and exports need no row order, and
+    keeping it costs memory on large tables."""
+
+
+class DuckDBWarehouse(Warehouse):
+    """An embedded DuckDB database file (the default source).
+
+    DuckDB spills to the directory `<path>.tmp` next to the database file (its default, kept), so
+    spilled customer rows stay with the warehouse on the same disk. DuckDB deletes its spill files when
+    the connection closes; those of a killed process are deleted when the tool next opens the file.
+    """
+
+    dialect: ClassVar[str] = "duckdb"
+    source_type: ClassVar[str] = "duckdb"
+    default_schema: ClassVar[str | None] = "main"
+    case_insensitive: ClassVar[bool] = True
+
+    config: DuckDBSource
+
+    def __init__(self, config: DuckDBSource, *, name: str = "") -> None:
+        super().__init__(config, name=name)
+        self._shared: Any = None  # the open database of the current session(), if any
+
+    def _target(self) -> str:
+        return f"DuckDB database {self._value('path')}"
+
+    def _connection_settings(self, con: Any) -> None:
+        """Settings each connection (and each cursor of a shared one) needs."""
+        # timestamps with time zone come out in UTC, whatever the machine's time zone
+        quietly(lambda: con.execute("SET TimeZone = 'UTC'"))
+        # no progress bar on the terminal of `dinmo sync` or in Dagster's captured logs
+        quietly(lambda: con.execute("SET enable_progress_bar = false"))
+
+    def _memory_limit(self) -> str:
+        """The configured `memory_limit`, checked: a size with its unit, or a percentage of 1 to 100."""
+        limit = str(self.config.memory_limit).strip()
+        size = re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit, re.IGNORECASE)
+        share = re.fullmatch(r"(\d+(\.\d+)?)\s*%", limit)
+        if not size and not (share and 1 <= float(share.group(1)) <= 100):
+            raise WarehouseError(
+                self._prefix() + f"memory_limit: found {self.config.memory_limit!r}; allowed: a size such as"
+                " '512MB' or '4GB', or a share of the machine's memory from 1% to 100% such as '50%'"
+            )
+        return limit
+
+    def _settings(self, con: Any) -> None:
+        """Settings of a newly opened database: the connection's, plus the database-wide ones that its
+        cursors share."""
+        self._connection_settings(con)
+        if self.config.memory_limit:
+            con.execute(f"SET memory_limit = '{self._memory_limit()}'")
+        con.execute(f"SET preserve_insertion_order = {str(bool(self.config.preserve_insertion_order)).lower()}")
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        if self._shared is not None:
+            yield
+            return
+        with self._open_file() as con:
+            self._shared = con
+            try:
+                yield
+            finally:
+                self._shared = None
+
+    @contextmanager
+    def _open(self) -> Iterator[Any]:
+        if self._shared is not None:
+            # A cursor is a second connection to the same open database: a pending streamed result
+            # on one is not disturbed by statements on the other, and nothing reopens the file.
+            cur = self._shared.cursor()
+            try:
+                self._connection_settings(cur)
+                yield cur
+            finally:
+                cur.close()
+            return
+        with self._open_file() as con:
+            yield con
+
+    @contextmanager
+    def _open_file(self) -> Iterator[Any]:
+        import duckdb  # the driver, imported when a connection opens (import cost only)
+
+        path = str(self._value("path"))
+        if path != ":memory:" and not path.startswith("md:"):
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(path)
+                break
+            except duckdb.IOException as exc:
+                # another process holds the write lock: wait for it (bounded)
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            self._settings(con)
+            if path != ":memory:" and not path.startswith("md:"):
+                _remove_stale_spill_files(con)
+            yield con
+        finally:
+            con.close()
+
+    def _run_statements(self, conn: Any, statements: list[str]) -> None:
+        conn.begin()
+        try:
+            for statement in statements:
+                conn.execute(statement)
+            conn.commit()
+        except BaseException:
+            quietly(conn.rollback)
+            raise
+
+    @contextmanager
+    def stream(self, sql: str, batch_rows: int = 100_000) -> Iterator[pa.RecordBatchReader]:
+        with self._connection() as con:
+            with self._wrap("query failed"):
+                reader = con.sql(sql).to_arrow_reader(batch_rows)
+
+            try:
+                yield pa.RecordBatchReader.from_batches(reader.schema, self._guarded(iter(reader)))
+            finally:
+                quietly(reader.close)
+
+
+def _remove_stale_spill_files(con: Any) -> None:
+    """Delete the spill files (customer rows) that a killed process left in the database's temp directory.
+
+    Called once the database file is open for writing: no other process can have it open then, so
+    every DuckDB temporary file there is stale. DuckDB itself would remove them only when it next spills.
+    """
+    # fetchall: DuckDB refuses further work on a connection whose result was not read to its end
+    [(temp_directory,)] = con.execute("SELECT current_setting('temp_directory')").fetchall()
+    if not temp_directory:
+        return
+    for leftover in Path(temp_directory).glob("duckdb_temp_*"):
+        quietly(leftover.unlink)
+
+
+register_warehouse("duckdb", DuckDBSource, DuckDBWarehouse)
