@@ -305,7 +305,8 @@ def test_duckdb_spill_files_of_a_killed_process_are_deleted_when_the_file_is_nex
         f"""
         import duckdb, time
         con = duckdb.connect({wh.config.path!r})
-        con.execute("SET memory_limit = '32MB'")
+        con.execute("SET enable_progress_bar = false")  # its output would come before ours
+        con.execute("SET memory_limit = '64MB'")
         con.execute("SET threads = 1")
         reader = con.sql("SELECT id, md5(id::VARCHAR) AS h FROM raw.keys ORDER BY h").to_arrow_reader(1000)
         reader.read_next_batch()
@@ -313,12 +314,16 @@ def test_duckdb_spill_files_of_a_killed_process_are_deleted_when_the_file_is_nex
         time.sleep(120)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "spilled"
+        lines = [proc.stdout.readline().strip()]
+        while lines[-1] not in ("spilled", ""):
+            lines.append(proc.stdout.readline().strip())
+        line = lines[-1]
     finally:
         proc.kill()  # SIGKILL: DuckDB cannot clean up
         proc.wait(timeout=30)
+    assert line == "spilled", (lines, proc.returncode, proc.stderr.read()[-2000:])
     spill_dir = tmp_path / "wh.duckdb.tmp"
     # the dead process's spilled rows are still there
     assert [p for p in spill_dir.iterdir() if p.name.endswith(".tmp")] != []
