@@ -329,7 +329,9 @@ def _value(v: object) -> exp.Expression:
     if isinstance(v, Enum):
         return lit(v.value)
     if hasattr(v, "isoformat"):
-        return exp.cast(exp.Literal.string(v.isoformat(sep=" ")), exp.DataType.build("timestamp"))  # type: ignore[call-arg]
+        # DataType(this=...) instead of DataType.build("timestamp"): no type text parsed per value
+        timestamp = exp.DataType(this=exp.DataType.Type.TIMESTAMP)
+        return exp.cast(exp.Literal.string(v.isoformat(sep=" ")), timestamp)  # type: ignore[call-arg]
     return lit(v)
 
 
