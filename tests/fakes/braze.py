@@ -216,6 +216,7 @@ class _Window:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms delayed-ACK wait
 
     def _serve(self) -> None:
         self.server.fake._serve(self)  # type: ignore[attr-defined]

@@ -274,6 +274,7 @@ def _invalid(user_msg: str, *, title: str = "Invalid parameter", subcode: int | 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms delayed-ACK wait
 
     def _serve(self) -> None:
         self.server.fake._serve(self)  # type: ignore[attr-defined]

@@ -61,6 +61,7 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms delayed-ACK wait
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
