@@ -11,6 +11,7 @@ stays in the run's log in the instance, and ``--verbose`` (before or after the c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ from typing import Any
 
 import dagster as dg
 
-from dinmo_dagster import demo, sync, writers
+from dinmo_dagster import demo, platform_sync, sync, writers
 from dinmo_dagster.assets.activations import reap_dead_syncs, step_failure_text, sync_ops_config, sync_target
 from dinmo_dagster.compile import refresh_views
 from dinmo_dagster.config import QUICKSTART_DIR, Project, ProjectError, load_project, project_dir_from_env
@@ -239,6 +240,16 @@ def _print_sync(args: argparse.Namespace, activation: str, out: SyncOutcome) -> 
             _print(f"  full log: that run in `{_dinmo(args, 'ui')}`, or `{_dinmo(args, 'sync', activation, verbose=True)}`")
         _print(f"sync {activation}: FAILED: {out.error}")
         return
+    if "platform" in md:
+        _print(f"sync {activation}: {md.get('sync_type')} sync to {md.get('platform')} ({md.get('service')}, "
+               f"{md.get('sync_mode')}): {md.get('rows_added')} added, {md.get('rows_updated')} updated, "
+               f"{md.get('rows_removed')} removed, {md.get('rows_unchanged')} unchanged; "
+               f"{md.get('records_accepted')} record(s) accepted, {md.get('records_rejected')} rejected in "
+               f"{md.get('batches')} batch(es), {md.get('retries')} retries, "
+               f"{md.get('rate_limit_wait_seconds')}s waiting on rate limits")
+        if md.get("top_rejection_reasons"):
+            _print(f"  top rejection reasons: {md['top_rejection_reasons']}")
+        return
     _print(f"sync {activation}: {md.get('sync_type')} sync ({md.get('sync_mode')}, {md.get('run_type')}): "
            f"{md.get('rows_added')} added, {md.get('rows_updated')} updated, {md.get('rows_removed')} removed, "
            f"{md.get('rows_unchanged')} unchanged; {md.get('dagster/row_count')} rows written in "
@@ -330,6 +341,21 @@ def _activation_problems(project: Project, activation: str) -> list[str]:
         return [str(p) for p in check_project(project, resources) if p.culprit in entities]
 
 
+def _print_platform_preview(name: str, a: Any, pv: platform_sync.PlatformPreview) -> None:
+    """Operation counts and the first request bodies, identifiers masked (the SDK's ``preview``)."""
+    c = pv.counts
+    _print(f"preview {name}: {pv.sync_type} sync to {a.destination} ({a.platform_service}, {a.platform_mode}): "
+           f"{c.added} added, {c.updated} updated, {c.removed} removed, {c.unchanged} unchanged "
+           "(nothing sent, baseline unchanged)")
+    for operation, count in pv.records.items():
+        _print(f"  would {operation} {count} record(s)")
+    for request in pv.requests:
+        _print(f"  first {request.operation} request ({request.records} record(s)): {request.method} {request.url}")
+        body = json.dumps(request.body, indent=2, ensure_ascii=False, default=str)
+        for line in body.splitlines()[:60]:
+            _print(f"    {line}")
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     """Compile the segment, count the changes and show the first rows, writing nothing."""
     project = _load(args)
@@ -343,7 +369,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
             key = "preview_" + sync.new_partition_key()
             try:
                 sync.take_snapshot(t, key)
-                pv = sync.preview(t, key, sample_rows=args.rows)
+                pv = (platform_sync.preview(t, key) if t.platform is not None
+                      else sync.preview(t, key, sample_rows=args.rows))
             finally:
                 sync.drop_snapshot(t, key)
     except sync.SyncError as exc:
@@ -361,6 +388,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
         return 1
     a = project.activations[name]
     _print(f"segment SQL ({t.dialect}):\n  {compiled}")
+    if isinstance(pv, platform_sync.PlatformPreview):
+        _print_platform_preview(name, a, pv)
+        return 0
     c = pv.counts
     _print(f"preview {name}: {pv.sync_type} sync: {c.added} added, {c.updated} updated, "
            f"{c.removed} removed, {c.unchanged} unchanged (nothing written, baseline unchanged)")

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from dinmo_dagster import filters, naming, secrets, writers
 from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, connectors
 from dinmo_dagster.filters import did_you_mean
+from dinmo_dagster.platform_connectors import PlatformDestination
 from dinmo_dagster.recurrence import Schedule, cron_problem, schedule_problem
 from dinmo_dagster.warehouses import SourceConfig
 
@@ -152,12 +153,35 @@ class Trigger(_Strict):
     watermark_column: str | None = None
 
 
+class AudienceRef(_Strict):
+    """The platform audience (list, custom audience) an audience activation fills: ``{name}`` or ``{id}``."""
+
+    name: str | None = None
+    id: str | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _name_or_id(self) -> AudienceRef:
+        if (self.name is None) == (self.id is None):
+            raise ValueError("give exactly one of name and id")
+        return self
+
+
+# Keys of an activation to a file destination only, and of an activation to an API platform only.
+FILE_KEYS = ("folder", "file_name", "format", "csv", "json_", "xml", "parquet", "compression", "max_file_size_mb")
+PLATFORM_KEYS = ("match", "identifiers", "audience", "null_values", "max_rejected_pct", "retry_rejected_days",
+                 "default_country")
+# sync_mode of a platform activation per service (the first is the default).
+PLATFORM_SYNC_MODES = {"attributes": ("upsert", "update", "insert", "mirror"), "audiences": ("mirror",),
+                       "events": ("insert",), "subscriptions": ("upsert", "mirror")}
+
+
 class Activation(_Strict):
     segment: str
     destination: str
     description: str | None = None
     folder: str = ""
-    file_name: str
+    file_name: str | None = None
     format: Literal["csv", "json", "xml", "parquet"] = "csv"
     csv: CsvOptions = CsvOptions()
     json_: JsonOptions = Field(JsonOptions(), alias="json")
@@ -166,19 +190,55 @@ class Activation(_Strict):
     compression: Literal["none", "gzip"] = "none"
     mapping: dict[str, str] | None = None
     run_type: Literal["full_only", "full_then_delta"] | None = None
-    sync_mode: Literal["snapshot", "upsert", "insert", "difference"] = "snapshot"
+    sync_mode: Literal["snapshot", "upsert", "insert", "difference", "update", "mirror"] = "snapshot"
     max_file_size_mb: Annotated[float, Field(gt=0)] | None = None
     max_removed_pct: Annotated[float, Field(ge=0, le=100)] = 50.0
     keep_snapshots: Annotated[int, Field(ge=1)] = 3
     lookback: Annotated[str, Field(pattern=r"^\s*\d+\s*(minute|hour|day)s?\s*$")] = "0 minutes"
     schedule: Schedule | None = None
     trigger: Trigger | None = None
+    # API platform activations (destination type hubspot, braze, meta_ads, firestore...)
+    match: dict[str, str] | None = None
+    """attributes: destination identifier -> segment column ({email: email})."""
+    identifiers: dict[str, str] | None = None
+    """audiences and events: destination identifier -> segment column ({email: email, phone: phone})."""
+    audience: AudienceRef | None = None
+    """audiences: {name: ...} (created when missing) or {id: ...}."""
+    null_values: Literal["sync", "skip"] = "sync"
+    """skip: a NULL never overwrites a value the platform holds."""
+    max_rejected_pct: Annotated[float, Field(ge=0, le=100)] = 10.0
+    """A sync whose records are rejected above this percentage fails (the baseline does not move)."""
+    retry_rejected_days: Annotated[float, Field(gt=0)] = 14.0
+    """A rejected record is sent again by the following syncs for this many days."""
+    default_country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
+    """The country (ISO 3166 alpha-2) of phone numbers written without one, for E.164 normalization."""
+    _platform_service: str | None = PrivateAttr(default=None)
+
+    @property
+    def platform_service(self) -> str | None:
+        """The service of the API platform this activation delivers to; None for a file destination."""
+        return self._platform_service
+
+    @property
+    def platform_mode(self) -> str:
+        """The sync mode of a platform activation: as written, or its service's default."""
+        written = "sync_mode" in self.model_fields_set
+        if written:
+            return self.sync_mode
+        return PLATFORM_SYNC_MODES.get(self.platform_service or "", ("upsert",))[0]
+
+    @property
+    def platform_match(self) -> dict[str, str]:
+        """Destination identifier -> segment column: ``match``, or ``identifiers``."""
+        return dict(self.match or self.identifiers or {})
 
     @property
     def effective_run_type(self) -> str:
         """``run_type`` as written, or the mode's natural default (snapshot: full_only, else full_then_delta)."""
         if self.run_type is not None:
             return self.run_type
+        if self.platform_service is not None:
+            return "full_then_delta"
         return "full_only" if self.sync_mode == "snapshot" else "full_then_delta"
 
 
@@ -531,19 +591,25 @@ def _parse_entry(section: str, name: str, raw: Any, file: str, problems: list[st
             return None
     else:
         cls = SECTION_MODELS[section]
+    inline: list[str] = []
     if isinstance(raw, dict):
-        for key in secrets.inline_secrets(cls, raw):
+        for key in (inline := secrets.inline_secrets(cls, raw)):
             problems.append(f"{file}: {prefix}.{key}: secrets must not be written in the YAML; "
                             f"found an inline value; allowed: {{env: VARIABLE_NAME}}")
             raw = {k: v for k, v in raw.items() if k != key}
     try:
-        return cls.model_validate(raw)
+        parsed = cls.model_validate(raw)
+        if isinstance(parsed, PlatformDestination):
+            problems.extend(f"{file}: {prefix}.{problem}" for problem in parsed.problems())
+        return parsed
     except ValidationError as exc:
         errors = exc.errors()
         fixed = _typo_fixes(errors, cls)
         for err in errors:
             if err["type"] == "missing" and tuple(_clean_loc(err)) in fixed:
                 continue  # the unknown key next to it is this key misspelled: one line says both
+            if err["type"] == "missing" and _clean_loc(err)[:1] in ([k] for k in inline):
+                continue  # an inline secret, reported above and taken out
             if any("SecretStr" in str(part) for part in err["loc"]):
                 continue  # a secret's plain-value form is for Python callers: the YAML takes {env: NAME} only
             problems.append(_format_error(file, prefix, err, cls))
@@ -680,13 +746,27 @@ def _check_references(p: Project, defined: dict[str, set[str]] | None = None,
         k = f"activations.{name}"
         ref(f"{k}.segment", a.segment, "segments", "segment")
         ref(f"{k}.destination", a.destination, "destinations", "destination")
+        dest = p.destinations.get(a.destination)
+        if isinstance(dest, PlatformDestination):
+            out.extend(f"{where(k)}: {problem}" for problem in _platform_activation_problems(k, a, dest))
+        elif dest is not None:  # a destination that failed to parse has its own problems
+            given = [key for key in PLATFORM_KEYS if key in a.model_fields_set]
+            for key in given:
+                out.append(f"{where(k)}: {k}.{key}: applies to API platform destinations only; destination "
+                           f"'{a.destination}' is a {getattr(dest, 'type', 'file')} file destination; remove it")
+            if a.sync_mode in ("update", "mirror"):
+                out.append(f"{where(k)}: {k}.sync_mode: found {a.sync_mode!r}, an API platform mode; allowed for "
+                           "a file destination: snapshot, upsert, insert, difference")
         if a.run_type == "full_then_delta" and a.sync_mode == "snapshot":
             out.append(f"{where(k)}: {k}.run_type: 'full_then_delta' cannot be used with sync_mode 'snapshot' "
                        "(a snapshot always exports the full segment); allowed with snapshot: full_only")
-        try:
-            naming.validate_template(a.file_name)
-        except naming.TemplateError as exc:
-            out.append(f"{where(k)}: {k}.file_name: {exc}")
+        if a.file_name is None and dest is not None and not isinstance(dest, PlatformDestination):
+            out.append(f"{where(k)}: {k}.file_name: required key is missing")
+        elif a.file_name is not None:
+            try:
+                naming.validate_template(a.file_name)
+            except naming.TemplateError as exc:
+                out.append(f"{where(k)}: {k}.file_name: {exc}")
         try:
             naming.validate_folder(a.folder)
         except naming.TemplateError as exc:
@@ -719,6 +799,57 @@ def _check_references(p: Project, defined: dict[str, set[str]] | None = None,
         out.append(f"{settings_file or '?'}: settings.validation_cron: {cron_text}")
     out.extend(f"{where(key)}: {problem}" for key, problem in dependency_cycles(p).items())
     return out
+
+
+def _platform_activation_problems(k: str, a: Activation, dest: PlatformDestination) -> list[str]:
+    """What is wrong with activation ``k`` to an API platform: file keys, sync_mode, match, audience."""
+    out: list[str] = []
+    service = str(getattr(dest, "service", ""))
+    a._platform_service = service  # the activation now knows it delivers to a platform
+    kind = f"destination '{a.destination}' is a {dest.type} platform destination"
+    for key in FILE_KEYS:
+        if key in a.model_fields_set:
+            shown = "json" if key == "json_" else key
+            out.append(f"{k}.{shown}: a file option; {kind}; remove it (allowed: segment, destination, match, "
+                       "identifiers, audience, mapping, sync_mode, null_values, max_rejected_pct, "
+                       "retry_rejected_days, default_country, run_type, schedule, trigger)")
+    operations = dest.operations()
+    modes = [m for m in PLATFORM_SYNC_MODES.get(service, ())
+             if (m == "mirror" and ("delete" in operations or "remove" in operations)) or m in operations
+             or (m == "insert" and "track" in operations)]
+    if "sync_mode" in a.model_fields_set and a.sync_mode not in modes:
+        out.append(f"{k}.sync_mode: found {a.sync_mode!r}; allowed for {dest.type} {service}: "
+                   + (", ".join(modes) or "none"))
+    if service == "attributes" and a.identifiers:
+        out.append(f"{k}.identifiers: found identifiers; {dest.type} attributes match records with match; "
+                   "allowed: match")
+    elif service != "attributes" and a.match:
+        out.append(f"{k}.match: found match; {dest.type} {service} take identifiers; allowed: identifiers")
+    has_audience = "audience" in dest.settings_model.model_fields
+    if a.audience is not None and (service != "audiences" or not has_audience):
+        out.append(f"{k}.audience: found an audience; {kind} with service {service}, which takes none; "
+                   "allowed: audience only with service audiences of meta_ads, braze or firestore")
+    if a.run_type == "full_only":
+        out.append(f"{k}.run_type: found 'full_only'; {kind}, synced by its changes; allowed: full_then_delta")
+    extra = platform_extra(a, dest)
+    for problem in dest.activation_problems(a.platform_match, a.mapping or {}, extra):
+        key, _, text = problem.partition(": ")
+        if key == "match" and service != "attributes":
+            key = "identifiers"  # the adapter's name for them on an attributes destination
+        out.append(f"{k}.{key}: {text}")
+    if extra:  # the destination's own problems are reported once, under destinations.<name>
+        known = set(dest.problems())
+        out.extend(f"{k}.{problem}" for problem in dest.problems(extra) if problem not in known)
+    return out
+
+
+def platform_extra(a: Activation, dest: PlatformDestination) -> dict[str, Any]:
+    """Settings an activation adds to its platform destination's: its audience, as the platform takes it."""
+    if a.audience is None or "audience" not in dest.settings_model.model_fields:
+        return {}
+    if dest.type == "meta_ads":
+        return {"audience": a.audience.model_dump(exclude_none=True)}
+    return {"audience": a.audience.name or a.audience.id}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -825,7 +956,7 @@ def _warnings(p: Project) -> list[str]:
                ("MM", "month", "{DD}_{HH}{mm}{ss}"), ("YYYY", "year", "{MM}{DD}_{HH}{mm}{ss}"),
                ("YY", "year", "{MM}{DD}_{HH}{mm}{ss}"))
     for name, a in p.activations.items():
-        if a.sync_mode not in CHANGE_SET_MODES:
+        if a.sync_mode not in CHANGE_SET_MODES or a.file_name is None:
             continue
         used = naming.template_variables(a.file_name)
         if used & {"ss", "ms", "X", "x"}:

@@ -15,7 +15,9 @@ module imports none of them and each of them imports this one. A connector of yo
 itself when its module is imported, before the project is loaded.
 
 API platforms (``dinmo_dagster.platforms``, with their own ``register_platform``) are the third kind,
-:attr:`ConnectorKind.PLATFORM`, and share the ``destinations:`` section with file destinations.
+:attr:`ConnectorKind.PLATFORM`, and share the ``destinations:`` section with file destinations:
+``dinmo_dagster.platform_connectors`` registers each of them here, its settings model with secrets
+written ``{env: VAR}``.
 
 Plain Python: no Dagster import.
 """
@@ -100,6 +102,8 @@ _BUILTIN_MODULES: dict[ConnectorKind, tuple[str, ...]] = {
         for name in ("duckdb", "postgres", "snowflake", "bigquery", "redshift", "databricks")
     ),
     ConnectorKind.FILE_DESTINATION: ("dinmo_dagster.destinations.gcs", "dinmo_dagster.destinations.local"),
+    # registers every platform of dinmo_dagster.platforms (hubspot, braze, meta_ads, firestore)
+    ConnectorKind.PLATFORM: ("dinmo_dagster.platform_connectors",),
 }
 
 _registry: dict[ConnectorKind, dict[str, Connector]] = {kind: {} for kind in ConnectorKind}

@@ -44,6 +44,7 @@ from sqlglot import exp
 from dinmo_dagster import delta, naming, writers
 from dinmo_dagster.config import Activation, Model
 from dinmo_dagster.destinations import FileDestination
+from dinmo_dagster.platform_connectors import PlatformDestination
 from dinmo_dagster.state import (
     OWNER,
     Baseline,
@@ -96,6 +97,7 @@ class SyncTarget:
     warehouse: Warehouse
     destination: FileDestination | None  # None in a step that delivers nothing (the snapshot)
     schemas: HelperSchemas
+    platform: PlatformDestination | None = None  # an activation to an API platform: its settings
 
     @property
     def dialect(self) -> str:
@@ -119,6 +121,10 @@ class SyncTarget:
     def changes_table(self, partition_key: str) -> exp.Table:
         return self._delta_table("chg__", partition_key)
 
+    def undone_table(self, partition_key: str) -> exp.Table:
+        """A platform sync's keys the platform did not acknowledge, while its baseline is promoted."""
+        return self._delta_table("und__", partition_key)
+
     def rows_table(self, partition_key: str) -> exp.Table:
         """The rows a sync delivers, with their values: all of them (full sync) or its changes (delta)."""
         return self._delta_table("rows__", partition_key)
@@ -128,7 +134,11 @@ class SyncTarget:
         return self._delta_table("vals__")
 
     def keeps_values(self) -> bool:
-        return self.activation.sync_mode == "difference" and self.activation.effective_run_type == "full_then_delta"
+        """Whether the activation keeps its last delivered values (``vals__A``): difference files list removed
+        records with them; platforms remove records (and old identifiers) by them."""
+        a = self.activation
+        return (a.sync_mode == "difference" or a.platform_service is not None) and \
+            a.effective_run_type == "full_then_delta"
 
     def sync_time(self, partition_key: str) -> datetime:
         """The sync's start time in the schedule's time zone (UTC without one)."""
@@ -168,6 +178,7 @@ class SyncResult:
     recovered: list[str] = field(default_factory=list)  # what recovery did, one line each
     recovered_partitions: list[str] = field(default_factory=list)  # dead syncs this one completed
     recovered_files: list[str] = field(default_factory=list)  # their files (URIs)
+    platform: dict[str, Any] = field(default_factory=dict)  # a platform sync's delivery metrics
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -181,6 +192,16 @@ def exported_columns(t: SyncTarget, segment_columns: list[str]) -> list[tuple[st
     if pk not in segment_columns:
         raise SyncError(f"segment '{t.segment_name}' does not return the primary key '{pk}' of model "
                         f"'{t.model_name}'; columns: {', '.join(segment_columns)}")
+    if t.activation.platform_service is not None:
+        # A platform gets the match identifiers and the mapped columns, under their segment names: the
+        # row hash covers only them, so a change elsewhere is no change.
+        wanted = [*t.activation.platform_match.values(), *(t.activation.mapping or {})]
+        found = [delta.resolve_column(c, segment_columns) for c in wanted]
+        missing = [w for w, f in zip(wanted, found) if f not in segment_columns]
+        if missing:
+            raise SyncError(f"activations.{t.name}: column '{missing[0]}' is not in segment "
+                            f"'{t.segment_name}'; available: {', '.join(segment_columns)}")
+        return [(c, c) for c in dict.fromkeys(found)]
     if t.activation.mapping is None:
         return [(c, c) for c in segment_columns]
     pairs = [(delta.resolve_column(src, segment_columns), dst) for src, dst in t.activation.mapping.items()]
@@ -353,8 +374,10 @@ def take_snapshot(t: SyncTarget, partition_key: str, full: bool = False) -> Snap
 
 def incremental_events(t: SyncTarget) -> bool:
     """Event (fact) models synced with insert + full_then_delta go by their event-time cursor."""
-    return (t.model.kind == "fact" and bool(t.model.time_column) and t.activation.sync_mode == "insert"
-            and t.activation.effective_run_type == "full_then_delta")
+    a = t.activation
+    mode = a.platform_mode if a.platform_service is not None else a.sync_mode
+    return (t.model.kind == "fact" and bool(t.model.time_column) and mode == "insert"
+            and a.effective_run_type == "full_then_delta")
 
 
 def lookback(a: Activation) -> timedelta:
@@ -629,7 +652,8 @@ def recover(
         partition_key, files, summary = e.partition_key, e.files, e.summary
         dead_run = e.run_id if e.run_id and e.run_id != run_id else ""
         if e.state is JournalState.WRITING:
-            t.destination.delete(files)
+            if t.destination is not None:  # a platform sync writes no file
+                t.destination.delete(files)
             _remove_workdir(e.workdir, e.owner)
             _journal(t, partition_key, "", JournalState.ABANDONED, files)
             _history_once(t, partition_key, e.run_id, summary,
@@ -924,5 +948,6 @@ def drop_snapshot(t: SyncTarget, partition_key: str) -> None:
 
 def _drop_snapshot_sql(t: SyncTarget, partition_key: str) -> list[str]:
     """Drop a partition's tables (snapshot, rows, change counts) and its registry row."""
-    tables = (t.snapshot_table(partition_key), t.rows_table(partition_key), t.changes_table(partition_key))
+    tables = (t.snapshot_table(partition_key), t.rows_table(partition_key), t.changes_table(partition_key),
+              t.undone_table(partition_key))
     return [*(delta.drop_table_sql(table, t.dialect) for table in tables), t.store.forget_snapshot_sql(partition_key)]

@@ -162,6 +162,8 @@ class DinmoTranslator:
     def _activation_spec(self, entity: DinmoEntity) -> dg.AssetSpec:
         p, name = entity.project, entity.name
         a = p.activations[name]
+        if a.platform_service is not None:
+            return self._platform_activation_spec(entity)
         description = "\n\n".join([
             f"{name}: delivery to {a.destination}",
             *([a.description] if a.description else []),
@@ -179,10 +181,34 @@ class DinmoTranslator:
         )
 
 
+    def _platform_activation_spec(self, entity: DinmoEntity) -> dg.AssetSpec:
+        p, name = entity.project, entity.name
+        a = p.activations[name]
+        d = p.destinations[a.destination]
+        description = "\n\n".join([
+            f"{name}: delivery to {a.destination}",
+            *([a.description] if a.description else []),
+            (f"Step 2 of each sync: sends the changes of segment '{a.segment}' to {destination_text(p, name)} "
+             f"({a.platform_service}, {a.platform_mode} mode), then promotes to the activation's baseline what "
+             "the platform acknowledged (rejected records are sent again by the next sync)."),
+        ])
+        return dg.AssetSpec(
+            key=names.activation_key(name), deps=[self.get_asset_key(DinmoEntity.snapshot(p, name))],
+            group_name=f"activation_{name}", description=description,
+            kinds={d.type, "delivery"},
+            metadata={"dinmo/activation": name, "dinmo/step": f"2 of 2: delivery to {a.destination}",
+                      "dinmo/destination": destination_text(p, name)},
+            tags={"dinmo/sync_mode": a.platform_mode, "dinmo/run_type": a.effective_run_type},
+        )
+
+
 def destination_text(project: Project, activation: str) -> str:
-    """Where ``activation`` writes: ``gs://bucket/folder/`` or the local folder's path."""
+    """Where ``activation`` writes: ``gs://bucket/folder/``, the local folder's path, or the platform and its
+    service (``hubspot attributes``)."""
     a = project.activations[activation]
     d = project.destinations[a.destination]
+    if a.platform_service is not None:
+        return f"{d.type} {a.platform_service}"
     folder = a.folder.strip("/")
     if d.type == "gcs":
         return f"gs://{d.bucket}/{folder + '/' if folder else ''}"

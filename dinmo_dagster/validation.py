@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 from sqlglot import exp
 
-from dinmo_dagster import delta, writers
+from dinmo_dagster import delta, platforms, writers
 from dinmo_dagster.compile import (
     filters_model_infos,
     model_relation,
@@ -24,8 +24,8 @@ from dinmo_dagster.compile import (
     segment_relation,
     segment_select,
 )
-from dinmo_dagster.config import Project
-from dinmo_dagster.resources import build_resources, destination_of, warehouse_of
+from dinmo_dagster.config import Project, platform_extra
+from dinmo_dagster.resources import build_resources, destination_of, platform_of, warehouse_of
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,11 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             for aname, a in project.activations.items():
                 if a.segment != name:
                     continue
-                missing = _missing(a.mapping or [], cols)
+                missing = _missing([*(a.mapping or []), *a.platform_match.values()], cols)
                 if missing:
                     problems.append(Problem(f"activations.{aname}",
-                                            f"mapping: column '{missing[0]}' is not in segment '{name}'; "
+                                            f"{_where(a, missing[0])}: column '{missing[0]}' is not in segment "
+                                            f"'{name}'; "
                                             f"available: {', '.join(cols)}"))
                     continue
                 try:
@@ -124,6 +125,34 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
                 destination.check()
         except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"destinations.{name}", _short(exc)))
+    problems += _platform_problems(project, resources, problems)
+    return problems
+
+
+def _where(a: Any, column: str) -> str:
+    """The key naming a segment column in an activation: ``mapping``, ``match`` or ``identifiers``."""
+    if column in (a.mapping or {}):
+        return "mapping"
+    return "match" if a.match else "identifiers"
+
+
+def _platform_problems(project: Project, resources: Any, found: list[Problem]) -> list[Problem]:
+    """Each platform activation's credentials, target (object, audience...) and, where the platform exposes
+    a schema, its match identifiers and mapped fields: ``platforms.validate_connection``."""
+    problems: list[Problem] = []
+    for name, a in project.activations.items():
+        config = platform_of(resources, a.destination)
+        if config is None or any(p.culprit == f"activations.{name}" for p in found):
+            continue
+        _, model = project.model_of(name)
+        try:
+            platform = config.build(a.destination, platform_extra(a, config))
+            spec = platforms.ActivationSpec(destination=a.destination, key_column=model.primary_key,
+                                            match=a.platform_match, mapping=dict(a.mapping or {}),
+                                            null_values=a.null_values, default_country=a.default_country)
+            problems += [Problem(f"activations.{name}", text) for text in platforms.validate_connection(platform, spec)]
+        except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
+            problems.append(Problem(f"destinations.{a.destination}", _short(exc)))
     return problems
 
 
@@ -141,6 +170,8 @@ def _activation_problem(wh: Any, project: Project, name: str, segment: exp.Expre
         if _missing([mark], base):
             return (f"trigger.watermark_column: column '{mark}' does not exist in model '{seg.model}'; "
                     f"columns: {', '.join(base)}")
+    if a.platform_service is not None:
+        return None  # a platform takes JSON values: its own checks run with validate_connection
     pairs = [(delta.resolve_column(src, segment_columns), dst) for src, dst in
              (a.mapping.items() if a.mapping else ((c, c) for c in segment_columns))]
     sql = delta.export_sql(segment, pairs, wh.dialect, where_false=True)

@@ -132,7 +132,7 @@ def test_a_config_error_is_one_clean_report_for_every_command(tmp_path: Path) ->
     env = clean_env(DAGSTER_HOME=str(tmp_path / "dh"))
     expected = [f"1 problem(s) in {project}:",
                 ("  dinmo.yaml: activations.big_diff.sync_mode: found 'diff'; allowed: 'snapshot', 'upsert', "
-                 "'insert' or 'difference'")]
+                 "'insert', 'difference', 'update' or 'mirror'")]
     for command in (["validate"], ["sync", "big_diff"], ["preview", "big_diff"], ["partition", "big_diff"]):
         proc = dinmo("--project", str(project), *command, cwd=tmp_path, env=env)
         assert (proc.returncode, proc.stdout.splitlines(), proc.stderr) == (1, expected, ""), command

@@ -83,7 +83,7 @@ def test_unknown_key_is_an_error_listing_allowed_keys(tmp_path: Path) -> None:
 def test_unknown_key_far_from_any_allowed_key_has_no_suggestion(tmp_path: Path) -> None:
     got = problems(tmp_path, BASE.replace("    format: csv\n", "    format: csv\n    zzz: 1\n"))
     assert len(got) == 1
-    assert got[0].startswith("dinmo.yaml: activations.daily_vip: unknown key 'zzz'; allowed: compression, csv, ")
+    assert got[0].startswith("dinmo.yaml: activations.daily_vip: unknown key 'zzz'; allowed: audience, compression, csv, ")
 
 
 def test_typo_in_a_required_key_is_one_problem_and_references_to_the_model_still_resolve(tmp_path: Path) -> None:

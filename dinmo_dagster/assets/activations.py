@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from dinmo_dagster import sync
+from dinmo_dagster import platform_sync, sync
 from dinmo_dagster.config import Project
 from dinmo_dagster.names import (
     ACTIVATION_TAG,
@@ -25,7 +25,7 @@ from dinmo_dagster.names import (
     pool_name,
     snapshot_key,
 )
-from dinmo_dagster.resources import destination_key, destination_of, source_key, warehouse_of
+from dinmo_dagster.resources import destination_key, destination_of, platform_of, source_key, warehouse_of
 from dinmo_dagster.translator import DinmoEntity, DinmoTranslator
 
 
@@ -47,6 +47,7 @@ def sync_target(project: Project, name: str, resources: Any) -> sync.SyncTarget:
         # A snapshot step has no destination resource: it takes snapshots and writes no file.
         destination=destination_of(resources, a.destination),
         schemas=project.sources[model.source].helper_schemas,
+        platform=platform_of(resources, a.destination),
     )
 
 
@@ -138,6 +139,27 @@ def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
     return md
 
 
+def _platform_metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
+    """A platform sync's metadata: change counts, then records per operation, accepted, rejected, top
+    reasons, batches, retries and rate-limit waits (numbers and reason codes only: no value, no secret)."""
+    md: dict[str, Any] = {
+        "dagster/row_count": dg.MetadataValue.int(r.rows_written),
+        "sync_type": r.sync_type,
+        "sync_mode": a.platform_mode,
+        "service": a.platform_service,
+        "rows_added": dg.MetadataValue.int(r.counts.added),
+        "rows_updated": dg.MetadataValue.int(r.counts.updated),
+        "rows_removed": dg.MetadataValue.int(r.counts.removed),
+        "rows_unchanged": dg.MetadataValue.int(r.counts.unchanged),
+        "duration_s": dg.MetadataValue.float(round(r.duration_s, 3)),
+    }
+    for key, value in r.platform.items():
+        md[key] = value
+    if r.recovered:
+        md["recovered"] = "\n".join(r.recovered)
+    return md
+
+
 def _activation_assets(project: Project, name: str, translator: DinmoTranslator) -> list[Any]:
     a = project.activations[name]
     _, model = project.model_of(name)
@@ -193,15 +215,21 @@ def _activation_assets(project: Project, name: str, translator: DinmoTranslator)
                     instance.report_engine_event(message, run)
                 fail_dead_run(instance, run, message)
 
+        def on_log(text: str) -> None:
+            # a platform's quota running out is a warning: the sync is a partial success
+            (context.log.warning if text.startswith("WARNING: ") else context.log.info)(text.removeprefix("WARNING: "))
+
+        deliver = platform_sync.deliver if t.platform is not None else sync.deliver
         try:
-            result = sync.deliver(t, context.partition_key, run_id=context.run.run_id,
-                                  force_full=config.full_refresh, on_log=context.log.info,
-                                  is_alive=run_alive, on_dead=mark_dead)
+            result = deliver(t, context.partition_key, run_id=context.run.run_id, force_full=config.full_refresh,
+                             on_log=on_log, is_alive=run_alive, on_dead=mark_dead)
         except sync.SyncError as exc:
             raise dg.Failure(str(exc)) from exc
         for key in result.dropped_partitions:
             if context.instance.has_dynamic_partition(partitions_name(name), key):
                 context.instance.delete_dynamic_partition(partitions_name(name), key)
+        if t.platform is not None:
+            return dg.MaterializeResult(metadata=_platform_metadata(a, result))
         if not result.files:
             context.log.info("nothing to write: no file")
         return dg.MaterializeResult(metadata=_metadata(a, result))

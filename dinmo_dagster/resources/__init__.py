@@ -21,6 +21,7 @@ from dinmo_dagster import secrets
 from dinmo_dagster.config import Project
 from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, find_connector
 from dinmo_dagster.destinations import FileDestination, destination_from_config
+from dinmo_dagster.platform_connectors import PlatformDestination
 from dinmo_dagster.warehouses import Warehouse, warehouse_from_config
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "build_resources",
     "destination_key",
     "destination_of",
+    "platform_of",
     "source_key",
     "warehouse_of",
 ]
@@ -105,7 +107,8 @@ class DestinationResource(dg.ConfigurableResource):
     _destination: FileDestination | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
-        _refuse_inline_secrets(ConnectorKind.FILE_DESTINATION, data.get("destination_name"), data.get("settings"))
+        for kind in (ConnectorKind.FILE_DESTINATION, ConnectorKind.PLATFORM):
+            _refuse_inline_secrets(kind, data.get("destination_name"), data.get("settings"))
         super().__init__(**data)
 
     def get_destination(self) -> FileDestination:
@@ -144,6 +147,21 @@ def warehouse_of(resources: Any, source: str) -> Warehouse:
 
 def destination_of(resources: Any, destination: str) -> FileDestination | None:
     """The `FileDestination` of `destination` among initialized resources; None when it has none there
-    (a step that does not deliver does not require it)."""
+    (a step that does not deliver does not require it) or when it is an API platform (``platform_of``)."""
     resource = getattr(resources, destination_key(destination), None)
-    return resource.get_destination() if resource is not None else None
+    if resource is None or platform_of(resources, destination) is not None:
+        return None
+    return resource.get_destination()
+
+
+def platform_of(resources: Any, destination: str) -> PlatformDestination | None:
+    """The settings of API platform destination `destination` among initialized resources (secrets still
+    ``{env: NAME}``: read when the platform is built for a sync); None for a file destination."""
+    resource = getattr(resources, destination_key(destination), None)
+    settings = getattr(resource, "settings", None)
+    connector = find_connector(ConnectorKind.PLATFORM, settings.get("type")) if isinstance(settings, dict) else None
+    if connector is None:
+        return None
+    config = connector.config_model.model_validate(settings)
+    assert isinstance(config, PlatformDestination)
+    return config

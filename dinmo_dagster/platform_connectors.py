@@ -1,0 +1,115 @@
+"""API platforms as connectors: each registered platform is a ``destinations:`` type.
+
+For every platform of the delivery SDK (``dinmo_dagster.platforms``: hubspot, braze, meta_ads,
+firestore) this module registers a :class:`ConnectorConfig` built from the platform's settings model:
+the same keys, except that a secret (``access_token``, ``api_key``, ``service_account_json``) is
+written ``{env: VAR}`` in the YAML and read only when the platform is built for a sync
+(:meth:`PlatformDestination.build`). The project loader asks :meth:`PlatformDestination.problems` for
+what the platform's own validators refuse (an unknown HubSpot object, a Meta ad account that is not
+``act_<digits>``...), with each key path.
+
+Plain Python: no Dagster import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import pydantic
+from pydantic import SecretStr
+
+from dinmo_dagster import platforms, secrets
+from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, register
+from dinmo_dagster.platforms import Platform, PlatformConfigError, PlatformSettings
+
+__all__ = ["PlatformDestination", "platform_destination_model"]
+
+# A stand-in for a secret while the project is validated: the variable is read only at sync time.
+_PLACEHOLDER = "dinmo-placeholder-secret"
+
+
+class PlatformDestination(ConnectorConfig):
+    """The settings of a ``destinations:`` entry whose ``type`` is an API platform."""
+
+    platform: ClassVar[str] = ""
+    settings_model: ClassVar[type[PlatformSettings]] = PlatformSettings
+    secret_keys: ClassVar[tuple[str, ...]] = ()
+
+    def _raw(self, resolve: bool, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        raw: dict[str, Any] = {}
+        for name in self.model_fields_set:
+            if name == "type":
+                continue
+            value = getattr(self, name)
+            if name in self.secret_keys:
+                if value is None or not (resolve or self.settings_model.model_fields[name].is_required()):
+                    continue  # an optional secret is left out while validating: its checks need the value
+                value = secrets.resolve(value, key=name) if resolve else _PLACEHOLDER
+            elif isinstance(value, pydantic.BaseModel):
+                value = value.model_dump(exclude_unset=True)
+            raw[name] = value
+        raw.update(extra or {})
+        return raw
+
+    def problems(self, extra: Mapping[str, Any] | None = None) -> list[str]:
+        """What the platform's settings model refuses, one ``key: message`` line each (secrets unread)."""
+        try:
+            platforms.build_settings(self.platform, self._raw(False, extra))
+        except PlatformConfigError as exc:
+            return [line for line in str(exc).splitlines() if not line.split(":")[0] in self.secret_keys]
+        return []
+
+    def activation_problems(self, match: Mapping[str, str], mapping: Mapping[str, str],
+                            extra: Mapping[str, Any] | None = None) -> list[str]:
+        """What the platform refuses in an activation's ``match`` / ``identifiers`` and ``mapping``, checked
+        without connecting (``key: message`` lines); none when the settings themselves are invalid."""
+        try:
+            platform = platforms.build_platform(self.platform, self._raw(False, extra))
+        except PlatformConfigError:
+            return []  # reported by problems()
+        return platform.validate_activation(match, mapping)
+
+    def operations(self) -> tuple[str, ...]:
+        """The operations the platform offers for this destination's service."""
+        adapter = platforms.get_platform(self.platform).adapter
+        return tuple(adapter.services.get(getattr(self, "service", ""), ()))
+
+    def build(self, destination: str, extra: Mapping[str, Any] | None = None) -> Platform:
+        """The platform adapter, secrets read from the environment now (MissingSecret when unset).
+
+        ``extra`` holds settings the activation brings (its ``audience``).
+        """
+        return platforms.build_platform(self.platform, self._raw(True, extra), destination=destination)
+
+
+def _holds_secret_str(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
+
+
+def platform_destination_model(name: str, settings_model: type[PlatformSettings]) -> type[PlatformDestination]:
+    """The destination settings model of platform ``name``: its settings, secrets as ``{env: VAR}``."""
+    fields: dict[str, Any] = {"type": (Literal[name], ...)}  # type: ignore[valid-type]
+    secret_keys = []
+    for field_name, info in settings_model.model_fields.items():
+        annotation = info.annotation
+        copied = pydantic.fields.FieldInfo.merge_field_infos(info)
+        if _holds_secret_str(annotation):
+            secret_keys.append(field_name)
+            annotation = secrets.Secret if info.is_required() else secrets.Secret | None
+        fields[field_name] = (annotation, copied)
+    model = pydantic.create_model(  # type: ignore[call-overload]
+        f"{settings_model.__name__.removesuffix('Settings')}Destination",
+        __base__=PlatformDestination,
+        __module__=__name__,
+        **fields,
+    )
+    model.platform = name
+    model.settings_model = settings_model
+    model.secret_keys = tuple(secret_keys)
+    return model
+
+
+for _name in platforms.platform_names():
+    _entry = platforms.get_platform(_name)
+    register(ConnectorKind.PLATFORM, _name, platform_destination_model(_name, _entry.settings_model), _entry.adapter)
