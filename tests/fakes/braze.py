@@ -96,11 +96,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from typing_extensions import Self
+from fakes.server import ServedFake
 
 __all__ = [
     "BRAZE_MAX_OBJECTS_PER_ARRAY",
@@ -214,18 +214,6 @@ class _Window:
     used: int = 0
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms delayed-ACK wait
-
-    def _serve(self) -> None:
-        self.server.fake._serve(self)  # type: ignore[attr-defined]
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay silent: request lines would only clutter the test output."""
-
 
 class _FatalError(Exception):
     def __init__(self, status: int, message: str, errors: list[dict[str, Any]] | None = None) -> None:
@@ -236,7 +224,7 @@ class _FatalError(Exception):
             self.body["errors"] = errors
 
 
-class BrazeFake:
+class BrazeFake(ServedFake):
     """An in-memory Braze workspace behind a local HTTP server (see the module docstring).
 
     ``api_key`` is the workspace's REST API key and ``permissions`` what it may call. ``track_limit``
@@ -249,6 +237,8 @@ class BrazeFake:
     shows how many a client ran at once; ``requests[i].at`` is each arrival time. ``clock`` (epoch
     seconds) lets a test move time. ``deleted`` holds the profiles ``/users/delete`` removed.
     """
+
+    thread_name = "braze-fake"
 
     def __init__(
         self,
@@ -284,46 +274,8 @@ class BrazeFake:
             "delete": _Window(delete_limit, delete_window),
         }
         self.max_objects_per_request = max_objects_per_request
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.reset()
 
-    # ----------------------------------------------------------------------------------- lifecycle
-    def start(self) -> Self:
-        """Start serving on a free loopback port; returns ``self``."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="braze-fake", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the server and free its port."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The base URL to configure as the destination's ``base_url``."""
-        if self._server is None:
-            raise RuntimeError("BrazeFake is not started: use `with BrazeFake() as braze:` or .start()")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     # ---------------------------------------------------------------------------------- test hooks
     def reset(self) -> None:

@@ -95,11 +95,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from typing_extensions import Self
+from fakes.server import ServedFake
 
 __all__ = [
     "CAPI_MAX_EVENTS",
@@ -272,20 +272,8 @@ def _invalid(user_msg: str, *, title: str = "Invalid parameter", subcode: int | 
     return GraphError("Invalid parameter", 100, subcode=subcode, user_title=title, user_msg=user_msg)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms delayed-ACK wait
 
-    def _serve(self) -> None:
-        self.server.fake._serve(self)  # type: ignore[attr-defined]
-
-    do_GET = do_POST = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay silent: request lines would only clutter the test output."""
-
-
-class MetaAdsFake:
+class MetaAdsFake(ServedFake):
     """Meta's Graph API for one ad account and its pixels, in memory (see the module docstring).
 
     ``access_token`` is the only valid token; ``ad_account_id`` (``act_<digits>``) the ad account;
@@ -295,6 +283,8 @@ class MetaAdsFake:
     client ran at once; ``requests[i].at`` is each arrival time. ``clock`` (epoch seconds) lets a test
     move time (event age, de-duplication window, replace-session expiry, budget windows).
     """
+
+    thread_name = "meta-ads-fake"
 
     def __init__(
         self,
@@ -325,46 +315,8 @@ class MetaAdsFake:
         self.invalid_sample_limit = invalid_sample_limit
         self.clock = clock
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.reset()
 
-    # ----------------------------------------------------------------------------------- lifecycle
-    def start(self) -> Self:
-        """Start serving on a free loopback port; returns ``self``."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="meta-ads-fake", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the server and free its port."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The base URL (no version) to configure as the destination's ``base_url``."""
-        if self._server is None:
-            raise RuntimeError("MetaAdsFake is not started: use `with MetaAdsFake() as meta:` or .start()")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     def graph_url(self, version: str = LATEST_VERSION) -> str:
         """``url`` with a version prefix, e.g. ``http://127.0.0.1:PORT/v25.0``."""

@@ -113,3 +113,66 @@ class FakeServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    """Hands every request to ``server.fake._serve(handler)``: the fake reads and answers it itself."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms delayed-ACK wait
+
+    def _serve(self) -> None:
+        self.server.fake._serve(self)  # type: ignore[attr-defined]
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay silent: request lines would only clutter the test output."""
+
+
+class ServedFake:
+    """The life cycle of a fake that answers raw requests itself (``_serve(handler)``): a threaded
+    server on a free loopback port, started and stopped as a context manager."""
+
+    thread_name = "fake"
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:  # pragma: no cover - each fake defines it
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start serving on a free loopback port; returns ``self``."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHandler)
+        server.daemon_threads = True
+        server.fake = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and free its port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL to configure as the destination's ``base_url``."""
+        if self._server is None:
+            raise RuntimeError(f"{type(self).__name__} is not started: use it as a context manager or call .start()")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
