@@ -96,9 +96,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult
 
 from fakes.server import ServedFake
 
@@ -367,30 +366,9 @@ class BrazeFake(ServedFake):
             return [e for e in self.events if e.name == name]
 
     # ------------------------------------------------------------------------------------ plumbing
-    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
-        path = urlsplit(handler.path).path.rstrip("/") or "/"
-        arrived = time.monotonic()
-        with self._lock:
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            if self.latency:
-                time.sleep(self.latency)
-            with self._lock:
-                status, body, headers = self._handle(handler.command, path, handler.headers, raw, arrived)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-        payload = json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(payload)))
-        for name, value in headers.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(payload)
+    def _answer(self, method: str, url: SplitResult, headers: Any, raw: bytes,
+                arrived: float) -> tuple[int, Any, dict[str, str]]:
+        return self._handle(method, url.path.rstrip("/") or "/", headers, raw, arrived)
 
     def _handle(self, method: str, path: str, headers: Any, raw: bytes,
                 arrived: float) -> tuple[int, Any, dict[str, str]]:

@@ -95,9 +95,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl
 
 from fakes.server import ServedFake
 
@@ -285,6 +284,7 @@ class MetaAdsFake(ServedFake):
     """
 
     thread_name = "meta-ads-fake"
+    content_type = "application/json; charset=UTF-8"
 
     def __init__(
         self,
@@ -386,31 +386,9 @@ class MetaAdsFake(ServedFake):
             return [e for e in self.capi_events if e.counted and (pixel_id is None or e.pixel_id == pixel_id)]
 
     # ------------------------------------------------------------------------------------ plumbing
-    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
-        split = urlsplit(handler.path)
-        arrived = time.monotonic()
-        with self._lock:
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            if self.latency:
-                time.sleep(self.latency)
-            with self._lock:
-                status, body, headers = self._handle(handler.command, split.path, split.query, handler.headers,
-                                                     raw, arrived)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-        payload = json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json; charset=UTF-8")
-        handler.send_header("Content-Length", str(len(payload)))
-        for name, value in headers.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(payload)
+    def _answer(self, method: str, url: SplitResult, headers: Any, raw: bytes,
+                arrived: float) -> tuple[int, Any, dict[str, str]]:
+        return self._handle(method, url.path, url.query, headers, raw, arrived)
 
     def _handle(self, method: str, path: str, query: str, headers: Any, raw: bytes,
                 arrived: float) -> tuple[int, Any, dict[str, str]]:

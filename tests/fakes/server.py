@@ -135,11 +135,46 @@ class ServedFake:
     server on a free loopback port, started and stopped as a context manager."""
 
     thread_name = "fake"
+    content_type = "application/json"
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
+    # set by each fake: the lock its state is kept under, the latency of every answer, the in-flight count
+    _lock: Any
+    latency: float
+    _in_flight: int
+    max_in_flight: int
 
-    def _serve(self, handler: BaseHTTPRequestHandler) -> None:  # pragma: no cover - each fake defines it
+    def _answer(self, method: str, url: urllib.parse.SplitResult, headers: Any, raw: bytes,
+                arrived: float) -> tuple[int, Any, dict[str, str]]:  # pragma: no cover - each fake defines it
+        """The fake's (status, JSON body, headers) for one request; called under ``_lock``."""
         raise NotImplementedError
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        """Read one request, wait ``latency`` outside the lock (so requests overlap and
+        ``max_in_flight`` counts them), answer it under the lock, write the JSON answer."""
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        arrived = time.monotonic()
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            if self.latency:
+                time.sleep(self.latency)
+            with self._lock:
+                status, body, headers = self._answer(handler.command, urllib.parse.urlsplit(handler.path),
+                                                     handler.headers, raw, arrived)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        payload = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", self.content_type)
+        handler.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
 
     def start(self) -> Self:
         """Start serving on a free loopback port; returns ``self``."""
