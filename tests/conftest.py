@@ -113,7 +113,8 @@ def postgres_server():
         started = True
         psql = [str(bindir / "psql"), "-h", str(sockdir), "-p", str(server.port), "-U", "postgres", "-v",
                 "ON_ERROR_STOP=1", "-d", "postgres", "-c"]  # fmt: skip
-        run(*psql, f"CREATE ROLE {server.user} LOGIN PASSWORD '{server.password}'")
+        # CREATEDB: tests/test_deployment.py gives Dagster's own tables a database of their own
+        run(*psql, f"CREATE ROLE {server.user} LOGIN CREATEDB PASSWORD '{server.password}'")
         run(*psql, f"CREATE DATABASE {server.database} OWNER {server.user}")
         yield server
     finally:
