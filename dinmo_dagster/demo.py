@@ -3,11 +3,15 @@
 The first run creates ``raw.customers`` (5,000 rows) and ``raw.orders`` (20,000 rows) with a fixed
 seed. Every later run applies a small batch of changes (new customers, updated lifetime values, churn,
 removed customers) so a second ``dinmo demo`` shows a delta sync.
+
+What landed where: the files in the bucket (:func:`list_destinations`) and the records the local
+HubSpot fake holds (:func:`list_fake_records`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -105,4 +109,27 @@ def list_destinations(project: Project) -> list[str]:
             for path in sorted(dest.list(prefix)):
                 size = len(dest.read_bytes(path))
                 lines.append(f"{dest.uri(path)}  ({size} bytes)  <- {name}")
+    return lines
+
+
+SHOWN_RECORDS = 3  # records of a fake shown under its count
+
+
+def list_fake_records(project: Project, destination: str, url: str,
+                      records: dict[str, dict[str, Any]]) -> list[str]:
+    """The count of the records a local platform fake holds, then the first few by key with their
+    properties (HubSpot's own ``hs_object_id`` left out).
+
+    ``records`` maps each record's unique value (a contact's e-mail) to its properties.
+    """
+    dest = project.destinations[destination]
+    obj = getattr(dest, "object", "records")
+    fed_by = ", ".join(name for name, a in project.activations.items() if a.destination == destination)
+    lines = [f"{dest.type} {destination} (local fake at {url}): {len(records)} {obj}  <- {fed_by}"]
+    for key in sorted(records)[:SHOWN_RECORDS]:
+        # the key (a contact's e-mail) heads the line already; hs_object_id is HubSpot's, not the segment's
+        shown = ", ".join(f"{k}={v}" for k, v in records[key].items() if k != "hs_object_id" and v != key)
+        lines.append(f"  {key}: {shown}")
+    if len(records) > SHOWN_RECORDS:
+        lines.append(f"  ... and {len(records) - SHOWN_RECORDS} more")
     return lines

@@ -60,7 +60,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 def test_quickstart_loads() -> None:
     project = load_project(QUICKSTART_DIR)
     assert sorted(project.models) == ["customers", "orders"]
-    assert sorted(project.activations) == ["subscribers_snapshot", "vip_europe_daily"]
+    assert sorted(project.activations) == ["subscribers_snapshot", "vip_europe_daily", "vip_to_crm"]
     # YAML 1.1 would read an `on:` key as the boolean True.
     assert project.models["customers"].relationships[0].on == {"customer_id": "customer_id"}
 

@@ -44,7 +44,8 @@ def project_dir(tmp_path: Path) -> Path:
 
 
 def dinmo(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "DAGSTER_HOME")}
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("STORAGE_EMULATOR_HOST", "DAGSTER_HOME", "HUBSPOT_TOKEN")}
     full_env.update(env)
     return subprocess.run([sys.executable, "-m", "dinmo_dagster.cli", *args], check=False, capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=300)
@@ -148,6 +149,10 @@ def test_demo_runs_twice_from_an_empty_directory(tmp_path: Path) -> None:
     assert re.search(r"sync vip_europe_daily: full sync \(difference, full_then_delta\): \d+ added", out)
     landed = out.split("what landed where:")[1]
     assert landed.count("<- vip_europe_daily") == 3 and landed.count("<- subscribers_snapshot") == 1
+    # The quickstart's HubSpot activation, served by the fake on the quickstart's own port.
+    assert "HUBSPOT_TOKEN is not set: started the local HubSpot fake at http://127.0.0.1:9024 for the demo" in out
+    assert re.search(r"^  hubspot crm \(local fake at http://127\.0\.0\.1:9024\): \d+ contacts  <- vip_to_crm$",
+                     landed, re.MULTILINE)
     assert (tmp_path / "dinmo-quickstart" / "data" / "warehouse.duckdb").exists()
     second = dinmo("demo", cwd=tmp_path, env={"DAGSTER_HOME": str(tmp_path / "dh")})
     assert second.returncode == 0, second.stdout + second.stderr
@@ -172,6 +177,8 @@ def test_quickstart_file_names_differ_for_syncs_a_second_apart() -> None:
 
     project = load_project(QUICKSTART_DIR)
     when = datetime(2025, 4, 14, 9, 5, 7, tzinfo=timezone.utc)
-    for name, a in project.activations.items():
+    files = {name: a for name, a in project.activations.items() if a.platform_service is None}
+    assert sorted(files) == ["subscribers_snapshot", "vip_europe_daily"]  # vip_to_crm goes to HubSpot
+    for name, a in files.items():
         first, second = (render_template(a.file_name, when.replace(second=s)) for s in (7, 8))
         assert first != second, name
