@@ -411,6 +411,46 @@ def test_a_retried_sync_never_sends_an_acknowledged_event_twice(braze):
         )
 
 
+class _FlushingJournal(InMemoryJournal):
+    """A journal that buffers like the warehouse's and notes, at each write, how many event requests
+    Braze had received and how many events were journalled."""
+
+    def __init__(self, fake: BrazeFake) -> None:
+        super().__init__()
+        self.fake = fake
+        self.buffered: list[str] = []
+        self.writes: list[tuple[int, int]] = []
+
+    def acknowledged(self, operation: str, keys) -> None:
+        self.buffered.extend(keys)
+
+    def flush(self) -> None:
+        if self.buffered:
+            super().acknowledged("track", self.buffered)
+            self.buffered = []
+            sent = sum(1 for r in self.fake.requests if r.body and r.body.get("events"))
+            self.writes.append((sent, len(self.acknowledged_keys["track"])))
+
+
+def test_events_go_one_batch_at_a_time_each_journalled_before_the_next_is_sent():
+    # Braze would count an event sent twice: a kill may re-send only the batch in flight.
+    with BrazeFake(KEY, latency=0.01) as fake:
+        platform = destination(fake, "events", event_name="order_placed")
+        journal = _FlushingJournal(fake)
+        result = deliver(platform, ORDERS, {"track": [orders(75 * 6)]}, journal)
+
+    assert result.accepted == 450
+    assert journal.writes == [(n, 75 * n) for n in range(1, 7)]
+    assert fake.max_in_flight == 1
+
+
+def test_attribute_batches_still_go_out_concurrently_with_a_buffering_journal():
+    with BrazeFake(KEY, latency=0.05) as fake:
+        deliver(destination(fake), USERS, {"upsert": [customers(75 * 8)]}, _FlushingJournal(fake))
+
+    assert fake.max_in_flight > 1
+
+
 # --------------------------------------------------------------------------------------------------
 # subscriptions
 # --------------------------------------------------------------------------------------------------
@@ -511,7 +551,7 @@ def test_audience_members_are_added_and_removed_in_the_array_leaving_other_audie
     }
 
 
-def test_a_full_sync_of_an_audience_is_clear_then_add_as_braze_has_no_replace(braze):
+def test_a_full_sync_of_an_audience_is_remove_then_add_as_braze_has_no_replace(braze):
     seed(braze, *({"external_id": str(i)} for i in range(1, 8)))
     platform = destination(braze, "audiences", audience="VIP Europe")
     deliver(platform, MEMBERS, {"add": [customers(4)]}, InMemoryJournal())  # the baseline: 1-4

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -634,3 +635,118 @@ def test_settings_errors_name_the_key_path_and_never_quote_a_secret():
     ]
     assert "12345678" not in str(bad.value)
     assert repr(platforms.build_settings("echo_test", {"api_key": API_KEY})).count(API_KEY) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Journals that buffer (group commits), and the transport's direct path
+# --------------------------------------------------------------------------------------------------
+
+
+class BufferingJournal(InMemoryJournal):
+    """A journal that holds what it is told until ``flush()`` (as the warehouse's does); ``writes``
+    lists the keys of each flush and ``flush_threads`` the threads that ran them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.buffer: list[tuple[str, list[str]]] = []
+        self.writes: list[list[str]] = []
+        self.flush_threads: set[str] = set()
+
+    def acknowledged(self, operation: str, keys: Sequence[str]) -> None:
+        with self.lock:
+            self.buffer.append((operation, list(keys)))
+
+    def flush(self) -> None:
+        with self.lock:
+            taken, self.buffer = self.buffer, []
+        self.flush_threads.add(threading.current_thread().name)
+        if taken:
+            self.writes.append([k for _, keys in taken for k in keys])
+            for operation, keys in taken:
+                super().acknowledged(operation, keys)
+
+
+def test_a_buffering_journal_is_flushed_while_batches_go_out_and_before_an_error(echo):
+    journal = BufferingJournal()
+    echo.script.extend([0.02] * 10)  # the first answers take a while: later batches come back meanwhile
+    result = deliver(echo_platform(echo, max_concurrency=2), EMAIL_ONLY, {"add": [people(2000)]}, journal)
+    assert result.accepted == 2000
+    assert sorted(journal.acknowledged_keys["add"], key=int) == [str(i) for i in range(1, 2001)]
+    # Written in several writes during the delivery (not once at its end), on the engine's journal thread.
+    assert 1 < len(journal.writes) <= 20
+    assert any(name.startswith("dinmo-journal") for name in journal.flush_threads)
+
+    # An auth error after 5 answered batches: those 500 records are journalled before the error is raised.
+    journal = BufferingJournal()
+    platform = echo_platform(echo, max_concurrency=1)
+    sent_before = len(echo.requests)
+    answered = 0
+    original = echo.server.app
+
+    def app(request: FakeRequest) -> FakeResponse:
+        nonlocal answered
+        answered += 1
+        if answered > 5:
+            return FakeResponse(401, {"message": "key revoked"})
+        return original(request)
+
+    echo.server.app = app
+    with pytest.raises(PlatformAuthError):
+        deliver(platform, EMAIL_ONLY, {"add": [people(1000)]}, journal, retry=FAST)
+    assert len(echo.requests) - sent_before == 6
+    assert sorted(journal.acknowledged_keys["add"], key=int) == [str(i) for i in range(1, 501)]
+
+
+class ProxyApp:
+    """A forward proxy that answers as the echo platform (it records what went through it)."""
+
+    def __init__(self, api: EchoApi) -> None:
+        self.api = api
+        self.server = FakeServer(self)
+
+    def __call__(self, request: FakeRequest) -> FakeResponse:
+        return self.api(request)
+
+
+def test_requests_go_through_the_environments_proxy_and_carry_requests_headers(echo, monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    # Without a proxy: straight to the platform, with the headers requests would send and exact params.
+    platform = echo_platform(echo)
+    echo.script.append(FakeResponse(200, {"ok": True}))
+    with platforms.http.Transport(platform) as transport:
+        answer = transport.send(PreparedRequest("GET", "/v1/status", params={"q": "a b&c", "n": "é"}))
+    assert answer.status == 200
+    got = echo.requests[-1]
+    assert got.path == "/v1/status" and got.query == {"q": "a b&c", "n": "é"}
+    assert got.headers["x-api-key"] == API_KEY
+    assert got.headers["user-agent"].startswith("python-requests/")
+    assert "gzip" in got.headers["accept-encoding"]
+
+    # With HTTP_PROXY set, the request goes through the proxy (the platform's host does not even resolve).
+    proxy = ProxyApp(echo)
+    with proxy.server:
+        monkeypatch.setenv("HTTP_PROXY", proxy.server.url)
+        unreachable = echo_platform(echo, base_url="http://echo-platform.invalid")
+        result = deliver(unreachable, EMAIL_ONLY, {"add": [people(3)]}, InMemoryJournal(), retry=FAST)
+    assert result.accepted == 3
+    assert [r.path for r in proxy.server.requests] == ["/v1/add"]
+    assert proxy.server.requests[0].headers["host"] == "echo-platform.invalid"
+
+
+def test_a_redirect_is_followed_and_a_refused_connection_is_retried_then_reported(echo):
+    echo.script.append(FakeResponse(307, None, {"Location": echo.server.url + "/v1/add"}))
+    result = deliver(echo_platform(echo), EMAIL_ONLY, {"add": [people(3)]}, InMemoryJournal(), retry=FAST)
+    assert result.accepted == 3
+    assert [r.path for r in echo.requests][-1] == "/v1/add"
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(PlatformRequestError) as failed:
+        deliver(echo_platform(echo, base_url=url), EMAIL_ONLY, {"add": [people(3)]}, InMemoryJournal(), retry=FAST)
+    assert str(failed.value) == (
+        "destination 'vip_audience' (echo): POST /v1/add failed after 3 attempts: a connection error (ConnectionError)"
+    )

@@ -307,6 +307,10 @@ class Journal(Protocol):
 
     The sync layer implements it on warehouse tables; a killed sync then re-sends only what was not
     acknowledged. Keys are the segment's primary keys as text. Calls come from one thread.
+
+    A journal may also have a ``flush()`` method (not part of the protocol): then it may buffer what
+    it is told, and the engine calls ``flush()`` after each round of answered batches (before sending
+    more), at the end of each operation and before raising an error.
     """
 
     def already_acknowledged(self, operation: str, keys: Sequence[str]) -> Collection[str]:
@@ -561,6 +565,14 @@ class Platform(ABC):
         """Send one batch and read the answer. Override for operations that need several requests."""
         response = transport.send(self.build_request(operation, inputs, records))
         return self.parse_response(operation, records, response)
+
+    def deduplicates(self, operation: str) -> bool:
+        """Whether a batch of ``operation`` sent twice leaves the platform as if it were sent once (upserts
+        by a match identifier, membership adds and removes, events with a de-duplication id). Default
+        True. An adapter returns False for an operation the platform counts twice (Braze's track events):
+        the engine then sends its batches one at a time and journals each before the next, so a killed
+        sync re-sends at most the one batch that was in flight."""
+        return True
 
     def finish_operation(self, operation: str, pending: Sequence[str], transport: Transport) -> BatchOutcome:
         """Complete ``operation`` once all its batches were answered (commit a replace session), and

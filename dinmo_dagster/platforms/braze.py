@@ -38,13 +38,16 @@ needs the real address or number to message the user, so nothing is hashed.
   out with ``{"remove": [name]}``, leaving the other audiences in the array alone;
   ``membership: boolean`` sets the custom attribute ``audience_attribute`` to ``true`` / ``false``.
   Adds do not create profiles unless ``create_users: true`` (a profile made only to hold a list
-  membership has nothing to message). Braze has no "replace the membership" operation and cannot
-  list the users holding a value through the REST API, so ``replace`` is not offered: a full sync is
-  clear + add, ``remove`` for every record DinMo had put in the audience that is no longer a member
-  (from the baseline; removing a value a user does not hold changes nothing) and then ``add`` for
-  every member. Users given the value by something other than DinMo are not cleared. Braze keeps at
-  most 25 values in an array attribute by default (up to 100 on request) and drops the oldest past
-  that: keep the audiences written to one array under that number, or use ``membership: boolean``.
+  membership has nothing to message). Braze has no "replace the membership" or "clear this value
+  from every user" operation, and no cheap listing of the users holding a value (its only listing is
+  the asynchronous export of a dashboard segment, ``/users/export/segment``), so ``replace`` is not
+  offered and a full sync does not clear the audience: it is remove + add, ``remove`` for every
+  record DinMo had put in the audience that left it and for the old identifiers of a member whose
+  identifiers changed (both under the values last delivered; removing a value a user does not hold
+  changes nothing), then ``add`` for every member. Users given the value by something other than
+  DinMo are not cleared. Braze keeps at most 25 values in an array attribute by default (up to 100
+  on request) and drops the oldest past that: keep the audiences written to one array under that
+  number, or use ``membership: boolean``.
   Braze's cohort import (``/partners/<partner>/cohorts``) is not used: it needs a partner key that
   Braze gives to technology partners only.
 
@@ -107,6 +110,8 @@ Braze's documentation this adapter follows:
   https://www.braze.com/docs/api/errors/
 - subscription group status V2 (50 users per request, 5,000 requests per minute):
   https://www.braze.com/docs/api/endpoints/subscription_groups/post_update_user_subscription_group_status_v2/
+- user export by segment (asynchronous, files of a dashboard segment's users; not used):
+  https://www.braze.com/docs/api/endpoints/export/user_data/post_users_segment/
 - user deletion (50 ids, one kind per request, cannot be undone):
   https://www.braze.com/docs/api/endpoints/user_data/post_user_delete/
 - instances and REST endpoints: https://www.braze.com/docs/api/basics/#endpoints
@@ -386,6 +391,12 @@ class Braze(Platform):
         if self.settings.service == "subscriptions":
             return ("subscription.status.set",)
         return ("users.track", "users.delete") if self.deletes_users else ("users.track",)
+
+    def deduplicates(self, operation: str) -> bool:
+        """Braze keeps every event it is sent (no de-duplication id on ``/users/track`` events): ``track``
+        batches go one at a time, each journalled before the next. Attributes, subscription states and
+        audience memberships are set to a value, so a batch sent twice is harmless."""
+        return operation != "track"
 
     def auth_headers(self) -> dict[str, str]:
         """Bearer authentication with the REST API key."""

@@ -25,6 +25,7 @@ Plain Python: no Dagster import.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from abc import ABC, abstractmethod
@@ -223,6 +224,33 @@ class Warehouse(ABC):
         finally:
             quietly(cur.close)
 
+    def insert_rows(
+        self, table: exp.Table, rows: pa.Table, *, before: Sequence[str] = (), after: Sequence[str] = ()
+    ) -> None:
+        """Insert ``rows`` into ``table`` (each Arrow column into the table's column of the same name), in
+        one transaction with the statements ``before`` and ``after`` where the warehouse has transactions
+        (as :meth:`execute`).
+
+        For small bookkeeping writes that come often (a platform sync's acknowledgements). DuckDB reads
+        the Arrow table itself and PostgreSQL takes the rows through COPY, so no value becomes SQL text;
+        this default renders multi-row INSERTs of typed literals with sqlglot (values quoted by the
+        dialect, never pasted), 1,000 rows per statement.
+        """
+        self.execute([*before, *self._insert_literals_sql(table, rows), *after])
+
+    def _insert_literals_sql(self, table: exp.Table, rows: pa.Table, chunk: int = 1000) -> list[str]:
+        """INSERT statements of ``rows`` as literals, ``chunk`` rows each."""
+        if not rows.num_rows:
+            return []
+        target = exp.Schema(this=table.copy(), expressions=[exp.to_identifier(n, quoted=True) for n in rows.column_names])
+        statements = []
+        for start in range(0, rows.num_rows, chunk):
+            part = rows.slice(start, chunk)
+            values = zip(*(column.to_pylist() for column in part.columns))
+            statements.append(self._render(exp.Insert(this=target.copy(), expression=exp.Values(
+                expressions=[exp.Tuple(expressions=[_literal(v) for v in row]) for row in values]))))
+        return statements
+
     def query(self, sql: str) -> list[tuple]:
         """Run `sql` and fetch every row (for small results: counts, metadata)."""
         with self._connection() as conn, self._wrap("query failed"):
@@ -396,6 +424,19 @@ def quietly(fn: Callable[[], Any]) -> None:
         fn()
     except Exception:  # noqa: BLE001, S110 - best-effort cleanup
         pass
+
+
+def _literal(value: Any) -> exp.Expression:
+    """A typed SQL literal of a Python value (text, number, boolean, timestamp or NULL)."""
+    if value is None:
+        return exp.Null()
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, (int, float)):
+        return exp.Literal.number(value)
+    if isinstance(value, datetime.datetime):
+        return exp.cast(exp.Literal.string(value.isoformat(sep=" ")), exp.DataType.build("timestamp"))
+    return exp.Literal.string(str(value))
 
 
 def strip_statement(sql: str) -> str:

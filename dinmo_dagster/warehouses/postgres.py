@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field
+from sqlglot import exp
 
 from dinmo_dagster.connectors import register_warehouse
 from dinmo_dagster.secrets import EnvRef, Secret
@@ -142,6 +143,31 @@ class PostgresWarehouse(Warehouse):
                 for col in description
             ]
         )
+
+    def insert_rows(
+        self, table: exp.Table, rows: pa.Table, *, before: Sequence[str] = (), after: Sequence[str] = ()
+    ) -> None:
+        """Insert ``rows`` into ``table`` through ``COPY ... FROM STDIN`` (values travel as data), in one
+        transaction with ``before`` and ``after``."""
+        names = ", ".join(self._render(exp.to_identifier(n, quoted=True)) for n in rows.column_names)
+        copy = f"COPY {self._render(table)} ({names}) FROM STDIN"
+        with self._connection() as conn, self._wrap("statement failed"):
+            cur = conn.cursor()
+            try:
+                for statement in before:
+                    cur.execute(statement)
+                if rows.num_rows:
+                    with cur.copy(copy) as writer:
+                        for row in zip(*(column.to_pylist() for column in rows.columns)):
+                            writer.write_row(row)
+                for statement in after:
+                    cur.execute(statement)
+                conn.commit()
+            except BaseException:
+                quietly(conn.rollback)
+                raise
+            finally:
+                quietly(cur.close)
 
     @contextmanager
     def stream(self, sql: str, batch_rows: int = 100_000) -> Iterator[pa.RecordBatchReader]:

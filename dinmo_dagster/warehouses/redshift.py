@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
+import pyarrow as pa
+from sqlglot import exp
+
 from dinmo_dagster.connectors import register_warehouse
+from dinmo_dagster.warehouses.base import Warehouse
 from dinmo_dagster.warehouses.postgres import PostgresSource, PostgresWarehouse
 
 
@@ -26,6 +31,12 @@ class RedshiftWarehouse(PostgresWarehouse):
     source_type: ClassVar[str] = "redshift"
 
     config: RedshiftSource
+
+    def insert_rows(
+        self, table: exp.Table, rows: pa.Table, *, before: Sequence[str] = (), after: Sequence[str] = ()
+    ) -> None:
+        """Multi-row INSERTs of literals (``Warehouse``'s): Redshift has no ``COPY ... FROM STDIN``."""
+        Warehouse.insert_rows(self, table, rows, before=before, after=after)
 
 
 register_warehouse("redshift", RedshiftSource, RedshiftWarehouse)
