@@ -11,6 +11,7 @@ stays in the run's log in the instance, and ``--verbose`` (before or after the c
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -22,22 +23,50 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
-
-from dinmo_dagster import demo, platform_sync, sync, writers
-from dinmo_dagster.assets.activations import reap_dead_syncs, step_failure_text, sync_ops_config, sync_target
-from dinmo_dagster.compile import refresh_views
 from dinmo_dagster.config import QUICKSTART_DIR, Project, ProjectError, load_project, project_dir_from_env
-from dinmo_dagster.definitions import build_definitions
 from dinmo_dagster.emulator import STORAGE_EMULATOR_ENV_VAR, emulated_buckets, start_for_buckets
-from dinmo_dagster.names import OWNER_TAG, TRIGGER_TAG, activation_key, job_name, op_name, partitions_name
-from dinmo_dagster.resources import build_resources
-from dinmo_dagster.validation import check_project, validate_connections
+from dinmo_dagster.fakes.hubspot import FakeHubSpot
+from dinmo_dagster.fakes.local import (
+    DEMO_TOKEN,
+    HubSpotStandIn,
+    StandInError,
+    faked_hubspot_destinations,
+    serve_hubspot,
+)
+
+
+class _OnFirstUse:
+    """A module imported when one of its names is first read, not when the CLI starts.
+
+    ``dinmo --help`` and ``dinmo validate`` need neither Dagster nor DuckDB: importing them costs
+    about 1 s of CPU and 50 MB before anything else. The commands that run Dagster import it when
+    they reach it. Module-level names, like an import: no module is imported inside a function.
+    """
+
+    def __init__(self, module: str) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module(self._module), name)
+
+
+dg: Any = _OnFirstUse("dagster")
+activations: Any = _OnFirstUse("dinmo_dagster.assets.activations")
+compile_sql: Any = _OnFirstUse("dinmo_dagster.compile")
+definitions: Any = _OnFirstUse("dinmo_dagster.definitions")
+demo: Any = _OnFirstUse("dinmo_dagster.demo")
+dinmo_names: Any = _OnFirstUse("dinmo_dagster.names")
+instance_ref: Any = _OnFirstUse("dagster._core.instance.ref")  # InstanceRef: not exported by `dagster`
+platform_sync: Any = _OnFirstUse("dinmo_dagster.platform_sync")
+dinmo_resources: Any = _OnFirstUse("dinmo_dagster.resources")
+sync: Any = _OnFirstUse("dinmo_dagster.sync")
+validation: Any = _OnFirstUse("dinmo_dagster.validation")
+writers: Any = _OnFirstUse("dinmo_dagster.writers")
 
 DEMO_DIR_NAME = "dinmo-quickstart"
 
@@ -78,9 +107,19 @@ def instance_home() -> Path:
     return home
 
 
-def _instance() -> dg.DagsterInstance:
-    instance_home()
-    return dg.DagsterInstance.get()
+# A sync's own process prints to the terminal: its run does without Dagster's stdout/stderr capture,
+# which mirrors the process's output through two `tail -F` processes and two Python watchers.
+_NO_OUTPUT_CAPTURE = {"compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager",
+                                       "class": "NoOpComputeLogManager"}}
+
+
+def _instance(capture_output: bool = True) -> dg.DagsterInstance:
+    """The CLI's instance. ``capture_output=False``: the same storage (runs, events, partitions), but
+    the runs this process executes keep no stdout/stderr files (Dagster's structured log stays)."""
+    home = instance_home()
+    if capture_output:
+        return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_ref(instance_ref.InstanceRef.from_dir(str(home), overrides=_NO_OUTPUT_CAPTURE))
 
 
 def _project_path(args: argparse.Namespace) -> Path:
@@ -127,7 +166,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for warning in getattr(project, "warnings", []):
         _print(f"warning: {warning}")
     if args.connect:
-        problems = validate_connections(project)
+        problems = validation.validate_connections(project)
         if problems:
             _print_problems(f"{path} (checked with --connect)", problems)
             return 1
@@ -172,25 +211,25 @@ def sync_activation(project: Project, activation: str, full_refresh: bool = Fals
     Dagster's console log is silenced (``verbose`` keeps its warnings and errors, with stack traces);
     the run's warnings are read back from the instance and returned, so nothing is lost.
     """
-    defs = build_definitions(project)
-    instance = _instance()
-    for run_id in reap_dead_syncs(instance, activation):
+    defs = definitions.sync_definitions(project, activation)
+    instance = _instance(capture_output=False)
+    for run_id in activations.reap_dead_syncs(instance, activation):
         _print(f"sync {activation}: run {run_id} had died (its process is gone): marked it failed")
     key = sync.new_partition_key()
-    instance.add_dynamic_partitions(partitions_name(activation), [key])
-    op = op_name(activation_key(activation))
+    instance.add_dynamic_partitions(dinmo_names.partitions_name(activation), [key])
+    op = dinmo_names.op_name(dinmo_names.activation_key(activation))
     # The CLI prints its own summary; Dagster's console shows the trace only with --verbose.
     level = "WARNING" if verbose else "CRITICAL"
-    run_config = {"ops": sync_ops_config(activation, full_refresh),
+    run_config = {"ops": activations.sync_ops_config(activation, full_refresh),
                   "loggers": {"console": {"config": {"log_level": level}}}}
-    result = defs.resolve_job_def(job_name(activation)).execute_in_process(
+    result = defs.resolve_job_def(dinmo_names.job_name(activation)).execute_in_process(
         instance=instance, partition_key=key, run_config=run_config, raise_on_error=False,
-        tags={TRIGGER_TAG: "cli", OWNER_TAG: sync.OWNER},
+        tags={dinmo_names.TRIGGER_TAG: "cli", dinmo_names.OWNER_TAG: sync.OWNER},
     )
     out = SyncOutcome(success=result.success, metadata={}, run_id=result.run_id)
     if result.success:
         for mat in result.asset_materializations_for_node(op):
-            if mat.asset_key == activation_key(activation):
+            if mat.asset_key == dinmo_names.activation_key(activation):
                 out.metadata = {k: v.value for k, v in mat.metadata.items()}
     names = _step_names(defs)
     for ev in result.get_asset_check_evaluations():
@@ -213,7 +252,7 @@ def sync_activation(project: Project, activation: str, full_refresh: bool = Fals
     if not result.success and not out.error:
         for event in result.all_events:
             if event.is_step_failure:
-                text = step_failure_text(event)
+                text = activations.step_failure_text(event)
                 out.error = _OUR_ERROR_PREFIX.sub("", text if text is not None else event.message or "")
                 out.failed_step = names.get(event.step_key or "", event.step_key or "")
                 break
@@ -290,7 +329,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
         return 2
     instance = _instance()
     key = sync.new_partition_key()
-    instance.add_dynamic_partitions(partitions_name(args.activation), [key])
+    instance.add_dynamic_partitions(dinmo_names.partitions_name(args.activation), [key])
     a = args.activation
     _print(key)
     _print(f"added partition {key} of snapshots/{a} and activations/{a} to the Dagster instance "
@@ -337,8 +376,8 @@ def _activation_problems(project: Project, activation: str) -> list[str]:
     seg, model = project.model_of(activation)
     entities = {f"sources.{model.source}", f"models.{seg.model}", f"segments.{project.activations[activation].segment}",
                 f"activations.{activation}", *(f"models.{r.model}" for r in model.relationships)}
-    with dg.build_resources(build_resources(project)) as resources:
-        return [str(p) for p in check_project(project, resources) if p.culprit in entities]
+    with dg.build_resources(dinmo_resources.build_resources(project)) as resources:
+        return [str(p) for p in validation.check_project(project, resources) if p.culprit in entities]
 
 
 def _print_platform_preview(name: str, a: Any, pv: platform_sync.PlatformPreview) -> None:
@@ -363,9 +402,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if not _known_activation(project, name):
         return 2
     try:
-        with dg.build_resources(build_resources(project)) as resources:
-            t = sync_target(project, name, resources)
-            compiled = refresh_views(t.warehouse, project, name)
+        with dg.build_resources(dinmo_resources.build_resources(project)) as resources:
+            t = activations.sync_target(project, name, resources)
+            compiled = compile_sql.refresh_views(t.warehouse, project, name)
             key = "preview_" + sync.new_partition_key()
             try:
                 sync.take_snapshot(t, key)
@@ -406,35 +445,63 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# local stand-ins: the GCS emulator
+# local stand-ins: the GCS emulator and the HubSpot fake
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _emulator_dir(project: Project) -> Path | None:
-    """Where an emulator keeps a project's objects: ``<project>/.gcs`` (in memory for the bundled
-    quickstart, which lives inside the installed package)."""
-    return None if project.directory.resolve() == QUICKSTART_DIR.resolve() else project.directory / ".gcs"
+def _emulator_dir(project: Project, folder: str = ".gcs") -> Path | None:
+    """Where a stand-in keeps a project's data: ``<project>/.gcs`` (``.hubspot`` for the HubSpot fake);
+    in memory for the bundled quickstart, which lives inside the installed package."""
+    return None if project.directory.resolve() == QUICKSTART_DIR.resolve() else project.directory / folder
+
+
+@dataclass
+class StandIns:
+    """What ``local_stand_ins`` started: the variables it set in this process (for a child process
+    such as ``dagster dev``) and the HubSpot fakes by destination name."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    hubspot: dict[str, tuple[HubSpotStandIn, FakeHubSpot]] = field(default_factory=dict)
+
+
+def _start_hubspot_fakes(project: Project, what: str, stack: ExitStack, stand_ins: StandIns) -> None:
+    """Serve the destinations of ``fakes.local.faked_hubspot_destinations`` and set their token
+    variables to the fake's token in this process; ``stack`` stops them and unsets the variables."""
+    data_dir = _emulator_dir(project, ".hubspot")
+    for d in faked_hubspot_destinations(project):
+        fake = serve_hubspot(d, data_dir)  # a StandInError stops the command before anything syncs
+        stack.callback(fake.server.stop)
+        stand_ins.hubspot[d.destination] = (d, fake)
+        if d.token_env not in os.environ:  # two destinations may share one variable
+            os.environ[d.token_env] = DEMO_TOKEN
+            stack.callback(os.environ.pop, d.token_env, None)
+            stand_ins.env[d.token_env] = DEMO_TOKEN
+        kept = f"{d.object} kept in {fake.data_file}" if fake.data_file else f"{d.object} kept in memory"
+        _print(f"{d.token_env} is not set: started the local HubSpot fake at {d.url} for {what} "
+               f"(destination {d.destination}; {kept})")
 
 
 @contextmanager
-def local_stand_ins(project: Project, what: str) -> Iterator[None]:
-    """Start the GCS emulator when the project's gcs destinations have no credentials (see
-    ``emulator.emulated_buckets``), point ``STORAGE_EMULATOR_HOST`` at it, and stop it on exit."""
-    buckets = emulated_buckets(project)
-    if not buckets:
-        yield
-        return
-    data_dir = _emulator_dir(project)
-    emulator = start_for_buckets(buckets, data_dir)
-    os.environ[STORAGE_EMULATOR_ENV_VAR] = emulator.url
-    kept = f"objects kept under {data_dir}" if data_dir else "objects kept in memory"
-    _print(f"no GCS credentials found: started the local GCS emulator at {emulator.url} for {what} "
-           f"(bucket(s) {', '.join(buckets)}; {kept})")
-    try:
-        yield
-    finally:
-        os.environ.pop(STORAGE_EMULATOR_ENV_VAR, None)
-        emulator.stop()
+def local_stand_ins(project: Project, what: str) -> Iterator[StandIns]:
+    """Start the project's local stand-ins and stop them on exit: the HubSpot fake for the hubspot
+    destinations of ``fakes.local.faked_hubspot_destinations`` (a loopback ``base_url`` whose token
+    variable is unset), then the GCS emulator when the gcs destinations have no credentials (see
+    ``emulator.emulated_buckets``), with ``STORAGE_EMULATOR_HOST`` pointing at it."""
+    stand_ins = StandIns()
+    with ExitStack() as stack:
+        _start_hubspot_fakes(project, what, stack, stand_ins)
+        buckets = emulated_buckets(project)
+        if buckets:
+            data_dir = _emulator_dir(project)
+            emulator = start_for_buckets(buckets, data_dir)
+            stack.callback(emulator.stop)
+            os.environ[STORAGE_EMULATOR_ENV_VAR] = emulator.url
+            stack.callback(os.environ.pop, STORAGE_EMULATOR_ENV_VAR, None)
+            stand_ins.env[STORAGE_EMULATOR_ENV_VAR] = emulator.url
+            kept = f"objects kept under {data_dir}" if data_dir else "objects kept in memory"
+            _print(f"no GCS credentials found: started the local GCS emulator at {emulator.url} for {what} "
+                   f"(bucket(s) {', '.join(buckets)}; {kept})")
+        yield stand_ins
 
 
 @contextmanager
@@ -455,23 +522,40 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    """Serve the project's GCS buckets from a local emulator until interrupted."""
+    """Serve the project's GCS buckets from a local emulator, and its hubspot destinations with a loopback
+    ``base_url`` from the local HubSpot fake (see ``fakes.local``), until interrupted."""
     project = _load(args)
     buckets = sorted({d.bucket for d in project.destinations.values() if d.type == "gcs"})
-    if not buckets:
-        _print(f"{project.directory}: no gcs destination: nothing to emulate")
+    hubspot = faked_hubspot_destinations(project)
+    if not buckets and not hubspot:
+        _print(f"{project.directory}: no gcs destination and no hubspot destination on a loopback base_url "
+               "with its token variable unset: nothing to emulate")
         return 1
-    data_dir = _emulator_dir(project)
-    with _stop_on_sigterm(), start_for_buckets(buckets, data_dir, port=args.port or None) as emulator:
-        kept = f"objects kept under {data_dir}" if data_dir else "objects kept in memory"
-        _print(f"GCS emulator at {emulator.url} with bucket(s) {', '.join(buckets)} ({kept}). In another shell:")
-        _print(f"  export STORAGE_EMULATOR_HOST={emulator.url}")
-        _print("Ctrl-C stops it.")
-        try:
-            while emulator.running:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            return 0
+    try:
+        with _stop_on_sigterm(), ExitStack() as stack:
+            emulator = None
+            if buckets:
+                data_dir = _emulator_dir(project)
+                emulator = stack.enter_context(start_for_buckets(buckets, data_dir, port=args.port or None))
+                kept = f"objects kept under {data_dir}" if data_dir else "objects kept in memory"
+                _print(f"GCS emulator at {emulator.url} with bucket(s) {', '.join(buckets)} ({kept}). "
+                       "In another shell:")
+                _print(f"  export STORAGE_EMULATOR_HOST={emulator.url}")
+            for d in hubspot:
+                fake = serve_hubspot(d, _emulator_dir(project, ".hubspot"))
+                stack.callback(fake.server.stop)
+                kept = f"{d.object} kept in {fake.data_file}" if fake.data_file else f"{d.object} kept in memory"
+                _print(f"HubSpot fake at {d.url} for destination {d.destination} ({kept}). In another shell:")
+                _print(f"  export {d.token_env}={DEMO_TOKEN}")  # the fake's own token: public, not a secret
+            _print("Ctrl-C stops it.")
+            try:
+                while emulator is None or emulator.running:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                return 0
+    except StandInError as exc:
+        _print(f"dinmo emulator: {exc}")
+        return 1
     _print("the GCS emulator stopped by itself")
     return 1
 
@@ -523,8 +607,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
                "-h", args.host, "-p", str(args.port)]
     with _stop_on_sigterm():
         try:
-            with local_stand_ins(project, "the UI"):
-                env.update({k: v for k, v in os.environ.items() if k == "STORAGE_EMULATOR_HOST"})
+            with local_stand_ins(project, "the UI") as stand_ins:
+                env.update(stand_ins.env)  # the emulator's URL, the fake's token: for the runs' processes
                 # Its own session: Ctrl-C reaches dinmo only, which then stops dagster dev in order.
                 proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
                 try:
@@ -540,6 +624,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             _print("stopped the Dagster UI")
             return 0
+        except StandInError as exc:
+            _print(f"dinmo ui: {exc}")
+            return 1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -548,28 +635,37 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Copy the quickstart, build its warehouse and sync every activation, with a local GCS emulator."""
+    """Copy the quickstart, build its warehouse and sync every activation, with the local stand-ins (a
+    GCS emulator, a HubSpot fake); show what landed in the bucket and in the fake."""
     target = Path(args.dir or DEMO_DIR_NAME).resolve()
     if not (target / "dinmo.yaml").exists():
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(QUICKSTART_DIR / "dinmo.yaml", target / "dinmo.yaml")
         _print(f"copied the quickstart project to {target}")
     project = load_project(target)
-    _print(demo.prepare_warehouse(project))
     failures = 0
     shown = os.path.relpath(target) if target.is_relative_to(Path.cwd()) else str(target)
     ui_args = argparse.Namespace(project=shown, verbose=args.verbose)
-    with local_stand_ins(project, "the demo"):
-        for name in project.activations:
-            out = sync_activation(project, name, verbose=args.verbose)
-            _print_sync(ui_args, name, out)
-            failures += not out.success
-        _print()
-        _print("what landed where:")
-        for line in demo.list_destinations(project):
-            _print(f"  {line}")
+    try:
+        # The stand-ins first: a taken port stops the demo before its sample changes are applied.
+        with local_stand_ins(project, "the demo") as stand_ins:
+            _print(demo.prepare_warehouse(project))
+            for name in project.activations:
+                out = sync_activation(project, name, verbose=args.verbose)
+                _print_sync(ui_args, name, out)
+                failures += not out.success
+            _print()
+            _print("what landed where:")
+            for line in demo.list_destinations(project):
+                _print(f"  {line}")
+            for destination, (stand_in, fake) in stand_ins.hubspot.items():
+                for line in demo.list_fake_records(project, destination, stand_in.url, fake.records(stand_in.object)):
+                    _print(f"  {line}")
+    except StandInError as exc:
+        _print(f"dinmo demo: {exc}")
+        return 1
     _print()
-    _print("open the Dagster UI on this project (from this directory; it restarts the emulator):")
+    _print("open the Dagster UI on this project (from this directory; it restarts the emulator and the fake):")
     _print(f"  {_dinmo(ui_args, 'ui')}")
     return 1 if failures else 0
 
@@ -613,7 +709,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.set_defaults(func=cmd_ui)
     p = sub.add_parser("emulator", parents=[common],
-                       help="serve the project's GCS buckets from a local emulator until Ctrl-C")
+                       help="serve the project's GCS buckets from a local emulator (and its loopback hubspot "
+                            "destinations from the local HubSpot fake) until Ctrl-C")
     p.add_argument("--port", type=int, default=EMULATOR_DEFAULT_PORT,
                    help=f"default {EMULATOR_DEFAULT_PORT}; 0 picks a free one")
     p.set_defaults(func=cmd_emulator)

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from dinmo_dagster import filters, naming, secrets, writers
-from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, connectors
+from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, connectors, find_connector
 from dinmo_dagster.filters import did_you_mean
 from dinmo_dagster.platform_connectors import PlatformDestination
 from dinmo_dagster.recurrence import Schedule, cron_problem, schedule_problem
@@ -580,9 +580,12 @@ def _type_of(raw: Any) -> Any:
 def _parse_entry(section: str, name: str, raw: Any, file: str, problems: list[str]) -> Any:
     prefix = f"{section}.{name}"
     if section in ("sources", "destinations"):
-        models = connector_models(section)
-        cls = models.get(_type_of(raw))
+        # only the named type's connector is imported; every type is loaded only to list them in the error
+        found = [c for kind in ConnectorKind if kind.section == section
+                 if (c := find_connector(kind, _type_of(raw))) is not None and c.type == _type_of(raw)]
+        cls = found[0].config_model if found else None
         if cls is None:
+            models = connector_models(section)
             if isinstance(raw, dict):
                 problems.append(f"{file}: {prefix}.type: found {_describe(raw.get('type'))}; allowed: "
                                 + ", ".join(models))

@@ -10,9 +10,12 @@ The project loader validates a ``sources:`` / ``destinations:`` entry with the s
 ``type`` names here (the discriminated union of every registered model), and the Dagster resources hand
 out the adapter built from those settings. Nothing else lists connector types.
 
-The built-in connectors are imported by name on the first look-up (``_BUILTIN_MODULES``), so that this
-module imports none of them and each of them imports this one. A connector of your own registers
-itself when its module is imported, before the project is loaded.
+The built-in connectors are loaded by type name (``_BUILTIN_MODULES``: each type and the module that
+registers it): looking up ``duckdb`` imports ``dinmo_dagster.warehouses.duckdb`` and no other connector,
+so a project pays only for the connectors it names. Listing every connector of a kind (messages that
+name the allowed types) imports them all. This module imports none of them and each of them imports
+this one. A connector of your own registers itself when its module is imported, before the project is
+loaded.
 
 API platforms (``dinmo_dagster.platforms``, with their own ``register_platform``) are the third kind,
 :attr:`ConnectorKind.PLATFORM`, and share the ``destinations:`` section with file destinations:
@@ -95,20 +98,24 @@ class Connector:
     aliases: tuple[str, ...] = ()
 
 
-# Modules of the connectors shipped with the package, in the order messages list their types.
-_BUILTIN_MODULES: dict[ConnectorKind, tuple[str, ...]] = {
-    ConnectorKind.WAREHOUSE: tuple(
-        f"dinmo_dagster.warehouses.{name}"
-        for name in ("duckdb", "postgres", "snowflake", "bigquery", "redshift", "databricks")
-    ),
-    ConnectorKind.FILE_DESTINATION: ("dinmo_dagster.destinations.gcs", "dinmo_dagster.destinations.local"),
-    # registers every platform of dinmo_dagster.platforms (hubspot, braze, meta_ads, firestore)
-    ConnectorKind.PLATFORM: ("dinmo_dagster.platform_connectors",),
+# The connectors shipped with the package: each type name (and older spelling) -> the module whose
+# import registers it, in the order messages list the types. ``module:function``: the module's import
+# registers nothing (the project loader imports its classes), calling ``function()`` does.
+_BUILTIN_MODULES: dict[ConnectorKind, dict[str, str]] = {
+    ConnectorKind.WAREHOUSE: {
+        **{name: f"dinmo_dagster.warehouses.{name}"
+           for name in ("duckdb", "postgres", "snowflake", "bigquery", "redshift", "databricks")},
+        "postgresql": "dinmo_dagster.warehouses.postgres",
+    },
+    ConnectorKind.FILE_DESTINATION: {name: f"dinmo_dagster.destinations.{name}" for name in ("gcs", "local")},
+    # one call registers every platform of dinmo_dagster.platforms
+    ConnectorKind.PLATFORM: {name: "dinmo_dagster.platform_connectors:register_platforms"
+                             for name in ("hubspot", "braze", "meta_ads", "firestore")},
 }
 
 _registry: dict[ConnectorKind, dict[str, Connector]] = {kind: {} for kind in ConnectorKind}
 _lock = threading.RLock()
-_loaded: set[ConnectorKind] = set()
+_loaded: set[str] = set()  # entries of _BUILTIN_MODULES already imported (or called)
 
 
 def register(
@@ -156,15 +163,18 @@ def register_file_destination(type_name: str, config_model: type[ConnectorConfig
     return register(ConnectorKind.FILE_DESTINATION, type_name, config_model, adapter)
 
 
-def _load_builtins(kind: ConnectorKind) -> None:
-    if kind in _loaded:
+def _load_builtin(entry: str) -> None:
+    """Import one ``_BUILTIN_MODULES`` entry (and call its function), once per process."""
+    if entry in _loaded:
         return
     with _lock:
-        if kind in _loaded:
+        if entry in _loaded:
             return
-        for module in _BUILTIN_MODULES.get(kind, ()):
-            importlib.import_module(module)  # each module registers itself on import
-        _loaded.add(kind)
+        module, _, function = entry.partition(":")
+        loaded = importlib.import_module(module)  # a module registers its connectors on import...
+        if function:
+            getattr(loaded, function)()  # ...or when this function of it is called
+        _loaded.add(entry)
 
 
 def _find(kind: ConnectorKind, name: str) -> Connector | None:
@@ -176,8 +186,9 @@ def _find(kind: ConnectorKind, name: str) -> Connector | None:
 
 def connectors(kind: ConnectorKind) -> list[Connector]:
     """The connectors of ``kind``: the built-in ones in their documented order, then the others."""
-    _load_builtins(kind)
-    builtin = _BUILTIN_MODULES.get(kind, ())
+    for entry in dict.fromkeys(_BUILTIN_MODULES.get(kind, {}).values()):
+        _load_builtin(entry)
+    builtin = list(dict.fromkeys(_BUILTIN_MODULES.get(kind, {}).values()))
     found = list(_registry[kind].values())
     # the built-ins in their listed order whatever the import order was; then the others as registered
     return sorted(found, key=lambda c: builtin.index(c.adapter.__module__) if c.adapter.__module__ in builtin
@@ -185,6 +196,14 @@ def connectors(kind: ConnectorKind) -> list[Connector]:
 
 
 def find_connector(kind: ConnectorKind, type_name: Any) -> Connector | None:
-    """The connector of ``kind`` named ``type_name`` (or one of its aliases); None for anything else."""
-    _load_builtins(kind)
-    return _find(kind, type_name) if isinstance(type_name, str) else None
+    """The connector of ``kind`` named ``type_name`` (or one of its aliases); None for anything else.
+
+    A built-in type is imported now if it was not (only its own module); an unknown name imports
+    nothing and is looked up among the connectors registered so far.
+    """
+    if not isinstance(type_name, str):
+        return None
+    entry = _BUILTIN_MODULES.get(kind, {}).get(type_name)
+    if entry is not None:
+        _load_builtin(entry)
+    return _find(kind, type_name)

@@ -1,7 +1,8 @@
 """API platforms as connectors: each registered platform is a ``destinations:`` type.
 
 For every platform of the delivery SDK (``dinmo_dagster.platforms``: hubspot, braze, meta_ads,
-firestore) this module registers a :class:`ConnectorConfig` built from the platform's settings model:
+firestore) :func:`register_platforms` registers a :class:`ConnectorConfig` built from the platform's
+settings model (the connector registry calls it the first time a project names a platform type):
 the same keys, except that a secret (``access_token``, ``api_key``, ``service_account_json``) is
 written ``{env: VAR}`` in the YAML and read only when the platform is built for a sync
 (:meth:`PlatformDestination.build`). The project loader asks :meth:`PlatformDestination.problems` for
@@ -23,7 +24,7 @@ from dinmo_dagster import platforms, secrets
 from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, register
 from dinmo_dagster.platforms import Platform, PlatformConfigError, PlatformSettings
 
-__all__ = ["PlatformDestination", "platform_destination_model"]
+__all__ = ["PlatformDestination", "platform_destination_model", "register_platforms"]
 
 # A stand-in for a secret while the project is validated: the variable is read only at sync time.
 _PLACEHOLDER = "dinmo-placeholder-secret"
@@ -110,6 +111,13 @@ def platform_destination_model(name: str, settings_model: type[PlatformSettings]
     return model
 
 
-for _name in platforms.platform_names():
-    _entry = platforms.get_platform(_name)
-    register(ConnectorKind.PLATFORM, _name, platform_destination_model(_name, _entry.settings_model), _entry.adapter)
+def register_platforms() -> None:
+    """Register every platform of ``dinmo_dagster.platforms`` as a ``destinations:`` type.
+
+    Called by the connector registry when a project names a platform type (or a message lists every
+    type), not on import: the project loader imports this module's classes, and a project with file
+    destinations only builds no platform model and imports no platform module.
+    """
+    for name in platforms.platform_names():
+        entry = platforms.get_platform(name)
+        register(ConnectorKind.PLATFORM, name, platform_destination_model(name, entry.settings_model), entry.adapter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -26,7 +27,12 @@ def test_the_engine_imports_without_dagster() -> None:
 
 
 def test_no_module_imports_the_package_from_inside_a_function() -> None:
-    """Function-level imports of our own modules only ever hide an import cycle."""
+    """Function-level imports of our own modules only ever hide an import cycle.
+
+    Loading by name is another thing: the connector registry imports the module of a type a project
+    names, and the CLI the modules a command reaches, with ``importlib`` from a table at module level
+    (documented where they are declared), so that a project or a command pays only for what it uses.
+    """
     import ast
     from pathlib import Path
 
@@ -43,3 +49,48 @@ def test_no_module_imports_the_package_from_inside_a_function() -> None:
                 elif isinstance(node, ast.Import) and any(a.name.startswith("dinmo_dagster") for a in node.names):
                     found.append(f"{path.relative_to(root.parent)}:{node.lineno} import")
     assert found == []
+
+
+def _modules_after(code: str) -> list[str]:
+    """The top-level packages and our own modules a fresh interpreter has imported after ``code``."""
+    probe = (code + "\nimport json, sys\n"
+             "print(json.dumps(sorted({m if m.startswith('dinmo_dagster') else m.split('.')[0] for m in sys.modules})))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_dinmo_help_and_validate_import_no_dagster() -> None:
+    """`dinmo --help` and `dinmo validate` pay neither for Dagster nor for a warehouse driver."""
+    from dinmo_dagster.config import QUICKSTART_DIR
+
+    heavy = {"dagster", "duckdb", "sqlalchemy", "alembic", "pandas"}
+    helped = _modules_after("from dinmo_dagster.cli import main\n"
+                            "try:\n    main(['--help'])\nexcept SystemExit as exc:\n    assert exc.code == 0\n")
+    assert heavy.intersection(helped) == set()
+    validated = _modules_after(f"from dinmo_dagster.cli import main\nassert main(['--project', {str(QUICKSTART_DIR)!r}, "
+                               "'validate']) == 0\n")
+    assert heavy.intersection(validated) == set()
+
+
+def test_a_project_imports_only_the_connectors_it_names(tmp_path) -> None:
+    """The registry loads a connector's module when a project names its type: a DuckDB source and a
+    local folder import no other warehouse, file destination or API platform module."""
+    (tmp_path / "dinmo.yaml").write_text(
+        "sources:\n  wh: {type: duckdb, path: wh.duckdb}\n"
+        "models:\n  customers: {source: wh, table: raw.customers, primary_key: customer_id}\n"
+        "segments:\n  everyone: {model: customers, sql: 'select * from {{ model }}'}\n"
+        "destinations:\n  out: {type: local, path: out}\n"
+        "activations:\n  full: {segment: everyone, destination: out, file_name: customers}\n")
+    loaded = _modules_after(f"from dinmo_dagster.config import load_project\nload_project({str(tmp_path)!r})\n")
+    connectors = [m for m in loaded if m.rsplit(".", 1)[0] in ("dinmo_dagster.warehouses", "dinmo_dagster.destinations")
+                  and not m.endswith(".base")]
+    assert connectors == ["dinmo_dagster.destinations.local", "dinmo_dagster.warehouses.duckdb"]
+    assert [m for m in loaded if m.startswith("dinmo_dagster.platforms.")
+            and m.rsplit(".", 1)[1] in ("hubspot", "braze", "meta_ads", "firestore")] == []
+    # A type the project does not name is still accepted and listed where a message lists them all.
+    (tmp_path / "dinmo.yaml").write_text((tmp_path / "dinmo.yaml").read_text().replace("type: local", "type: ftp"))
+    listed = subprocess.run(
+        [sys.executable, "-m", "dinmo_dagster.cli", "--project", str(tmp_path), "validate"],
+        capture_output=True, text=True, check=False, timeout=120)
+    assert (listed.returncode, listed.stdout.splitlines()[1].strip()) == (
+        1, "dinmo.yaml: destinations.out.type: found 'ftp'; allowed: gcs, local, braze, firestore, hubspot, meta_ads")

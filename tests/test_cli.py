@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import duckdb
 
 from dinmo_dagster.config import QUICKSTART_DIR, load_project
 from dinmo_dagster.emulator import free_port
+from dinmo_dagster.fakes.local import DEMO_TOKEN
 
 DAGSTER = Path(sys.executable).parent / "dagster"
 
@@ -39,7 +41,7 @@ activations:
 
 # Variables that would point a child process at another project, instance, emulator or credentials.
 _OUTSIDE = ("DAGSTER_HOME", "DINMO_PROJECT_DIR", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
-            "CLOUDSDK_CONFIG")
+            "CLOUDSDK_CONFIG", "HUBSPOT_TOKEN")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -95,6 +97,51 @@ def test_a_failed_sync_prints_its_cause_in_a_few_lines(tmp_path: Path) -> None:
     assert "STEP_FAILURE" in verbose.stderr and 'File "' in verbose.stderr
     assert "DagsterExecutionStepExecutionError" in verbose.stderr
     assert verbose.stdout.splitlines()[-1] == lines[-1]
+
+
+# `dinmo sync` in a child that counts DuckDB's file opens (a wrapper around the driver's own connect).
+_COUNTING_SYNC = """
+import sys, duckdb
+opened = []
+connect = duckdb.connect
+def counting_connect(*args, **kwargs):
+    opened.append(args[0] if args else kwargs["database"])
+    return connect(*args, **kwargs)
+duckdb.connect = counting_connect
+from dinmo_dagster.cli import main
+code = main(sys.argv[1:])
+print("opened", len(opened), "modules", sorted({m.split(".")[0] for m in sys.modules}
+                                            & {"google", "psycopg", "databricks", "dagster_gcp"}))
+sys.exit(code)
+"""
+
+
+def test_a_sync_is_one_dagster_run_with_one_warehouse_open_per_step(tmp_path: Path) -> None:
+    """The fixed cost of a small sync: one Dagster run in the CLI's instance, with its steps, events and
+    metadata, that opens the DuckDB file once per step (not per statement), captures no output into
+    files and imports no other connector's client."""
+    project = make_project(tmp_path)
+    env = clean_env(DAGSTER_HOME=str(tmp_path / "dh"))
+    proc = run([sys.executable, "-c", _COUNTING_SYNC, "--project", str(project), "sync", "big_diff"], tmp_path, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == ("sync big_diff: full sync (difference, full_then_delta): 5 added, 0 updated, 0 removed, "
+                        "0 unchanged; 5 rows written in 3 file(s), 139 bytes")
+    with dg.DagsterInstance.from_config(str(tmp_path / "dh")) as instance:
+        [run_] = instance.get_runs()
+        assert (run_.job_name, run_.status, run_.tags["dinmo/trigger"]) == (
+            "sync_big_diff", dg.DagsterRunStatus.SUCCESS, "cli")
+        events = [e.dagster_event for e in instance.all_logs(run_.run_id) if e.dagster_event]
+        started = [e.step_key for e in events if e.is_step_start]
+        assert started == ["models__customers", "models__customers_primary_key_unique", "segments__big",
+                           "segments__big_primary_key_unique", "snapshots__big_diff", "activations__big_diff"]
+        [delivered] = [e.event_specific_data.materialization for e in events if e.is_step_materialization
+                       and e.asset_key == dg.AssetKey(["activations", "big_diff"])]
+        assert (delivered.metadata["rows_added"].value, delivered.metadata["files_written"].value) == (5, 3)
+    # The CLI prints to the terminal itself: no stdout/stderr capture files (nor its tail processes).
+    assert not (tmp_path / "dh" / "storage" / run_.run_id).exists()
+    assert lines[-1] == f"opened {len(started)} modules []"
+    assert proc.stderr == ""
 
 
 def test_validate_connect_says_valid_only_when_nothing_is_wrong(tmp_path: Path) -> None:
@@ -229,10 +276,16 @@ def _alive(pid: int) -> bool:
 
 def test_dinmo_ui_on_the_demo_shows_its_runs_and_stops_everything(tmp_path: Path) -> None:
     env = clean_env()
+    # The quickstart with its HubSpot fake on a free port: another test run may hold 9024.
+    fake_port = free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    (tmp_path / "dinmo-quickstart").mkdir()
+    (tmp_path / "dinmo-quickstart" / "dinmo.yaml").write_text(
+        (QUICKSTART_DIR / "dinmo.yaml").read_text().replace("http://127.0.0.1:9024", fake_url))
     demo = dinmo("demo", cwd=tmp_path, env=env)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.splitlines()[-2:] == [
-        "open the Dagster UI on this project (from this directory; it restarts the emulator):",
+        "open the Dagster UI on this project (from this directory; it restarts the emulator and the fake):",
         "  dinmo --project dinmo-quickstart ui"]
     assert (tmp_path / ".dagster_home" / "dagster.yaml").exists()  # the CLI's instance: ./.dagster_home
 
@@ -252,7 +305,18 @@ def test_dinmo_ui_on_the_demo_shows_its_runs_and_stops_everything(tmp_path: Path
         text = log_path.read_text()
         emulator = re.search(r"started the local GCS emulator at (http://127\.0\.0\.1:\d+) for the UI", text)
         assert emulator, text[-3000:]
+        assert (f"HUBSPOT_TOKEN is not set: started the local HubSpot fake at {fake_url} for the UI "
+                f"(destination crm; contacts kept in {tmp_path / 'dinmo-quickstart' / '.hubspot' / 'crm.json'})"
+                in text.splitlines()), text[-3000:]
         started = _descendants(ui.pid)
+        # dagster dev's processes (which run the UI's syncs) get the fake's token; the fake serves the demo's contacts.
+        environs = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in started if _alive(pid)]
+        assert any(f"HUBSPOT_TOKEN={DEMO_TOKEN}".encode() in e for e in environs)
+        held = json.loads((tmp_path / "dinmo-quickstart" / ".hubspot" / "crm.json").read_text())["store"]["contacts"]
+        request = urllib.request.Request(f"{fake_url}/crm/v3/objects/contacts?limit=100000",
+                                         headers={"Authorization": f"Bearer {DEMO_TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert sorted(r["id"] for r in json.loads(resp.read())["results"]) == sorted(held)
 
         nodes = _gql(url, "{ assetNodes { assetKey { path } staleStatus } }")["assetNodes"]
         status = {"/".join(n["assetKey"]["path"]): n["staleStatus"] for n in nodes}
@@ -262,7 +326,8 @@ def test_dinmo_ui_on_the_demo_shows_its_runs_and_stops_everything(tmp_path: Path
         assert {k: v for k, v in status.items() if v != "FRESH"} == {}
         runs = _gql(url, "{ runsOrError { ... on Runs { results { jobName status } } } }")["runsOrError"]["results"]
         assert sorted((r["jobName"], r["status"]) for r in runs) == [
-            ("sync_subscribers_snapshot", "SUCCESS"), ("sync_vip_europe_daily", "SUCCESS")]
+            ("sync_subscribers_snapshot", "SUCCESS"), ("sync_vip_europe_daily", "SUCCESS"),
+            ("sync_vip_to_crm", "SUCCESS")]
         # The emulator serves the demo's files (kept under the project's .gcs folder).
         with urllib.request.urlopen(f"{emulator.group(1)}/storage/v1/b/dinmo-quickstart/o", timeout=10) as resp:
             names = sorted(o["name"] for o in json.loads(resp.read())["items"])
@@ -283,6 +348,8 @@ def test_dinmo_ui_on_the_demo_shows_its_runs_and_stops_everything(tmp_path: Path
     assert log_path.read_text().rstrip().endswith("stopped the Dagster UI")
     assert started and not [pid for pid in started if _alive(pid)]
     assert not _answers(f"{url}/server_info") and not _answers(f"{emulator.group(1)}/storage/v1/b")
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", fake_port)) != 0  # the HubSpot fake stopped too
     assert not (QUICKSTART_DIR / "data").exists()
 
 

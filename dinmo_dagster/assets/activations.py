@@ -8,6 +8,7 @@ keys, groups and descriptions come from the translator, names from ``names.py``.
 """
 
 # No `from __future__ import annotations`: Dagster reads the steps' `config: SyncConfig` annotation.
+from collections.abc import Iterable
 from typing import Any
 
 import dagster as dg
@@ -126,11 +127,17 @@ def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
         "duration_s": dg.MetadataValue.float(round(r.duration_s, 3)),
         "files": dg.MetadataValue.md("\n".join(f"- {u}" for u in r.files) or "(no file: nothing to write)"),
     }
+    if r.writer:  # duckdb_copy (DuckDB's own COPY) or arrow (the shared writer), and why not COPY
+        md["writer"] = r.writer
+        if r.writer_reason:
+            md["writer_reason"] = r.writer_reason
     for i, uri in enumerate(r.files[:20]):
         md[f"file_{i + 1}"] = dg.MetadataValue.path(uri)
         if uri.startswith("gs://"):  # a clickable link to the object in the Cloud console
             md[f"file_{i + 1}_console"] = dg.MetadataValue.url(
                 "https://console.cloud.google.com/storage/browser/_details/" + uri.removeprefix("gs://"))
+    if r.timings:  # seconds per step of the delivery (recover, plan, write, promote, retention)
+        md["timings"] = dg.MetadataValue.json(r.timings)
     if r.recovered:
         md["recovered"] = "\n".join(r.recovered)
     if r.recovered_partitions:  # dead syncs whose files had all landed, completed by this run
@@ -192,6 +199,8 @@ def _activation_assets(project: Project, name: str, translator: DinmoTranslator)
             "dagster/relation_identifier": snap.table,
             "columns": ", ".join(snap.columns),
             **({"event_window_start": snap.window_start.isoformat()} if snap.window_start else {}),
+            # seconds per step of the snapshot (key statistics, snapshot tables, change counts)
+            **({"timings": dg.MetadataValue.json(snap.timings)} if snap.timings else {}),
         })
 
     @dg.multi_asset(
@@ -248,12 +257,14 @@ def sync_job(project: Project, name: str, translator: DinmoTranslator | None = N
     )
 
 
-def defs(project: Project, translator: DinmoTranslator | None = None) -> dg.Definitions:
-    """Each activation's snapshot and delivery assets, and its sync job."""
+def defs(project: Project, translator: DinmoTranslator | None = None,
+         only: Iterable[str] | None = None) -> dg.Definitions:
+    """Each activation's snapshot and delivery assets, and its sync job (those of the activations
+    ``only`` names, when given)."""
     translator = translator or DinmoTranslator()
     assets: list[Any] = []
     jobs = []
-    for name in project.activations:
+    for name in project.activations if only is None else only:
         assets += _activation_assets(project, name, translator)
         jobs.append(sync_job(project, name, translator))
     return dg.Definitions(assets=assets, jobs=jobs)

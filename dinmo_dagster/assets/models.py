@@ -93,10 +93,11 @@ def _model_assets(project: Project, name: str, cycle: str | None, translator: Di
         if cycle:
             raise dg.Failure(cycle)
         wh = warehouse_of(context.resources, m.source)
-        with _as_failure():
-            relation = refresh_model(wh, project, name)
-        rows = int(wh.query(delta.count_sql(relation, wh.dialect))[0][0])
-        schema = column_schema(wh, relation, m, context.log.warning)
+        with wh.session():  # one connection for the step's statements (DuckDB: one open of the file)
+            with _as_failure():
+                relation = refresh_model(wh, project, name)
+            rows = int(wh.query(delta.count_sql(relation, wh.dialect))[0][0])
+            schema = column_schema(wh, relation, m, context.log.warning)
         return dg.MaterializeResult(metadata={
             "dagster/row_count": dg.MetadataValue.int(rows),
             "dagster/column_schema": schema,
@@ -118,38 +119,39 @@ def _segment_assets(project: Project, name: str, cycle: str | None, translator: 
         if cycle:
             raise dg.Failure(cycle)
         wh = warehouse_of(context.resources, m.source)
-        schemas = project.sources[m.source].helper_schemas
-        with _as_failure():
-            relation, sql, cols = refresh_segment(wh, project, name)
-        categorical = [delta.resolve_column(c, cols) for c in m.categorical]
-        st = stats.record_segment_stats(wh, schemas.stats, name, relation, model_relation(wh, project, s.model),
-                                        [c for c in categorical if c in cols])
-        if st.size == 0:
-            context.log.warning(f"segment '{name}' is empty")
-        # Overlaps with the other segments of the same model whose views exist already.
-        others = {name: relation}
-        for other, seg in project.segments.items():
-            if other != name and seg.model == s.model:
-                rel = segment_relation(wh, project, other)
-                try:
-                    wh.relation_columns(rel)
-                except Exception:  # noqa: BLE001, S112 - not materialized yet: no overlap to measure
-                    continue
-                others[other] = rel
-        overlaps = stats.record_overlaps(wh, schemas.stats, s.model, others,
-                                         delta.resolve_column(m.primary_key, cols), focus=name)
-        overlap_md = "\n".join(["| segment | overlap | % of this segment |", "|---|---:|---:|"] + [
-            f"| {b if a == name else a} | {n} | {100.0 * n / st.size if st.size else 0:.1f} |"
-            for a, b, n in overlaps])
-        return dg.MaterializeResult(data_version=view_version(sql), metadata={
-            **({"overlaps": dg.MetadataValue.md(overlap_md)} if overlaps else {}),
-            "dagster/row_count": dg.MetadataValue.int(st.size),
-            "share_of_model_pct": dg.MetadataValue.float(st.share_pct),
-            "model_rows": dg.MetadataValue.int(st.model_size),
-            "dagster/column_schema": column_schema(wh, relation, m, context.log.warning),
-            "dagster/relation_identifier": relation.sql(dialect=wh.dialect),
-            **({"breakdowns": dg.MetadataValue.md(st.breakdown_markdown)} if st.breakdown_markdown else {}),
-        })
+        with wh.session():  # one connection for the step's statements
+            schemas = project.sources[m.source].helper_schemas
+            with _as_failure():
+                relation, sql, cols = refresh_segment(wh, project, name)
+            categorical = [delta.resolve_column(c, cols) for c in m.categorical]
+            st = stats.record_segment_stats(wh, schemas.stats, name, relation, model_relation(wh, project, s.model),
+                                            [c for c in categorical if c in cols])
+            if st.size == 0:
+                context.log.warning(f"segment '{name}' is empty")
+            # Overlaps with the other segments of the same model whose views exist already.
+            others = {name: relation}
+            for other, seg in project.segments.items():
+                if other != name and seg.model == s.model:
+                    rel = segment_relation(wh, project, other)
+                    try:
+                        wh.relation_columns(rel)
+                    except Exception:  # noqa: BLE001, S112 - not materialized yet: no overlap to measure
+                        continue
+                    others[other] = rel
+            overlaps = stats.record_overlaps(wh, schemas.stats, s.model, others,
+                                             delta.resolve_column(m.primary_key, cols), focus=name)
+            overlap_md = "\n".join(["| segment | overlap | % of this segment |", "|---|---:|---:|"] + [
+                f"| {b if a == name else a} | {n} | {100.0 * n / st.size if st.size else 0:.1f} |"
+                for a, b, n in overlaps])
+            return dg.MaterializeResult(data_version=view_version(sql), metadata={
+                **({"overlaps": dg.MetadataValue.md(overlap_md)} if overlaps else {}),
+                "dagster/row_count": dg.MetadataValue.int(st.size),
+                "share_of_model_pct": dg.MetadataValue.float(st.share_pct),
+                "model_rows": dg.MetadataValue.int(st.model_size),
+                "dagster/column_schema": column_schema(wh, relation, m, context.log.warning),
+                "dagster/relation_identifier": relation.sql(dialect=wh.dialect),
+                **({"breakdowns": dg.MetadataValue.md(st.breakdown_markdown)} if st.breakdown_markdown else {}),
+            })
 
     return [_segment, _key_check(project, spec.key, m, segment_relation, name, f"segment '{name}'")]
 
@@ -163,7 +165,8 @@ def _key_check(project: Project, key: dg.AssetKey, m: Model, relation_of: Callab
                     description=f"count(distinct {m.primary_key}) / count({m.primary_key}) = 100%")
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         wh = warehouse_of(context.resources, m.source)
-        return key_check(wh, relation_of(wh, project, name), m.primary_key, m.max_duplicate_pct, what)
+        with wh.session():
+            return key_check(wh, relation_of(wh, project, name), m.primary_key, m.max_duplicate_pct, what)
 
     return _check
 

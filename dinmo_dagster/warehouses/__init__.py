@@ -46,11 +46,12 @@ def warehouse_from_config(source_name: str, settings: Mapping[str, Any]) -> Ware
     """
     raw = dict(settings)
     prefix = f"source '{source_name}'"
-    names = ", ".join(sorted(name for c in connectors(ConnectorKind.WAREHOUSE) for name in (c.type, *c.aliases)))
-    if raw.get("type") is None:
-        raise WarehouseError(f"{prefix}: missing `type` (one of {names})")
-    connector = find_connector(ConnectorKind.WAREHOUSE, str(raw["type"]).lower())
+    connector = None if raw.get("type") is None else find_connector(ConnectorKind.WAREHOUSE, str(raw["type"]).lower())
     if connector is None:
+        # listing the types imports every warehouse module: only for this message
+        names = ", ".join(sorted(name for c in connectors(ConnectorKind.WAREHOUSE) for name in (c.type, *c.aliases)))
+        if raw.get("type") is None:
+            raise WarehouseError(f"{prefix}: missing `type` (one of {names})")
         raise WarehouseError(f"{prefix}: unknown type {raw['type']!r} (one of {names})")
     prefix = f"{prefix} ({connector.type})"
     model = connector.config_model
