@@ -230,8 +230,12 @@ def _sql_kind(sql: str) -> str:
         return "sql: promotion: delivered values (difference)"
     if target.startswith("CHG__") and " AS " in s:
         return "sql: create change set (full outer join)"
+    if "COUNT(DISTINCT" in s and "FULL OUTER JOIN" in s:
+        return "sql: key stats + change counts (one join over the snapshot)"
     if "COUNT(DISTINCT" in s:
         return "sql: key stats (count distinct)"
+    if s.startswith("SELECT COUNT(*) FROM") and s.endswith("IS NULL"):
+        return "sql: NULL keys (count)"
     if s.startswith("DROP TABLE"):
         return "sql: drop tables"
     if "GROUP BY" in s and "_DINMO_CHANGE" in s:
@@ -311,6 +315,20 @@ def install_phase_timers() -> None:
                 raise
         else:
             cm.__exit__(None, None, None)
+
+    # DuckDB's own writer (COPY), which a DuckDB source uses where it writes the same values.
+    orig_copy_to, orig_column_types = getattr(duck, "copy_to", None), getattr(duck, "column_types", None)
+
+    def copy_to(self, statement):
+        with PHASES.phase("copy: DuckDB COPY (query) TO the part file"):
+            return orig_copy_to(self, statement)
+
+    def column_types(self, sql):
+        with PHASES.phase("sql: describe (LIMIT 0)"):
+            return orig_column_types(self, sql)
+
+    if orig_copy_to is not None:
+        duck.copy_to, duck.column_types = copy_to, column_types
 
     orig_write_parts = writers.write_parts
 
@@ -392,7 +410,7 @@ class InProcess:
             "cpu_s": round((c1.user - c0.user) + (c1.system - c0.system), 2),
             "snapshot_s": round(t1 - t0, 3), "deliver_s": round(t2 - t1, 3),
             "sync_type": result.sync_type, "rows": snap.rows, "rows_written": result.rows_written,
-            "bytes": result.bytes, "files": len(result.files),
+            "bytes": result.bytes, "files": len(result.files), "writer": getattr(result, "writer", "arrow"),
             "counts": dataclasses.asdict(result.counts),
             "phases": PHASES.report(),
         }
@@ -403,6 +421,7 @@ def duckdb_copy(db: Path, out: Path, fmt: str) -> dict[str, Any]:
 
     options = "FORMAT csv, HEADER true" if fmt == "csv" else "FORMAT parquet"
     out.unlink(missing_ok=True)
+    c0 = os.times()
     started = time.perf_counter()
     con = duckdb.connect(str(db))
     try:
@@ -410,7 +429,10 @@ def duckdb_copy(db: Path, out: Path, fmt: str) -> dict[str, Any]:
     finally:
         con.close()
     elapsed = time.perf_counter() - started
-    return {"s": round(elapsed, 3), "bytes": out.stat().st_size}
+    c1 = os.times()
+    # CPU time of this process (DuckDB's threads included): on a busy machine it varies less than wall time.
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    return {"s": round(elapsed, 3), "cpu_s": round(cpu, 2), "bytes": out.stat().st_size}
 
 
 def figure_full(big: InProcess, db: Path, scratch: Path, repeats: int, copy_repeats: int) -> dict[str, Any]:
@@ -422,13 +444,14 @@ def figure_full(big: InProcess, db: Path, scratch: Path, repeats: int, copy_repe
             r = big.sync(act)
             runs.append(r)
             print(f"  product {fmt} run {i + 1}: {r['total_s']:.2f} s (snapshot {r['snapshot_s']:.2f} + deliver "
-                  f"{r['deliver_s']:.2f}; CPU {r['cpu_s']:.1f} s), {r['rows_written']} rows, {r['bytes'] / 1e6:.0f} MB",
-                  flush=True)
+                  f"{r['deliver_s']:.2f}; CPU {r['cpu_s']:.1f} s), {r['rows_written']} rows, {r['bytes'] / 1e6:.0f} MB, "
+                  f"writer {r['writer']}", flush=True)
         copies = []
         for i in range(copy_repeats):
             c = duckdb_copy(db, scratch / f"copy.{fmt}", fmt)
             copies.append(c)
-            print(f"  DuckDB COPY {fmt} run {i + 1}: {c['s']:.2f} s, {c['bytes'] / 1e6:.0f} MB", flush=True)
+            print(f"  DuckDB COPY {fmt} run {i + 1}: {c['s']:.2f} s (CPU {c['cpu_s']:.1f} s), {c['bytes'] / 1e6:.0f} MB",
+                  flush=True)
         steady = runs[1:] or runs
         best = min(steady, key=lambda r: r["total_s"])
         copy_best = min(c["s"] for c in copies)
@@ -440,6 +463,9 @@ def figure_full(big: InProcess, db: Path, scratch: Path, repeats: int, copy_repe
             "copy_runs_s": [c["s"] for c in copies],
             "ratio": round(best["total_s"] / copy_best, 2),
             "ratio_first_sync": round(runs[0]["total_s"] / copy_best, 2),
+            "writer": best["writer"],
+            # CPU seconds (all threads), product / COPY: the figure that varies least on a shared machine.
+            "cpu_ratio": round(min(r["cpu_s"] for r in steady) / max(min(c["cpu_s"] for c in copies), 0.01), 2),
             "product_bytes": best["bytes"],
             "copy_bytes": copies[-1]["bytes"],
             "best_run": best,
@@ -640,6 +666,39 @@ def figure_process(big_dir: str, db: Path, scratch: Path, repeats: int) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Fixed cost: small commands as whole processes (`--fixed-cost`)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def figure_fixed_cost(scratch: Path, repeats: int) -> dict[str, Any]:
+    """Median wall time and peak RSS of `dinmo --help`, `dinmo validate` and a 10-row `dinmo sync` to a
+    local folder, each a fresh process, ``repeats`` times. The syncs share one DAGSTER_HOME, as a user's
+    do; a first sync (creating the instance and the baseline) is not counted."""
+    project = scratch / "fixed"
+    make_project(project, 10)
+    home = scratch / "fixed_dagster_home"
+    home.mkdir()
+    env = dict(os.environ, DAGSTER_HOME=str(home))
+    env.pop("DINMO_PROJECT_DIR", None)
+    commands = {"dinmo --help": [DINMO, "--help"],
+                "dinmo validate": [DINMO, "--project", str(project), "validate"],
+                "dinmo sync (10 rows, local)": [DINMO, "--project", str(project), "sync", "full_csv"]}
+    run_child(commands["dinmo sync (10 rows, local)"], env=env)
+    out: dict[str, Any] = {}
+    for label, argv in commands.items():
+        runs = [run_child(argv, env=env) for _ in range(repeats)]
+        failed = [r for r in runs if r["rc"] != 0]
+        if failed:
+            raise RuntimeError(f"{label} failed ({failed[0]['rc']}):\n{failed[0]['stdout']}{failed[0]['stderr'][-3000:]}")
+        walls, peaks = sorted(r["wall_s"] for r in runs), sorted(r["peak_rss_mb"] for r in runs)
+        out[label] = {"wall_s_median": walls[len(walls) // 2], "peak_rss_mb_median": peaks[len(peaks) // 2],
+                      "wall_s": walls, "peak_rss_mb": peaks}
+        print(f"  {label}: {out[label]['wall_s_median']:.2f} s, {out[label]['peak_rss_mb_median']:.0f} MB "
+              f"(median of {repeats})", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Phase probes: the same data, one component at a time
 # ---------------------------------------------------------------------------------------------------------
 
@@ -777,8 +836,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="where the databases and files go (default: a new temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--skip", default="", help="comma-separated figures to skip: full,delta,memory,process,probes")
+    ap.add_argument("--fixed-cost", action="store_true",
+                    help="only the fixed cost of `dinmo --help`, `validate` and a 10-row `sync` (7 runs each)")
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.fixed_cost:
+        with tempfile.TemporaryDirectory(prefix="dinmo-bench-") as scratch_dir:
+            print(f"fixed cost (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):", flush=True)
+            figure_fixed_cost(Path(scratch_dir), 7)
+        return 0
 
     scratch = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="dinmo-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)

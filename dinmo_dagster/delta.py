@@ -184,15 +184,20 @@ def changes_select(new: exp.Expression, base: exp.Expression, pk: str, with_hash
     )
 
 
-def delta_rows_select(src: exp.Select, base: exp.Select, pk: str, columns: Sequence[str]) -> exp.Select:
+def delta_rows_select(
+    src: exp.Select, base: exp.Select, pk: str, columns: Sequence[str], hashed: exp.Expression | None = None,
+) -> exp.Select:
     """The rows a delta sync delivers, in one statement, so the hashes and the values agree.
 
     A full outer join of keys and row hashes (the segment's ``src`` against the baseline ``base``) finds
     the changes; the values of added and updated rows are then read from ``src`` again, for the changed
     keys only, within the same statement (one consistent read of the warehouse). Columns: the change
     kind, the row hash, then ``columns`` in their order (only the key is set on removed rows).
+    ``hashed``: a snapshot table just built from ``src`` in the same transaction, whose keys and
+    hashes are joined instead of hashing ``src`` again (a database whose transaction reads one snapshot
+    of its tables, such as DuckDB).
     """
-    keys = changes_select(src, base, pk, with_hash=True)
+    keys = changes_select(hashed if hashed is not None else src, base, pk, with_hash=True)
     on = exp.and_(
         exp.EQ(this=col(pk, "v"), expression=col(pk, "k")),
         exp.NEQ(this=col(CHANGE_COL, "k"), expression=exp.Literal.string(REMOVED)),
@@ -202,6 +207,74 @@ def delta_rows_select(src: exp.Select, base: exp.Select, pk: str, columns: Seque
         .from_(keys.subquery("k"))
         .join(src.copy().subquery("v"), on=on, join_type="LEFT")
     )
+
+
+STATS_COLUMNS = ("n_rows", "n_base", "n_new_keys", "n_added", "n_updated", "n_removed")
+"""What ``snapshot_stats_sql`` and ``delta_stats_sql`` return, in order: the snapshot's rows, the
+baseline's rows, the distinct keys among the rows the baseline lacks, then the added, updated and
+removed counts."""
+
+
+def _count_if(condition: exp.Expression) -> exp.Expression:
+    return exp.Count(this=exp.Case(ifs=[exp.If(this=condition, true=lit(1))]))
+
+
+def _count_rows(rel: exp.Expression) -> exp.Expression:
+    """``(SELECT COUNT(*) FROM rel)``: a scalar subquery (a metadata lookup for a DuckDB table)."""
+    return exp.select(exp.Count(this=exp.Star())).from_(relation(rel, "c0")).subquery()
+
+
+def _named(expressions: Sequence[exp.Expression]) -> list[exp.Expression]:
+    # every column named: some drivers (Snowflake's) key a row's values by column name
+    return [e.as_(n) for e, n in zip(expressions, STATS_COLUMNS)]
+
+
+def snapshot_stats_sql(snapshot: exp.Table, baseline: exp.Expression | None, pk: str, dialect: str) -> str:
+    """Key statistics and change counts of a snapshot just built (keys and row hashes, NULL keys left
+    out, one row per segment row) against ``baseline`` (the last successful sync's keys and hashes), in
+    one full outer join; columns ``STATS_COLUMNS``.
+
+    The baseline has one row per key, so the snapshot's distinct keys are the baseline rows it matched
+    (``n_base - n_removed``) plus the distinct keys among its unmatched rows (``n_new_keys``): the
+    uniqueness check counts distinct keys over the added rows only, not the whole snapshot. Without a
+    baseline every key is new.
+    """
+    if baseline is None:
+        return render(exp.select(*_named([
+            exp.Count(this=exp.Star()), lit(0), exp.Count(this=exp.Distinct(expressions=[col(pk)])),
+            exp.Count(this=exp.Star()), lit(0), lit(0)])).from_(snapshot.copy()), dialect)
+    n_pk, b_pk = col(pk, "n"), col(pk, "b")
+    new_row = exp.and_(exp.Is(this=b_pk.copy(), expression=exp.Null()),
+                       exp.Not(this=exp.Is(this=n_pk.copy(), expression=exp.Null())))
+    base_rel = exp.select(col(pk), col(HASH_COL)).from_(relation(baseline, "b0")).subquery("b")
+    q = exp.select(*_named([
+        exp.Count(this=n_pk.copy()),
+        _count_rows(baseline),
+        exp.Count(this=exp.Distinct(expressions=[exp.Case(ifs=[exp.If(this=new_row.copy(), true=n_pk.copy())])])),
+        _count_if(new_row),
+        _count_if(exp.and_(exp.Not(this=exp.Is(this=n_pk.copy(), expression=exp.Null())),
+                           exp.Not(this=exp.Is(this=b_pk.copy(), expression=exp.Null())),
+                           exp.NEQ(this=col(HASH_COL, "n"), expression=col(HASH_COL, "b")))),
+        _count_if(exp.Is(this=n_pk.copy(), expression=exp.Null())),
+    ])).from_(exp.alias_(snapshot.copy(), "n")).join(
+        base_rel, on=exp.EQ(this=n_pk.copy(), expression=b_pk.copy()), join_type="FULL OUTER")
+    return render(q, dialect)
+
+
+def delta_stats_sql(snapshot: exp.Table, baseline: exp.Expression, rows: exp.Table, pk: str, dialect: str) -> str:
+    """``STATS_COLUMNS`` of a delta snapshot from the tables just built: the snapshot's and the
+    baseline's row counts, and the rows table (its changes), which holds every snapshot row the
+    baseline lacks; so the uniqueness check reads the changes only (see ``snapshot_stats_sql``)."""
+    kind = col(CHANGE_COL)
+    added = exp.EQ(this=kind.copy(), expression=exp.Literal.string(ADDED))
+    q = exp.select(*_named([
+        _count_rows(snapshot), _count_rows(baseline),
+        exp.Count(this=exp.Distinct(expressions=[exp.Case(ifs=[exp.If(this=added.copy(), true=col(pk))])])),
+        _count_if(added),
+        _count_if(exp.EQ(this=kind.copy(), expression=exp.Literal.string(UPDATED))),
+        _count_if(exp.EQ(this=kind.copy(), expression=exp.Literal.string(REMOVED))),
+    ])).from_(rows.copy())
+    return render(q, dialect)
 
 
 def derive_snapshot_select(base: exp.Select, rows: exp.Table, pk: str, narrow: Sequence[str]) -> exp.Select:

@@ -2,7 +2,9 @@
 
 The way of a row: the snapshot step stores keys and row hashes, and the rows the sync delivers (all of
 them, or the changes) -> warehouse query over those rows (over the segment for ``full_only``) -> Arrow
-batches -> mapping (in the SELECT) -> FileWriter parts -> Destination upload -> baseline promotion. The
+batches -> mapping (in the SELECT) -> FileWriter parts -> Destination upload -> baseline promotion (for a
+DuckDB source, DuckDB's own ``COPY (query) TO`` writes the file where it gives the same values, see
+``_copy_export``; the file then takes the same naming, journal and upload path). The
 Dagster assets in ``assets/`` call ``take_snapshot`` and ``deliver``; the CLI's ``preview`` calls
 ``preview``. The activation's state in the warehouse (baseline, snapshot registry, journal, history)
 is read and written through ``SyncTarget.store``, a ``state.SyncStateStore``.
@@ -30,7 +32,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -46,6 +49,7 @@ from dinmo_dagster.config import Activation, Model
 from dinmo_dagster.destinations import FileDestination
 from dinmo_dagster.platform_connectors import PlatformDestination
 from dinmo_dagster.state import (
+    ACKNOWLEDGEMENTS,
     OWNER,
     Baseline,
     HistoryEntry,
@@ -154,6 +158,7 @@ class SnapshotResult:
     duplicates_dropped: int
     columns: list[str]
     window_start: datetime | None = None  # event syncs: the start of the event-time window
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (``_step``)
 
 
 @dataclass
@@ -179,11 +184,26 @@ class SyncResult:
     recovered_partitions: list[str] = field(default_factory=list)  # dead syncs this one completed
     recovered_files: list[str] = field(default_factory=list)  # their files (URIs)
     platform: dict[str, Any] = field(default_factory=dict)  # a platform sync's delivery metrics
+    writer: str = ""  # who wrote the files: "duckdb_copy", "arrow", or both in file order ("duckdb_copy, arrow")
+    writer_reason: str = ""  # why a file did not go through DuckDB's COPY (a DuckDB source only)
+    # Seconds per step of the delivery: recover, plan (change counts), write (files and uploads), promote
+    # (baseline and delivered values), retention. The snapshot step's are in ``SnapshotResult.timings``.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Setup and state
 # ---------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _step(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[name]`` (seconds): the per-step figures of a sync."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started, 4)
 
 
 def exported_columns(t: SyncTarget, segment_columns: list[str]) -> list[tuple[str, str]]:
@@ -386,11 +406,13 @@ def lookback(a: Activation) -> timedelta:
 
 
 def _take_snapshot(t: SyncTarget, partition_key: str, full: bool) -> SnapshotResult:
-    t.store.ensure()
-    base = t.store.baseline()
-    # A partition whose files all landed (journal 'written' or 'done') must keep the snapshot it
-    # delivered: re-snapshotting it would let recovery promote rows that were never sent.
-    delivered = t.store.journal_entries(partition_key)
+    timings: dict[str, float] = {}
+    with _step(timings, "setup"):
+        t.store.ensure()
+        base = t.store.baseline()
+        # A partition whose files all landed (journal 'written' or 'done') must keep the snapshot it
+        # delivered: re-snapshotting it would let recovery promote rows that were never sent.
+        delivered = t.store.journal_entries(partition_key)
     if (base and base.partition_key == partition_key) or any(e.state.delivered for e in delivered):
         raise SyncError(f"partition '{partition_key}' of activation '{t.name}' was already delivered; "
                         "start a new sync instead of re-running it")
@@ -420,14 +442,19 @@ def _take_snapshot(t: SyncTarget, partition_key: str, full: bool) -> SnapshotRes
                 window_start = cursor - lookback(t.activation)
                 window = exp.GTE(this=delta.col(time_col), expression=delta.ts_literal(window_start))
                 seg = exp.select(exp.Star()).from_(seg).where(window.copy()).subquery("w")
-    total, with_key, distinct = wh.query(delta.key_stats_sql(seg, pk, dialect))[0]
-    total, with_key, distinct = int(total), int(with_key), int(distinct)
-    dedupe = distinct < with_key
     order_by = _order_by(t, seg_columns)
     # The stored columns in file order: the exported ones, then the key and the event time if not exported.
     columns = exported + [c for c in narrow if c not in exported]
-    src = delta.source_rows(seg, pk, columns, exported, dialect, dedupe=dedupe, order_by=order_by)
     target, rows = t.snapshot_table(partition_key), t.rows_table(partition_key)
+    if t.activation.platform_service is None and (t.activation.effective_run_type == "full_only" or (
+            dialect == "duckdb" and base is not None and not full)):
+        return _snapshot_in_one_pass(t, partition_key, base, seg, pk, columns, exported, narrow, order_by, window,
+                                     window_start, timings)
+    with _step(timings, "key_stats"):
+        total, with_key, distinct = wh.query(delta.key_stats_sql(seg, pk, dialect))[0]
+    total, with_key, distinct = int(total), int(with_key), int(distinct)
+    dedupe = distinct < with_key
+    src = delta.source_rows(seg, pk, columns, exported, dialect, dedupe=dedupe, order_by=order_by)
     if t.activation.effective_run_type == "full_only":
         # Every sync exports the whole segment and nothing is computed from the rows it sent: keys
         # and hashes are enough (change counts, removal guard); the export reads the segment.
@@ -441,14 +468,139 @@ def _take_snapshot(t: SyncTarget, partition_key: str, full: bool) -> SnapshotRes
     else:
         rows_kind = RowsKind.DELTA
         base_rows = delta.narrow_select(t.snapshot_table(base.partition_key), narrow, where=window)
+        # Each statement may see newer rows (READ COMMITTED): the snapshot is derived from the rows
+        # delivered, so the hashes and the values sent always agree.
         statements = [*delta.create_table_sql(rows, delta.delta_rows_select(src, base_rows, pk, columns), dialect),
                       *delta.create_table_sql(target, delta.derive_snapshot_select(base_rows, rows, pk, narrow),
                                               dialect)]
-    wh.execute([*statements, *t.store.register_snapshot_sql(
-        partition_key, target.name, distinct, rows_kind, dedupe,
-        base.partition_key if rows_kind is RowsKind.DELTA and base else None)])
+    with _step(timings, "snapshot"):
+        wh.execute([*_keep_acknowledged_sql(t, partition_key, pk, statements), *t.store.register_snapshot_sql(
+            partition_key, target.name, distinct, rows_kind, dedupe,
+            base.partition_key if rows_kind is RowsKind.DELTA and base else None)])
     return SnapshotResult(table=target.sql(dialect=dialect), rows=distinct, null_keys=total - with_key,
-                          duplicates_dropped=with_key - distinct, columns=exported, window_start=window_start)
+                          duplicates_dropped=with_key - distinct, columns=exported, window_start=window_start,
+                          timings=timings)
+
+
+def _snapshot_in_one_pass(
+    t: SyncTarget, partition_key: str, base: Baseline | None, seg: exp.Expression, pk: str, columns: list[str],
+    exported: list[str], narrow: list[str], order_by: str | None, window: exp.Expression | None,
+    window_start: datetime | None, timings: dict[str, float],
+) -> SnapshotResult:
+    """The snapshot of a file activation's ``full_only`` sync (any warehouse) or delta sync (DuckDB): the
+    segment is read and hashed once, and its key statistics come from the tables just built.
+
+    - ``full_only``: the snapshot (keys and row hashes); then one full outer join with the baseline gives
+      the change counts, recorded with the snapshot (``change_counts``): the delivery builds no
+      change-set table.
+    - DuckDB delta: the snapshot, then the rows to deliver (the snapshot's keys and hashes joined with the
+      baseline's; the values of the changed keys only), in one transaction, which in DuckDB reads one
+      state of the database; no copy of the baseline is derived.
+
+    The baseline has one row per key, so the snapshot's distinct keys are the baseline keys it matched
+    plus the distinct keys among the rows the baseline lacks: no ``count(distinct)`` over the whole
+    segment (``delta.snapshot_stats_sql``). Built as if every key were unique; when the snapshot's rows
+    outnumber its distinct keys, it is built again keeping one row per key (``delta.source_rows``). NULL
+    keys are counted apart (a count of the key column).
+    """
+    wh, dialect = t.warehouse, t.dialect
+    target, rows = t.snapshot_table(partition_key), t.rows_table(partition_key)
+    full_only = t.activation.effective_run_type == "full_only"
+    base_rows = (delta.narrow_select(t.snapshot_table(base.partition_key), narrow if not full_only else [pk],
+                                     where=window) if base is not None else None)
+    dedupe, keyed = False, 0
+    while True:
+        src = delta.source_rows(seg, pk, columns, exported, dialect, dedupe=dedupe, order_by=order_by)
+        if full_only:
+            statements = [delta.drop_table_sql(rows, dialect),
+                          *delta.create_table_sql(target, delta.narrow_select(src, [pk]), dialect)]
+            stats = delta.snapshot_stats_sql(target, base_rows, pk, dialect)
+        else:
+            assert base_rows is not None  # (a delta has a baseline)
+            statements = [*delta.create_table_sql(target, delta.narrow_select(src, narrow), dialect),
+                          *delta.create_table_sql(rows, delta.delta_rows_select(src, base_rows, pk, columns,
+                                                                                hashed=target), dialect)]
+            stats = delta.delta_stats_sql(target, base_rows, rows, pk, dialect)
+        with _step(timings, "snapshot"):
+            # The registry row goes with the old tables: a crash before the new ones are registered leaves
+            # no record, so the delivery asks for a new snapshot instead of trusting a stale one.
+            wh.execute([t.store.forget_snapshot_sql(partition_key), *statements])
+        with _step(timings, "key_stats_and_changes"):
+            n_rows, n_base, new_keys, added, updated, removed = (int(v) for v in wh.query(stats)[0])
+        distinct = n_base - removed + new_keys
+        keyed = keyed or n_rows
+        if dedupe or distinct == n_rows:
+            break
+        dedupe = True
+    with _step(timings, "null_keys"):
+        # (``seg``: the segment's table, or its event-time window as a named subquery)
+        null_keys = int(wh.query(delta.render(exp.select(exp.Count(this=exp.Star())).from_(seg.copy()).where(
+            exp.Is(this=delta.col(pk), expression=exp.Null())), dialect))[0][0])
+    with _step(timings, "register"):
+        wh.execute(t.store.register_snapshot_sql(
+            partition_key, target.name, distinct, RowsKind.NONE if full_only else RowsKind.DELTA, dedupe,
+            base.partition_key if base else None, (added, updated, removed) if base and full_only else None))
+    return SnapshotResult(table=target.sql(dialect=dialect), rows=distinct, null_keys=null_keys,
+                          duplicates_dropped=keyed - distinct, columns=exported, window_start=window_start,
+                          timings=timings)
+
+
+EARLIER_ATTEMPT = "_earlier"
+"""Suffix of the partition key under which a platform sync's earlier attempt is kept when its partition
+is snapshotted again (``_keep_acknowledged_sql``)."""
+
+
+def _keep_acknowledged_sql(t: SyncTarget, partition_key: str, pk: str, statements: list[str]) -> list[str]:
+    """``statements`` (that take the snapshot of ``partition_key``), for a platform sync snapshotted again
+    (a re-run of a killed or failed partition), with what its earlier attempt got acknowledged kept.
+
+    With a baseline, the earlier attempt's snapshot and rows are copied, and its acknowledgements moved,
+    to partition ``partition_key + EARLIER_ATTEMPT``: the delivery recovers it first (its acknowledged
+    part moves the baseline, ``platform_sync.recover_unfinished``), then takes this snapshot again
+    against what the platform holds, so a record acknowledged and changed since (back to its baseline
+    values too) goes again. Events keep their acknowledgements (the delivery skips them; an event is
+    never sent twice). A first sync with no baseline keeps the acknowledgements of the records whose row
+    hash is the same in both snapshots: the earlier snapshot is copied aside, compared, and dropped in
+    the same transaction.
+    """
+    info = t.store.snapshot_info(partition_key)
+    if t.activation.platform_service is None or info is None or info.rows_kind is RowsKind.NONE:
+        return statements  # (the snapshot step has no platform resource: ask the activation)
+    t.store.ensure_platform()
+    ack = t.store.table(ACKNOWLEDGEMENTS)
+    acknowledged = exp.select(exp.Count(this=exp.Star())).from_(ack).where(_acknowledgements_of(t, partition_key))
+    if not int(t.warehouse.query(delta.render(acknowledged, t.dialect))[0][0]) or \
+            t.activation.platform_service == "events":
+        return statements
+    current, prior = t.snapshot_table(partition_key), t._delta_table("prior__", partition_key)
+    if t.store.baseline() is not None:
+        attempt = partition_key + EARLIER_ATTEMPT
+        moved = exp.update(ack, {"partition_key": delta.lit(attempt)}, where=_acknowledgements_of(t, partition_key))
+        return [*delta.create_table_sql(t.snapshot_table(attempt), exp.select(exp.Star()).from_(current.copy()),
+                                        t.dialect),
+                *delta.create_table_sql(t.rows_table(attempt), exp.select(exp.Star()).from_(
+                    t.rows_table(partition_key)), t.dialect),
+                *t.store.register_snapshot_sql(attempt, t.snapshot_table(attempt).name, info.row_count, info.rows_kind,
+                                               info.deduped, info.base_partition),
+                delta.render(moved, t.dialect), *statements]
+    forget = exp.Delete(this=ack.copy(), where=exp.Where(this=exp.and_(
+        _acknowledgements_of(t, partition_key),
+        exp.In(this=delta.col("record_key"), query=_changed_keys(current, prior, pk, t.dialect).subquery()))))
+    return [*delta.create_table_sql(prior, exp.select(exp.Star()).from_(current.copy()), t.dialect), *statements,
+            delta.render(forget, t.dialect), delta.drop_table_sql(prior, t.dialect)]
+
+
+def _acknowledgements_of(t: SyncTarget, partition_key: str) -> exp.Expression:
+    """The ``dinmo_acknowledgements`` rows of sync ``partition_key`` of this activation."""
+    return exp.and_(exp.EQ(this=delta.col("activation"), expression=delta.lit(t.name)),
+                    exp.EQ(this=delta.col("partition_key"), expression=delta.lit(partition_key)))
+
+
+def _changed_keys(current: exp.Table, earlier: exp.Table, pk: str, dialect: str) -> exp.Select:
+    """The keys, as text (as the journal stores them), whose row hash differs between two snapshots, or
+    that only one of them holds."""
+    return exp.select(exp.Cast(this=delta.col(pk), to=delta.text_type(dialect))).from_(
+        delta.changes_select(current, earlier, pk).subquery("c"))
 
 
 def _segment_rows(t: SyncTarget, deduped: bool) -> tuple[exp.Select, list[str]]:
@@ -532,6 +684,11 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
     counts = ChangeCounts(added=new_rows)
     if not full:
         counts = _counts(t, rows, new_rows)
+    elif base is not None and info.change_counts is not None and info.base_partition == base.partition_key \
+            and not (a.sync_mode == "difference" and t.keeps_values()):
+        # Counted by the snapshot step against this very baseline: no change-set table to build.
+        added, updated, removed = info.change_counts
+        counts = ChangeCounts(added=added, updated=updated, removed=removed, unchanged=new_rows - added - updated)
     elif base is not None:
         changes = t.changes_table(partition_key)
         t.warehouse.execute(delta.create_changes_sql(snap, t.snapshot_table(base.partition_key), changes, pk, dialect))
@@ -739,12 +896,14 @@ def _deliver(
 ) -> SyncResult:
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    t.store.ensure()
-    swept = sweep_workdirs()
-    if swept:
-        on_log(f"removed {len(swept)} working director{'y' if len(swept) == 1 else 'ies'} of dead syncs: "
-               + ", ".join(swept))
-    recovered = recover(t, run_id, is_alive, on_dead)
+    timings: dict[str, float] = {}
+    with _step(timings, "recover"):
+        t.store.ensure()
+        swept = sweep_workdirs()
+        if swept:
+            on_log(f"removed {len(swept)} working director{'y' if len(swept) == 1 else 'ies'} of dead syncs: "
+                   + ", ".join(swept))
+        recovered = recover(t, run_id, is_alive, on_dead)
     workdir = new_workdir()
     try:
         # Claim the activation at once: a concurrent sync's recover() now sees this one running.
@@ -753,7 +912,7 @@ def _deliver(
         _ACTIVE.add((t.name, partition_key))
         try:
             return _write_and_promote(t, partition_key, run_id, force_full, on_log, recovered, started, started_at,
-                                      workdir)
+                                      workdir, timings)
         finally:
             _ACTIVE.discard((t.name, partition_key))
     finally:
@@ -762,12 +921,13 @@ def _deliver(
 
 def _write_and_promote(
     t: SyncTarget, partition_key: str, run_id: str, force_full: bool, on_log: Callable[[str], None],
-    recovered: Recovery, started: float, started_at: datetime, workdir: Path,
+    recovered: Recovery, started: float, started_at: datetime, workdir: Path, timings: dict[str, float],
 ) -> SyncResult:
     a = t.activation
     for note in recovered.notes:
         on_log(note)
-    p = plan(t, partition_key, force_full=force_full)
+    with _step(timings, "plan"):
+        p = plan(t, partition_key, force_full=force_full)
     options = _format_options(a)
     try:
         _removal_guard(t, p, forced=force_full)
@@ -779,8 +939,10 @@ def _write_and_promote(
         raise
     max_bytes = int(a.max_file_size_mb * 1024 * 1024) if a.max_file_size_mb else None
     result = SyncResult(sync_type=p.sync_type, counts=p.counts, recovered=recovered.notes,
-                        recovered_partitions=recovered.partitions, recovered_files=recovered.files)
+                        recovered_partitions=recovered.partitions, recovered_files=recovered.files,
+                        timings=timings)
     uploaded: list[str] = []
+    write_started = time.perf_counter()
     summary = _summary(t, result, started_at)
     try:
         for stem, sql in p.files:
@@ -795,12 +957,18 @@ def _write_and_promote(
                 part.path.unlink(missing_ok=True)
                 on_log(f"wrote {t.destination.uri(path)} ({part.rows} rows, {part.bytes} bytes)")
 
-            with t.warehouse.stream(sql) as reader:
-                # Name columns from the mapping, whatever case the driver reports them in.
-                schema = pa.schema([f.with_name(n) for f, n in zip(reader.schema, p.names)])
-                batches = (pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in reader)
-                writers.write_parts(batches, schema, options, stem, max_bytes, workdir, upload)
+            used = _copy_export(t, sql, p.names, options, stem, max_bytes, workdir, upload, result, on_log)
+            if used is None:
+                used = writers.ARROW_WRITER
+                with t.warehouse.stream(sql) as reader:
+                    # Name columns from the mapping, whatever case the driver reports them in.
+                    schema = pa.schema([f.with_name(n) for f, n in zip(reader.schema, p.names)])
+                    batches = (pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in reader)
+                    writers.write_parts(batches, schema, options, stem, max_bytes, workdir, upload)
+            if used not in result.writer.split(", "):
+                result.writer = ", ".join(w for w in (result.writer, used) if w)
         _journal(t, partition_key, run_id, JournalState.WRITTEN, uploaded, workdir, _summary(t, result, started_at))
+        timings["write"] = round(time.perf_counter() - write_started, 4)
     except BaseException as exc:
         try:
             t.destination.delete(uploaded)
@@ -809,14 +977,72 @@ def _write_and_promote(
             on_log(f"could not remove the files of the failed sync yet: {cleanup_exc}")
         _history(t, partition_key, run_id, SyncStatus.FAILED, result, a, started_at, str(exc)[:500])
         raise
-    t.warehouse.execute(_promote(t, partition_key))
-    _journal(t, partition_key, run_id, JournalState.DONE, uploaded, summary=_summary(t, result, started_at))
-    if p.changes_table is not None:
-        t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
-    result.dropped_partitions = apply_retention(t)
+    with _step(timings, "promote"):
+        t.warehouse.execute(_promote(t, partition_key))
+        _journal(t, partition_key, run_id, JournalState.DONE, uploaded, summary=_summary(t, result, started_at))
+    with _step(timings, "retention"):
+        if p.changes_table is not None:
+            t.warehouse.execute([delta.drop_table_sql(p.changes_table, t.dialect)])
+        result.dropped_partitions = apply_retention(t)
     result.duration_s = time.monotonic() - started
     _history(t, partition_key, run_id, SyncStatus.SUCCESS, result, a, started_at, None)
     return result
+
+
+WRITER_ENV = "DINMO_EXPORT_WRITER"
+"""Environment variable choosing the file writer: ``auto`` (the default: DuckDB's own ``COPY`` for a
+DuckDB source where it writes the same values, else the shared Arrow writer) or ``arrow`` (always the
+shared writer)."""
+
+
+def _copy_export(
+    t: SyncTarget, sql: str, names: list[str], options: writers.FormatOptions, stem: str, max_bytes: int | None,
+    workdir: Path, upload: Callable[[writers.PartFile], None], result: SyncResult, on_log: Callable[[str], None],
+) -> str | None:
+    """Write one file with the warehouse's own writer (DuckDB's ``COPY (query) TO``) and upload it.
+
+    Returns ``"duckdb_copy"``, or None when the shared Arrow writer must write the file instead (the
+    reason goes in ``result.writer_reason``). COPY is used when ``writers.duckdb_copy_plan`` accepts the
+    file's format and column types (the same values as the shared writer, read back by each format's
+    parser), and the file fits ``max_file_size_mb`` as one file. COPY's own splitting cannot keep every
+    part under a byte limit: ``FILE_SIZE_BYTES`` is checked after each chunk is written (a 1,000,000-byte
+    setting gave CSV files of 1.01-1.05 MB, and Parquet files whole row groups over it),
+    ``ROW_GROUPS_PER_FILE`` counts row groups, not bytes, and ``PER_THREAD_OUTPUT`` one file per thread;
+    all name their files ``data_0.csv``, ... in a directory. So a COPY file over the limit is deleted
+    and the shared writer, which splits exactly, writes the parts (``_part-00001``, ...). DuckDB writes into the sync's private working directory; the file then
+    takes the final name and upload path every part takes (journal, destination, row counts).
+    """
+    wh = t.warehouse
+    setting = os.environ.get(WRITER_ENV, "auto").strip().lower() or "auto"
+    if setting not in ("auto", writers.ARROW_WRITER):
+        raise SyncError(f"environment variable {WRITER_ENV}: found {setting!r}; allowed: 'auto', 'arrow'")
+    # The DuckDB adapter's copy_to / column_types, found by name: importing its module here would load a
+    # connector the project may not use.
+    copies = wh.dialect == "duckdb" and hasattr(wh, "copy_to") and wh.copies_locally()  # type: ignore[attr-defined]
+    if setting == writers.ARROW_WRITER or not copies:
+        return None
+    plan = writers.duckdb_copy_plan(sql, list(zip(names, wh.column_types(sql))), options)  # type: ignore[attr-defined]
+    if isinstance(plan, str):
+        result.writer_reason = result.writer_reason or plan
+        return None
+    fd, name = tempfile.mkstemp(prefix=".copy-", suffix=".tmp", dir=workdir)
+    os.close(fd)
+    path = Path(name)
+    try:
+        rows = wh.copy_to(plan.statement(path))  # type: ignore[attr-defined]
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            reason = (f"the file was {size} bytes as one file, over max_file_size_mb "
+                      f"({max_bytes} bytes): the shared writer splits it")
+            result.writer_reason = result.writer_reason or reason
+            on_log(f"{stem}: {reason}")
+            return None
+        final = workdir / f"{stem}.{options.extension}"
+        os.replace(path, final)
+        upload(writers.PartFile(name=final.name, path=final, rows=rows, bytes=size))
+        return writers.COPY_WRITER
+    finally:
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

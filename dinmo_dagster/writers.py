@@ -67,6 +67,10 @@ the limit and is complete on its own; parts are ``{base}_part-00001.{ext}``, ...
 fits one file keeps ``{base}.{ext}``. Gzip parts are bounded with zlib's worst-case expansion and
 sync flushes near the limit; Parquet parts are estimated from the bytes already on disk, verified
 after closing, and re-split in halves if an estimate was ever wrong.
+
+DuckDB's own writer: for a DuckDB source, ``duckdb_copy_plan`` says whether ``COPY (query) TO file``
+gives a file with the same values as ``write_parts`` (CSV, JSON, JSON lines and Parquet, gzip too; never
+XML) and builds that COPY; the sync then writes with it (see its docstring for the types it takes).
 """
 
 from __future__ import annotations
@@ -92,11 +96,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 __all__ = [
+    "ARROW_WRITER",
+    "COPY_WRITER",
     "CSV_DELIMITERS",
+    "CopyExport",
     "ExportError",
     "FormatOptions",
     "PartFile",
     "check_exportable",
+    "duckdb_copy_plan",
     "write_parts",
     "xml_name_problem",
 ]
@@ -1363,3 +1371,146 @@ def _drain_one(in_flight: deque[Future], parts: _TextParts | _ParquetParts, name
     result = future.result()
     if isinstance(parts, _TextParts):
         parts.add(result)
+
+
+# --------------------------------------------------------------------------------------------------
+# DuckDB's own writer (COPY)
+# --------------------------------------------------------------------------------------------------
+
+COPY_WRITER = "duckdb_copy"
+"""The name the run metadata gives files written by DuckDB's ``COPY (query) TO``."""
+ARROW_WRITER = "arrow"
+"""The name the run metadata gives files written by ``write_parts`` from Arrow batches."""
+
+_COPY_INTEGERS = frozenset(
+    {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
+)
+_COPY_DECIMAL = re.compile(r"DECIMAL\(\d+,\d+\)")
+# Parquet: the types whose DuckDB Parquet file pyarrow reads back with the same Arrow type and values
+# as the file ParquetWriter makes from DuckDB's Arrow batches. HUGEINT is not one (DuckDB stores it as
+# DOUBLE), nor UUID, ENUM, TIMESTAMP_S (stored in another unit), INTERVAL (which Parquet here refuses).
+_COPY_PARQUET = _COPY_INTEGERS | {
+    "BOOLEAN", "FLOAT", "DOUBLE", "VARCHAR", "BLOB", "DATE", "TIME", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE",
+    "TIMESTAMP_MS", "TIMESTAMP_NS",
+}  # fmt: skip
+# Text (CSV, JSON): the types whose text DuckDB writes as the shared writer does, or is made to write
+# by an expression in the COPY's SELECT (dates and timestamps). FLOAT is CSV only: DuckDB's JSON writes
+# a FLOAT as the DOUBLE it widens to (0.10000000149011612 for 0.1).
+_COPY_TEXT = _COPY_INTEGERS | {
+    "BOOLEAN", "HUGEINT", "DOUBLE", "VARCHAR", "DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE",
+}  # fmt: skip
+_PARQUET_CODECS = {"snappy": "snappy", "gzip": "gzip", "zstd": "zstd", "none": "uncompressed"}
+
+
+@dataclass(frozen=True)
+class CopyExport:
+    """A DuckDB ``COPY (select) TO '<file>' (options)`` that writes what ``write_parts`` would write.
+
+    ``select`` wraps the export query: its columns taken by position, renamed to the file's column
+    names, dates and timestamps turned into the shared writer's ISO 8601 text in the text formats, NaN
+    and infinities nulled in JSON. ``options`` is the COPY's option list.
+    """
+
+    select: str
+    options: str
+
+    def statement(self, path: Path) -> str:
+        """The COPY statement writing to ``path`` (a local file name)."""
+        return f"COPY ({self.select}) TO {_sql_string(str(path))} ({self.options})"
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _iso_temporal_sql(column: str, kind: str) -> str:
+    """DuckDB SQL giving the shared writer's text of a DATE or TIMESTAMP column.
+
+    ``strftime`` writes years 0-9999 and later ones (294247-01-10) as the writer does, and
+    ``infinity`` / ``-infinity`` as such; it writes year -43 (44 BC) as ``-43`` where ISO 8601 and
+    the writer want ``-0043``, so years before 0 take a second branch (rare values: the first test
+    passes every ordinary one).
+    """
+    date_only = kind == "DATE"
+    fmt, rest = ("%Y-%m-%d", "-%m-%d") if date_only else ("%Y-%m-%dT%H:%M:%S.%f", "-%m-%dT%H:%M:%S.%f")
+    year_zero = "DATE '0001-01-01 (BC)'" if date_only else "TIMESTAMP '0001-01-01 (BC) 00:00:00'"
+    return (
+        f"CASE WHEN {column} >= {year_zero} THEN strftime({column}, '{fmt}') "
+        f"WHEN isfinite({column}) THEN printf('-%04d', -year({column})) || strftime({column}, '{rest}') "
+        f"ELSE CAST({column} AS VARCHAR) END"
+    )
+
+
+def _copy_column_sql(column: str, duck_type: str, fmt: str) -> str | None:
+    """The SELECT expression writing ``column`` (of DuckDB type ``duck_type``) as the shared writer
+    does in format ``fmt``, or None when DuckDB's COPY cannot."""
+    t = duck_type.upper()
+    if fmt == "parquet":
+        return column if t in _COPY_PARQUET or _COPY_DECIMAL.fullmatch(t) else None
+    if not (t in _COPY_TEXT or _COPY_DECIMAL.fullmatch(t) or (t == "FLOAT" and fmt == "csv")):
+        return None
+    if t in ("DATE", "TIMESTAMP"):
+        return _iso_temporal_sql(column, t)
+    if t == "TIMESTAMP WITH TIME ZONE":
+        # The connection's time zone is UTC: the wall clock in UTC, then the writer's '+00:00'.
+        utc = f"CAST({column} AS TIMESTAMP)"
+        return f"CASE WHEN isfinite({column}) THEN {_iso_temporal_sql(utc, 'TIMESTAMP')} || '+00:00' " \
+               f"ELSE CAST({column} AS VARCHAR) END"
+    if t == "DOUBLE" and fmt == "json":
+        # JSON has no NaN or Infinity: the writer writes null (DuckDB would write NaN, invalid JSON).
+        return f"CASE WHEN isfinite({column}) THEN {column} END"
+    return column
+
+
+def duckdb_copy_plan(sql: str, columns: list[tuple[str, str]], options: FormatOptions) -> CopyExport | str:
+    """DuckDB's own writer for the export query ``sql``, or why it cannot write this file.
+
+    ``columns`` are the file's column names with the DuckDB type of each column ``sql`` returns
+    (``DECIMAL(12,2)``, ``TIMESTAMP WITH TIME ZONE``). ``COPY (query) TO`` is chosen only when its
+    file holds the same values as the shared Arrow writer's, read back by each format's own parser:
+
+    * formats: CSV (every delimiter, header on or off, NULL an empty field, an empty string ``""``),
+      JSON arrays and JSON lines, Parquet (``snappy``, ``gzip``, ``zstd`` or none), and ``gzip`` for
+      CSV and JSON. Never XML, which COPY does not write.
+    * types, CSV and JSON: integers (HUGEINT too), BOOLEAN, VARCHAR, DECIMAL, DOUBLE, DATE, TIMESTAMP
+      and TIMESTAMP WITH TIME ZONE; FLOAT in CSV only. Dates and timestamps are written through an
+      expression giving the writer's ISO 8601 text (``2025-04-14T09:05:07.042000``, ``+00:00`` for
+      time zones, ``infinity``, ``294247-01-10...``, ``-0043-03-15``); in JSON, NaN and infinities
+      become null as the writer makes them. DuckDB's number text can differ in form only (``-0.0``
+      for ``-0``, ``1e-07`` for ``1e-7``, ``12.5`` for ``12.50`` in JSON): the same number.
+    * types, Parquet: integers (not HUGEINT, which DuckDB stores as DOUBLE), BOOLEAN, FLOAT, DOUBLE,
+      DECIMAL, VARCHAR, BLOB, DATE, TIME, TIMESTAMP (also _MS and _NS) and TIMESTAMP WITH TIME ZONE.
+    * anything else (INTERVAL, BLOB in text, UUID, ENUM, lists, structs, maps, TIME in text,
+      TIMESTAMP_S, ...) keeps the shared writer, which renders it as documented above or refuses it
+      with the message ``check_exportable`` gives. So does a column name with a line break (CSV
+      header quoting).
+    """
+    fmt = options.format
+    if fmt == "xml":
+        return "DuckDB's COPY does not write XML"
+    label = _FORMAT_LABELS[fmt]
+    selects = []
+    for i, (name, duck_type) in enumerate(columns):
+        if fmt == "csv" and options.csv_header and ("\n" in name or "\r" in name):
+            return f"column name {name!r} holds a line break"
+        expression = _copy_column_sql(_sql_ident(f"c{i}"), duck_type, fmt)
+        if expression is None:
+            return f'column "{name}" has type {duck_type}, which DuckDB\'s COPY writes differently in {label}'
+        selects.append(f"{expression} AS {_sql_ident(name)}")
+    positional = ", ".join(_sql_ident(f"c{i}") for i in range(len(columns)))
+    select = f"SELECT {', '.join(selects)} FROM ({sql}) AS _dinmo_export({positional})"
+    if fmt == "parquet":
+        opts = f"FORMAT parquet, COMPRESSION {_PARQUET_CODECS[options.parquet_compression]}"
+    else:
+        codec = "gzip" if options.compression == "gzip" else "none"
+        if fmt == "csv":
+            opts = (f"FORMAT csv, HEADER {str(options.csv_header).lower()}, "
+                    f"DELIMITER {_sql_string(options.csv_delimiter)}, QUOTE '\"', ESCAPE '\"', NULLSTR ''")
+        else:
+            opts = f"FORMAT json, ARRAY {str(not options.json_lines).lower()}"
+        opts += f", COMPRESSION {codec}"
+    return CopyExport(select=select, options=opts)

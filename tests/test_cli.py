@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import signal
 import socket
@@ -19,57 +18,13 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+from cli_processes import clean_env, dinmo, emulator_serving, make_project, run
 
 from dinmo_dagster.config import QUICKSTART_DIR, load_project
 from dinmo_dagster.emulator import free_port
 from dinmo_dagster.fakes.local import DEMO_TOKEN
 
 DAGSTER = Path(sys.executable).parent / "dagster"
-
-PROJECT = """
-sources:
-  wh: {type: duckdb, path: wh.duckdb}
-models:
-  customers: {source: wh, table: raw.customers, primary_key: customer_id}
-segments:
-  big: {model: customers, sql: "select * from {{ model }} where ltv > 500"}
-destinations:
-  out: {type: local, path: out}
-activations:
-  big_diff: {segment: big, destination: out, file_name: "{YYYY}{MM}{DD}T{HH}{mm}{ss}_big", sync_mode: difference}
-"""
-
-# Variables that would point a child process at another project, instance, emulator or credentials.
-_OUTSIDE = ("DAGSTER_HOME", "DINMO_PROJECT_DIR", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
-            "CLOUDSDK_CONFIG", "HUBSPOT_TOKEN")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _OUTSIDE}
-    env["CLOUDSDK_CONFIG"] = "/nonexistent"  # no application default credentials of this machine
-    env.update(extra)
-    return env
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
-
-
-def dinmo(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "dinmo_dagster.cli", *args], cwd, env)
-
-
-def make_project(tmp_path: Path, with_table: bool = True) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "dinmo.yaml").write_text(textwrap.dedent(PROJECT))
-    with duckdb.connect(str(project / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        if with_table:
-            con.execute("create table raw.customers as select range as customer_id, "
-                        "'c' || range || '@x.io' as email, range * 100 as ltv from range(1, 11)")
-    return project
-
 
 def test_a_failed_sync_prints_its_cause_in_a_few_lines(tmp_path: Path) -> None:
     project = make_project(tmp_path, with_table=False)
@@ -378,17 +333,7 @@ def test_dinmo_emulator_serves_a_project_without_gcs_credentials(tmp_path: Path)
         "default credentials (to try it without a Google Cloud account: `dinmo emulator`, then export "
         "STORAGE_EMULATOR_HOST as it prints)")
 
-    log_path = tmp_path / "emulator.log"
-    with open(log_path, "w") as log:
-        emulator = subprocess.Popen([sys.executable, "-m", "dinmo_dagster.cli", "--project", str(project),
-                                     "emulator", "--port", "0"], cwd=tmp_path, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while "Ctrl-C stops it." not in log_path.read_text():
-            assert emulator.poll() is None and time.time() < deadline, log_path.read_text()
-            time.sleep(0.2)
-        lines = log_path.read_text().splitlines()
+    with emulator_serving(project, tmp_path, env, tmp_path / "emulator.log") as lines:
         url = re.fullmatch(r"  export STORAGE_EMULATOR_HOST=(http://127\.0\.0\.1:\d+)", lines[1]).group(1)
         assert lines[0] == (f"GCS emulator at {url} with bucket(s) acme-exports (objects kept under "
                             f"{project / '.gcs'}). In another shell:")
@@ -398,9 +343,5 @@ def test_dinmo_emulator_serves_a_project_without_gcs_credentials(tmp_path: Path)
         [uri] = [ln.strip() for ln in synced.stdout.splitlines() if ln.startswith("  gs://")]
         with urllib.request.urlopen(f"{url}/storage/v1/b/acme-exports/o", timeout=10) as resp:
             assert [o["name"] for o in json.loads(resp.read())["items"]] == [uri.removeprefix("gs://acme-exports/")]
-    finally:
-        emulator.send_signal(signal.SIGTERM)
-        code = emulator.wait(timeout=30)
-    assert code == 0
     assert not _answers(f"{url}/storage/v1/b")
     assert list((project / ".gcs").rglob("big_*.csv"))  # kept for the next start

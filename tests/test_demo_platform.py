@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import duckdb
 import pytest
+from cli_processes import clean_env, dinmo, emulator_serving
 
 from dinmo_dagster import demo
 from dinmo_dagster.config import QUICKSTART_DIR, load_project
@@ -29,23 +27,6 @@ from dinmo_dagster.fakes.local import DEMO_TOKEN, HubSpotStandIn, faked_hubspot_
 QUICKSTART_URL = "http://127.0.0.1:9024"
 VIP_SQL = ("select email, first_name, phone, ltv from raw.customers "
            "where ltv > 500 and country in ('FR', 'DE')")
-# Variables that would point a child process at another project, instance, emulator or account.
-_OUTSIDE = ("DAGSTER_HOME", "DINMO_PROJECT_DIR", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
-            "CLOUDSDK_CONFIG", "HUBSPOT_TOKEN")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _OUTSIDE}
-    env["CLOUDSDK_CONFIG"] = "/nonexistent"  # no application default credentials of this machine
-    env.update(extra)
-    return env
-
-
-def dinmo(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dinmo_dagster.cli", *args], check=False, capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
-
-
 def quickstart_on_port(directory: Path, port: int) -> Path:
     """The quickstart, with its fake on ``port`` (a free one: other test runs may hold 9024)."""
     directory.mkdir(parents=True)
@@ -205,17 +186,7 @@ def test_dinmo_emulator_serves_the_hubspot_fake_for_dinmo_sync(tmp_path: Path) -
     project = quickstart_on_port(tmp_path / "qs", port)
     demo.prepare_warehouse(load_project(project))
     env = clean_env(DAGSTER_HOME=str(tmp_path / "dh"))
-    log_path = tmp_path / "emulator.log"
-    with open(log_path, "w") as log:
-        emulator = subprocess.Popen([sys.executable, "-m", "dinmo_dagster.cli", "--project", str(project),
-                                     "emulator", "--port", "0"], cwd=tmp_path, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while "Ctrl-C stops it." not in log_path.read_text():
-            assert emulator.poll() is None and time.time() < deadline, log_path.read_text()
-            time.sleep(0.2)
-        lines = log_path.read_text().splitlines()
+    with emulator_serving(project, tmp_path, env, tmp_path / "emulator.log") as lines:
         gcs = re.fullmatch(r"  export STORAGE_EMULATOR_HOST=(http://127\.0\.0\.1:\d+)", lines[1]).group(1)
         assert lines[2:] == [
             (f"HubSpot fake at {url} for destination crm (contacts kept in {project / '.hubspot' / 'crm.json'}). "
@@ -229,10 +200,6 @@ def test_dinmo_emulator_serves_the_hubspot_fake_for_dinmo_sync(tmp_path: Path) -
         assert synced.returncode == 0, synced.stdout + synced.stderr
         n = len(vip_contacts(project / "data" / "warehouse.duckdb"))
         assert f"sync vip_to_crm: full sync to hubspot (attributes, upsert): {n} added" in synced.stdout
-    finally:
-        emulator.send_signal(signal.SIGTERM)
-        code = emulator.wait(timeout=30)
-    assert code == 0
     assert nothing_listens(port)
     assert fake_contacts(project / ".hubspot" / "crm.json") == vip_contacts(project / "data" / "warehouse.duckdb")
 

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import jsonschema
 import psycopg
 import pytest
 import yaml
+from cli_processes import OUTSIDE, clean_env, make_project
 from dagster._config import process_config  # the config check Dagster runs when an instance loads a class
 from dagster._core.instance.config import dagster_instance_config
 from dagster_k8s import K8sRunLauncher
@@ -41,34 +40,6 @@ from dinmo_dagster.names import ACTIVATION_TAG
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 BIN = Path(sys.executable).parent
-
-PROJECT = """
-sources:
-  wh: {type: duckdb, path: wh.duckdb}
-models:
-  customers: {source: wh, table: raw.customers, primary_key: customer_id}
-segments:
-  big: {model: customers, sql: "select * from {{ model }} where ltv > 500"}
-destinations:
-  out: {type: local, path: out}
-activations:
-  big_diff: {segment: big, destination: out, file_name: "{YYYY}{MM}{DD}T{HH}{mm}{ss}_big", sync_mode: difference}
-"""
-
-# Variables that would point a child process at another project, instance or credentials.
-_OUTSIDE = ("DAGSTER_HOME", "DINMO_PROJECT_DIR", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
-
-
-def make_project(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "dinmo.yaml").write_text(textwrap.dedent(PROJECT))
-    with duckdb.connect(str(project / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute("create table raw.customers as select range as customer_id, "
-                    "'c' || range || '@x.io' as email, range * 100 as ltv from range(1, 11)")
-    return project
-
 
 def read_csv(path: Path) -> list[list[str]]:
     with open(path, newline="") as f:
@@ -95,17 +66,15 @@ def team_env(tmp_path: Path, postgres_server: Any, team_db: str, monkeypatch: py
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if k not in _OUTSIDE}
-    env.update(
+    env = clean_env(
         DAGSTER_HOME=str(home),
         DAGSTER_PG_HOST=postgres_server.host,
         DAGSTER_PG_PORT=str(postgres_server.port),
         DAGSTER_PG_USERNAME=postgres_server.user,
         DAGSTER_PG_PASSWORD=postgres_server.password,
         DAGSTER_PG_DB=team_db,
-        CLOUDSDK_CONFIG="/nonexistent",  # no application default credentials of this machine
     )
-    for key in _OUTSIDE:
+    for key in OUTSIDE:
         monkeypatch.delenv(key, raising=False)
     for key in ("DAGSTER_HOME", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME",
                 "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):

@@ -14,144 +14,81 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
+import platform_scenarios
 import pytest
-import sqlglot
 from fakes.braze import BrazeFake
 from fakes.hubspot import FakeHubSpot
 from fakes.meta_ads import MetaAdsFake
 from google.cloud import firestore
+from platform_scenarios import (
+    create_customers,
+    destination,
+    open_project,
+    project_yaml,
+    run,
+    run_sync_job,
+    warehouse_source,
+)
 
-from dinmo_dagster import sync
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import load_project
 from dinmo_dagster.definitions import build_definitions
-from dinmo_dagster.names import activation_key, job_name, partitions_name
-from dinmo_dagster.resources import build_resources
+from dinmo_dagster.names import activation_key
 from dinmo_dagster.state import SyncStateStore
 
 HUBSPOT_TOKEN = "pat-na1-0f4e2d9c-1b7a-4c3e-8d5f-6a9b0c1d2e3f"
 META_TOKEN = "EAAGm0PX4ZCpsBAKZB9e8d7c6b5a4f3e2d1c0b9a8f7e6"
 BRAZE_KEY = "braze-rest-7c1e9a2b-3d4f-4a5b-8c6d-0e1f2a3b4c5d"
-SEED = [
-    (1, "ann@example.com", "Ann", "12.50"),
-    (2, "bob@example.com", "Bob", "900.00"),
-    (3, "cle@example.com", "Cle", "600.10"),
-    (4, "dan@example.com", "Dan", "700.00"),
-    (5, "not-an-email", "Eve", "510.00"),
-]
+SEED = [*platform_scenarios.SEED, (5, "not-an-email", "Eve", "510.00")]  # Eve: HubSpot rejects her
 
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _yaml(source: str, hubspot_url: str, meta_url: str, braze_url: str, max_rejected_pct: int = 50) -> str:
-    return textwrap.dedent(f"""
-        sources:
-          wh: {source}
-        models:
-          customers: {{source: wh, table: raw.customers, primary_key: customer_id}}
-        segments:
-          big: {{model: customers, sql: "select * from {{{{ model }}}} where ltv > 500"}}
-        destinations:
-          crm:
-            type: hubspot
-            service: attributes
-            object: contacts
-            access_token: {{env: HUBSPOT_TOKEN}}
-            base_url: {hubspot_url}
-          meta_vip:
-            type: meta_ads
-            service: audiences
-            ad_account_id: "act_1234"
-            access_token: {{env: META_TOKEN}}
-            base_url: {meta_url}
-          braze_users:
-            type: braze
-            service: attributes
-            api_key: {{env: BRAZE_API_KEY}}
-            base_url: {braze_url}
-        activations:
-          to_crm:
-            segment: big
-            destination: crm
-            match: {{email: email}}
-            mapping: {{first_name: firstname, ltv: lifetime_value}}
-            sync_mode: mirror
-            max_rejected_pct: {max_rejected_pct}
-          to_meta:
-            segment: big
-            destination: meta_vip
-            audience: {{name: "VIP Europe"}}
-            identifiers: {{email: email}}
-          to_braze:
-            segment: big
-            destination: braze_users
-            match: {{external_id: customer_id}}
-            mapping: {{first_name: first_name}}
-            sync_mode: mirror
-        """)
-
-
-def _reset_postgres(server) -> None:
-    import psycopg
-
-    with psycopg.connect(server.dsn, autocommit=True) as con:
-        for schema in ("raw", "dinmo_segments", "dinmo_stats", "dinmo_delta_storage"):
-            con.execute(f"drop schema if exists {schema} cascade")
-
-
 @contextlib.contextmanager
-def platform_project(kind: str, request, tmp_path: Path, monkeypatch, **options) -> Iterator[SimpleNamespace]:
-    """The project above on a `kind` warehouse (duckdb or postgres), both fakes serving."""
+def platform_project(kind: str, request, tmp_path: Path, monkeypatch, max_rejected_pct: int = 50
+                     ) -> Iterator[SimpleNamespace]:
+    """The project on a `kind` warehouse (duckdb or postgres), with its customers table, the fakes serving."""
     monkeypatch.setenv("HUBSPOT_TOKEN", HUBSPOT_TOKEN)
     monkeypatch.setenv("META_TOKEN", META_TOKEN)
     monkeypatch.setenv("BRAZE_API_KEY", BRAZE_KEY)
-    server = None
-    if kind == "duckdb":
-        source = f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}"
-    else:
-        server = request.getfixturevalue("postgres_server")
-        _reset_postgres(server)
-        monkeypatch.setenv("PG_PASSWORD", server.password)
-        source = (f"{{type: postgres, host: {server.host}, port: {server.port}, database: {server.database}, "
-                  f"user: {server.user}, password: {{env: PG_PASSWORD}}}}")
-    try:
-        with _serving(source, tmp_path, options) as env:
-            yield env
-    finally:
-        if server is not None:  # the server is shared by the whole session: leave no schema behind
-            _reset_postgres(server)
-
-
-@contextlib.contextmanager
-def _serving(source: str, tmp_path: Path, options: dict) -> Iterator[SimpleNamespace]:
-    """The fakes serving and the project loaded, with its customers table."""
-    with FakeHubSpot(HUBSPOT_TOKEN) as hubspot, MetaAdsFake(META_TOKEN, ad_account_id="act_1234") as meta, \
+    with warehouse_source(kind, request, tmp_path, monkeypatch) as source, \
+            FakeHubSpot(HUBSPOT_TOKEN) as hubspot, MetaAdsFake(META_TOKEN, ad_account_id="act_1234") as meta, \
             BrazeFake(BRAZE_KEY) as braze, dg.DagsterInstance.ephemeral() as instance:
-        (tmp_path / "dinmo.yaml").write_text(_yaml(source, hubspot.url, meta.url, braze.url, **options))
-        project = load_project(tmp_path)
-        with dg.build_resources(build_resources(project)) as resources:
-            wh = resources.source_wh.get_warehouse()
-            run(wh, "create schema if not exists raw")
-            run(wh, "create table raw.customers (customer_id integer, email varchar, first_name varchar, "
-                    "ltv decimal(10, 2), note varchar)")
-            values = ", ".join(f"({i}, '{e}', '{n}', {ltv}, 'x')" for i, e, n, ltv in SEED)
-            run(wh, f"insert into raw.customers values {values}")
+        (tmp_path / "dinmo.yaml").write_text(project_yaml(source, destinations=[
+            destination("crm", "hubspot", "attributes", hubspot.url, object="contacts"),
+            destination("meta_vip", "meta_ads", "audiences", meta.url, ad_account_id="act_1234"),
+            destination("braze_users", "braze", "attributes", braze.url),
+        ], activations=f"""
+            to_crm:
+              segment: big
+              destination: crm
+              match: {{email: email}}
+              mapping: {{first_name: firstname, ltv: lifetime_value}}
+              sync_mode: mirror
+              max_rejected_pct: {max_rejected_pct}
+            to_meta:
+              segment: big
+              destination: meta_vip
+              audience: {{name: "VIP Europe"}}
+              identifiers: {{email: email}}
+            to_braze:
+              segment: big
+              destination: braze_users
+              match: {{external_id: customer_id}}
+              mapping: {{first_name: first_name}}
+              sync_mode: mirror
+            """))
+        with open_project(tmp_path) as (project, _, wh):
+            create_customers(wh, SEED, note=True)
             yield SimpleNamespace(project=project, wh=wh, hubspot=hubspot, meta=meta, braze=braze, instance=instance,
                                   defs=build_definitions(project))
 
 
-def run(wh, duckdb_sql: str) -> None:
-    wh.execute(sqlglot.transpile(duckdb_sql, read="duckdb", write=wh.dialect))
-
-
 def do_sync(env: SimpleNamespace, activation: str) -> tuple[dg.ExecuteInProcessResult, dict]:
     """One run of the activation's sync job; its result and the activation's materialization metadata."""
-    key = sync.new_partition_key()
-    env.instance.add_dynamic_partitions(partitions_name(activation), [key])
-    result = env.defs.resolve_job_def(job_name(activation)).execute_in_process(
-        instance=env.instance, partition_key=key, raise_on_error=False)
+    result = run_sync_job(env.defs, env.instance, activation)
     metadata: dict = {}
     for mat in result.asset_materializations_for_node(f"activations__{activation}"):
         if mat.asset_key == activation_key(activation):
@@ -168,8 +105,8 @@ def assert_no_token_in_dagster(env: SimpleNamespace, *tokens: str) -> None:
     """Neither token in any event of any run: messages, materialization metadata, errors."""
     runs = env.instance.get_runs()
     assert runs
-    for run in runs:
-        for entry in env.instance.all_logs(run.run_id):
+    for dagster_run in runs:
+        for entry in env.instance.all_logs(dagster_run.run_id):
             text = repr(entry)
             assert not any(t in text for t in tokens)
 

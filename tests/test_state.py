@@ -6,6 +6,7 @@ SQL, as a user querying the warehouse sees them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,7 +41,7 @@ from dinmo_dagster.state import (
     SyncStateStore,
     SyncStatus,
 )
-from dinmo_dagster.warehouses import warehouse_from_config
+from dinmo_dagster.warehouses import Warehouse, WarehouseError, warehouse_from_config
 
 DELTA, STATS = "state_test_delta", "state_test_stats"
 T0 = datetime(2025, 4, 14, 9, 0, 0)
@@ -294,3 +295,109 @@ def test_a_killed_platform_sync_re_sends_only_what_was_not_acknowledged(store: S
     assert again.acknowledged_keys("p2", "add") == {"7"}
     again.warehouse.execute([again.clear_acknowledgements_sql("p1")])
     assert again.acknowledged_keys("p1", "add") == set()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bulk writes: Warehouse.insert_rows and the journal's group commits
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_insert_rows_writes_the_arrow_rows_exactly_in_one_transaction_with_its_statements(
+        store: SyncStateStore) -> None:
+    wh = store.warehouse
+    wh.execute(f"CREATE TABLE {DELTA}.bulk (record_key text, note text, seen_at timestamp)")
+    table = wh.qualify(DELTA, "bulk")
+    keys = ["O'Brien", "back\\slash", "tab\there", "line\nbreak", "é ü 漢字", "'); DROP TABLE bulk; --", ""]
+    rows = pa.table({"record_key": keys, "note": ["x", None, "y", "z", "w", "v", "u"],
+                     "seen_at": pa.array([T0] * len(keys), pa.timestamp("us"))})
+    wh.insert_rows(table, rows, before=[f"INSERT INTO {DELTA}.bulk VALUES ('before', NULL, NULL)"],
+                   after=[f"UPDATE {DELTA}.bulk SET note = 'after' WHERE record_key = 'before'"])
+    assert sorted(sql(store, f"select record_key, note, seen_at from {DELTA}.bulk"), key=lambda r: r[0]) == sorted(
+        [*zip(keys, ["x", None, "y", "z", "w", "v", "u"], [T0] * len(keys)), ("before", "after", None)],
+        key=lambda r: r[0])
+
+    # The portable default (multi-row INSERTs of literals, what Snowflake, BigQuery and Redshift get) writes
+    # the same rows.
+    wh.execute(f"DELETE FROM {DELTA}.bulk WHERE record_key <> 'before'")
+    Warehouse.insert_rows(wh, table, rows)
+    assert sorted(sql(store, f"select record_key, note, seen_at from {DELTA}.bulk"), key=lambda r: r[0]) == sorted(
+        [*zip(keys, ["x", None, "y", "z", "w", "v", "u"], [T0] * len(keys)), ("before", "after", None)],
+        key=lambda r: r[0])
+
+    # A statement that fails after the rows undoes them and the statements before: one transaction.
+    with pytest.raises(WarehouseError):
+        wh.insert_rows(table, pa.table({"record_key": ["late"], "note": ["n"],
+                                        "seen_at": pa.array([T0], pa.timestamp("us"))}),
+                       before=[f"DELETE FROM {DELTA}.bulk"], after=["SELECT * FROM no_such_table_here"])
+    assert sql(store, f"select count(*) from {DELTA}.bulk") == [(len(keys) + 1,)]
+
+
+class CountingWarehouse:
+    """The store's real warehouse, counting the transactions that write the journal."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.transactions: list[list[str]] = []  # the statements of each write, bulk inserts as "INSERT rows"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def execute(self, statements: str | Sequence[str]) -> None:
+        self.transactions.append([statements] if isinstance(statements, str) else list(statements))
+        self.inner.execute(statements)
+
+    def insert_rows(self, table: Any, rows: pa.Table, *, before: Sequence[str] = (),
+                    after: Sequence[str] = ()) -> None:
+        self.transactions.append([*before, f"INSERT {rows.num_rows} rows", *after])
+        self.inner.insert_rows(table, rows, before=before, after=after)
+
+
+class SlowListApi(ListApi):
+    """The list's server, answering each request after 20 ms (a platform across a network)."""
+
+    def __call__(self, request: FakeRequest) -> FakeResponse:
+        time.sleep(0.02)
+        return super().__call__(request)
+
+
+def test_the_journal_writes_the_batches_answered_together_in_one_transaction(store: SyncStateStore) -> None:
+    store.record_rejections("p0", [("42", "add", "BAD_MEMBER: member 42 refused")])
+    api = SlowListApi()
+    api.refuse = {"7"}
+    counting = CountingWarehouse(store.warehouse)
+    counted = SyncStateStore(counting, "vip", DELTA, STATS)  # type: ignore[arg-type]
+
+    class Concurrent(ListPlatform):
+        limits = Limits(max_records_per_batch=10, requests_per_window=1000, window_seconds=1.0, max_concurrency=4)
+
+    with api.server, counted.platform_journal("p1") as journal:
+        result = deliver(Concurrent(ListSettings(base_url=api.server.url), destination="vip_list"), SPEC,
+                         members(400), journal)
+    assert result.accepted == 399 and result.batches == 40
+
+    # Every answered key is journalled, in fewer transactions than batches (the batches answered while a
+    # write ran go together), and only 42, which had a kept rejection, costs a DELETE of dinmo_rejections.
+    assert store.acknowledged_keys("p1", "add") == {str(i) for i in range(1, 401)} - {"7"}
+    writes = [t for t in counting.transactions if any("INSERT" in s for s in t)]
+    assert len(writes) < 40
+    assert sum(int(s.split()[1]) for t in writes for s in t if s.startswith("INSERT ") and s.endswith(" rows")) == 399
+    deletes = [s for t in writes for s in t if s.upper().startswith("DELETE")]
+    assert len(deletes) == 2  # the rejection of 7 replaced (delete + insert), the rejection of 42 cleared
+    assert [(r.record_key, r.reason) for r in store.rejections()] == [("7", "BAD_MEMBER: member 7 refused")]
+
+
+def test_a_journal_write_that_fails_loses_nothing_and_the_next_one_writes_it(store: SyncStateStore) -> None:
+    journal = store.platform_journal("p1")
+    journal.acknowledged("add", ["1", "2"])
+    journal.rejected("9", "add", "BAD_MEMBER: member 9 refused")
+    store.warehouse.execute(f"DROP TABLE {DELTA}.dinmo_acknowledgements")
+    with pytest.raises(WarehouseError, match="dinmo_acknowledgements"):
+        journal.flush()
+    assert sql(store, f"select count(*) from {DELTA}.dinmo_rejections") == [(0,)]  # one transaction: none of it
+
+    SyncStateStore(store.warehouse, "vip", DELTA, STATS).ensure_platform()  # the table is back
+    journal.acknowledged("add", ["3"])
+    journal.flush()
+    assert store.acknowledged_keys("p1", "add") == {"1", "2", "3"}
+    assert [(r.record_key, r.reason, r.attempts) for r in store.rejections()] == [
+        ("9", "BAD_MEMBER: member 9 refused", 1)]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
+from sqlglot import exp
 
 from dinmo_dagster.connectors import register_warehouse
 from dinmo_dagster.secrets import EnvRef
 from dinmo_dagster.warehouses.base import SourceConfig, Warehouse, WarehouseError, quietly
 
 _LOCK_WAIT_SECONDS = 30.0
+_ROWS_VIEW = "dinmo_insert_rows"  # the Arrow table of insert_rows, as its connection sees it
 
 DUCKDB_DEFAULT_MEMORY_LIMIT = "50%"
 """DuckDB's memory cap on the tool's connections when the source sets none: half the machine's memory.
@@ -161,6 +163,31 @@ class DuckDBWarehouse(Warehouse):
             quietly(conn.rollback)
             raise
 
+    def insert_rows(
+        self, table: exp.Table, rows: pa.Table, *, before: Sequence[str] = (), after: Sequence[str] = ()
+    ) -> None:
+        """Insert ``rows`` into ``table`` in one transaction with ``before`` and ``after``: DuckDB reads
+        the Arrow table (registered as a view of this connection only), so values never become SQL."""
+        names = ", ".join(self._render(exp.to_identifier(n, quoted=True)) for n in rows.column_names)
+        insert = f"INSERT INTO {self._render(table)} ({names}) SELECT {names} FROM {_ROWS_VIEW}"
+        with self._connection() as conn, self._wrap("statement failed"):
+            conn.begin()
+            try:
+                for statement in before:
+                    conn.execute(statement)
+                if rows.num_rows:
+                    conn.register(_ROWS_VIEW, rows)
+                    conn.execute(insert)
+                for statement in after:
+                    conn.execute(statement)
+                conn.commit()
+            except BaseException:
+                quietly(conn.rollback)
+                raise
+            finally:
+                # after the rollback: an aborted transaction refuses it, and its error would hide the cause
+                quietly(lambda: conn.unregister(_ROWS_VIEW))
+
     @contextmanager
     def stream(self, sql: str, batch_rows: int = 100_000) -> Iterator[pa.RecordBatchReader]:
         with self._connection() as con:
@@ -171,6 +198,22 @@ class DuckDBWarehouse(Warehouse):
                 yield pa.RecordBatchReader.from_batches(reader.schema, self._guarded(iter(reader)))
             finally:
                 quietly(reader.close)
+
+    def column_types(self, sql: str) -> list[str]:
+        """The DuckDB type of each column of ``sql``'s result (``DECIMAL(12,2)``), without running it."""
+        with self._connection() as con, self._wrap("query failed"):
+            return [str(t) for t in con.sql(sql).types]
+
+    def copies_locally(self) -> bool:
+        """Whether ``COPY ... TO`` runs in this process (a database file or ``:memory:``), not on MotherDuck
+        (``md:``), where the query may run remotely."""
+        return not str(self._value("path")).startswith("md:")
+
+    def copy_to(self, statement: str) -> int:
+        """Run a ``COPY (query) TO '<file>' (...)`` statement: DuckDB writes the file itself. Returns
+        the number of rows written."""
+        with self._connection() as con, self._wrap("COPY to a local file failed"):
+            return int(con.execute(statement).fetchall()[0][0])
 
 
 def _remove_stale_spill_files(con: Any) -> None:
