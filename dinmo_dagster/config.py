@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from dinmo_dagster import filters, naming, secrets, writers
 from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, connectors, find_connector
 from dinmo_dagster.filters import did_you_mean
-from dinmo_dagster.platform_connectors import PlatformDestination
+from dinmo_dagster.platform_connectors import PlatformDestination, audience_platforms
 from dinmo_dagster.recurrence import Schedule, cron_problem, schedule_problem
 from dinmo_dagster.warehouses import SourceConfig
 
@@ -831,7 +831,7 @@ def _platform_activation_problems(k: str, a: Activation, dest: PlatformDestinati
     has_audience = "audience" in dest.settings_model.model_fields
     if a.audience is not None and (service != "audiences" or not has_audience):
         out.append(f"{k}.audience: found an audience; {kind} with service {service}, which takes none; "
-                   "allowed: audience only with service audiences of meta_ads, braze or firestore")
+                   "allowed: audience only with service audiences of " + ", ".join(audience_platforms()))
     if a.run_type == "full_only":
         out.append(f"{k}.run_type: found 'full_only'; {kind}, synced by its changes; allowed: full_then_delta")
     extra = platform_extra(a, dest)
@@ -850,9 +850,7 @@ def platform_extra(a: Activation, dest: PlatformDestination) -> dict[str, Any]:
     """Settings an activation adds to its platform destination's: its audience, as the platform takes it."""
     if a.audience is None or "audience" not in dest.settings_model.model_fields:
         return {}
-    if dest.type == "meta_ads":
-        return {"audience": a.audience.model_dump(exclude_none=True)}
-    return {"audience": a.audience.name or a.audience.id}
+    return {"audience": dest.audience_setting(a.audience.model_dump(exclude_none=True))}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dinmo_dagster import platforms, secrets
 from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, register
 from dinmo_dagster.platforms import Platform, PlatformConfigError, PlatformSettings
 
-__all__ = ["PlatformDestination", "platform_destination_model", "register_platforms"]
+__all__ = ["PlatformDestination", "audience_platforms", "platform_destination_model", "register_platforms"]
 
 # A stand-in for a secret while the project is validated: the variable is read only at sync time.
 _PLACEHOLDER = "dinmo-placeholder-secret"
@@ -37,14 +37,16 @@ class PlatformDestination(ConnectorConfig):
     settings_model: ClassVar[type[PlatformSettings]] = PlatformSettings
     secret_keys: ClassVar[tuple[str, ...]] = ()
 
-    def _raw(self, resolve: bool, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _raw(self, resolve: bool, extra: Mapping[str, Any] | None = None,
+             optional_secrets: bool = False) -> dict[str, Any]:
         raw: dict[str, Any] = {}
         for name in self.model_fields_set:
             if name == "type":
                 continue
             value = getattr(self, name)
             if name in self.secret_keys:
-                if value is None or not (resolve or self.settings_model.model_fields[name].is_required()):
+                required = self.settings_model.model_fields[name].is_required()
+                if value is None or not (resolve or required or optional_secrets):
                     continue  # an optional secret is left out while validating: its checks need the value
                 value = secrets.resolve(value, key=name) if resolve else _PLACEHOLDER
             elif isinstance(value, pydantic.BaseModel):
@@ -68,7 +70,12 @@ class PlatformDestination(ConnectorConfig):
         try:
             platform = platforms.build_platform(self.platform, self._raw(False, extra))
         except PlatformConfigError:
-            return []  # reported by problems()
+            # An optional secret the YAML sets may be needed by the settings (an OAuth refresh_token):
+            # stand in for it; settings that are really invalid are reported by problems().
+            try:
+                platform = platforms.build_platform(self.platform, self._raw(False, extra, optional_secrets=True))
+            except PlatformConfigError:
+                return []
         return platform.validate_activation(match, mapping)
 
     def operations(self) -> tuple[str, ...]:
@@ -82,6 +89,23 @@ class PlatformDestination(ConnectorConfig):
         ``extra`` holds settings the activation brings (its ``audience``).
         """
         return platforms.build_platform(self.platform, self._raw(True, extra), destination=destination)
+
+
+    def audience_setting(self, audience: Mapping[str, Any]) -> Any:
+        """An activation's ``audience`` (``name`` or ``id``, maybe ``description``) as this platform's settings
+        take it: the mapping where the ``audience`` setting is a model (a list found by name or used by id),
+        else the name or id alone."""
+        annotation = self.settings_model.model_fields["audience"].annotation
+        takes_model = any(isinstance(t, type) and issubclass(t, pydantic.BaseModel)
+                          for t in (annotation, *getattr(annotation, "__args__", ())))
+        return dict(audience) if takes_model else audience.get("name") or audience.get("id")
+
+
+def audience_platforms() -> list[str]:
+    """The platform types whose destinations take an activation's ``audience`` (every platform loaded:
+    for an error message)."""
+    return [n for n in platforms.platform_names()
+            if "audience" in platforms.get_platform(n).settings_model.model_fields]
 
 
 def _holds_secret_str(annotation: Any) -> bool:

@@ -93,4 +93,5 @@ def test_a_project_imports_only_the_connectors_it_names(tmp_path) -> None:
         [sys.executable, "-m", "dinmo_dagster.cli", "--project", str(tmp_path), "validate"],
         capture_output=True, text=True, check=False, timeout=120)
     assert (listed.returncode, listed.stdout.splitlines()[1].strip()) == (
-        1, "dinmo.yaml: destinations.out.type: found 'ftp'; allowed: gcs, local, braze, firestore, hubspot, meta_ads")
+        1, ("dinmo.yaml: destinations.out.type: found 'ftp'; allowed: gcs, local, braze, criteo, firestore, hubspot, "
+            "linkedin_ads, meta_ads, pinterest_ads, reddit_ads, snapchat_ads, tiktok_ads"))

@@ -215,7 +215,28 @@ def test_an_audience_on_attributes_and_full_only_are_refused(tmp_path: Path) -> 
     assert problems(tmp_path, text) == [
         ("dinmo.yaml: activations.vip_to_crm.audience: found an audience; destination 'crm' is a hubspot platform "
          "destination with service attributes, which takes none; allowed: audience only with service audiences "
-         "of meta_ads, braze or firestore"),
+         "of braze, criteo, firestore, linkedin_ads, meta_ads, pinterest_ads, reddit_ads, snapchat_ads, tiktok_ads"),
         ("dinmo.yaml: activations.vip_to_crm.run_type: found 'full_only'; destination 'crm' is a hubspot platform "
          "destination, synced by its changes; allowed: full_then_delta"),
     ]
+
+
+def test_an_oauth_platforms_identifiers_are_checked_without_its_secrets(tmp_path: Path) -> None:
+    # The refresh token is a secret the YAML sets but validation does not read: the check still runs.
+    text = (BASE + """
+  vip_to_linkedin:
+    segment: vip
+    destination: linkedin_vip
+    audience: {name: "VIP Europe"}
+    identifiers: {email: email, phone: phone}
+""").replace("  exports: {type: gcs", """  linkedin_vip:
+    type: linkedin_ads
+    service: audiences
+    ad_account_id: "5123"
+    client_id: app-1
+    client_secret: {env: LINKEDIN_CLIENT_SECRET}
+    refresh_token: {env: LINKEDIN_REFRESH_TOKEN}
+  exports: {type: gcs""")
+    assert problems(tmp_path, text) == [
+        ("dinmo.yaml: activations.vip_to_linkedin.identifiers.phone: found 'phone'; allowed for segment_type user: "
+         "email, google_aid, apple_idfa")]

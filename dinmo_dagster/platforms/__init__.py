@@ -117,7 +117,18 @@ __all__ = [
 ]
 
 # Modules of the platforms shipped with the package (each registers itself when imported).
-_BUILTIN_MODULES = ("hubspot", "braze", "meta_ads", "firestore")
+_BUILTIN_MODULES = (
+    "hubspot",
+    "braze",
+    "meta_ads",
+    "firestore",
+    "pinterest_ads",
+    "snapchat_ads",
+    "tiktok_ads",
+    "reddit_ads",
+    "linkedin_ads",
+    "criteo",
+)
 
 
 @dataclass(frozen=True)

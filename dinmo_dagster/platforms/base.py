@@ -462,7 +462,11 @@ class Platform(ABC):
 
     def redact(self, text: str) -> str:
         """``text`` with this destination's secrets masked (for anything quoted from a response)."""
-        return redact(text, self.settings.secret_values())
+        return redact(text, [*self.settings.secret_values(), *self.runtime_secrets()])
+
+    def runtime_secrets(self) -> list[str]:
+        """Secrets obtained while running (an OAuth access token), masked like the settings' ones."""
+        return []
 
     # -- settings-derived properties ---------------------------------------------------------------
 
@@ -542,6 +546,12 @@ class Platform(ABC):
     def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate a request (added by the transport, never logged)."""
         return {}
+
+    def renew_auth(self, response: HttpResponse, sent: Mapping[str, str]) -> bool:
+        """After an auth refusal of a request sent with the auth headers ``sent``: renew the
+        credentials (an expired OAuth access token, see ``oauth.py``) and return True to have the
+        transport send the request once more. Default: False (the refusal stops the sync)."""
+        return False
 
     @abstractmethod
     def record_input(self, operation: str, record: Record) -> Any:

@@ -7,7 +7,9 @@ rate limiter, and bounded retries with ``tenacity``.
   holds every worker until ``X-RateLimit-Reset``. A wait longer than ``RetryPolicy.max_retry_after_seconds`` (an hourly quota, a
   migration) ends the delivery early instead (:class:`QuotaExhaustedError`).
 - 408, 5xx, timeouts and connection resets: exponential backoff with jitter, bounded attempts.
-- 401 / 403 and the platform's auth codes: :class:`PlatformAuthError` at once, no retry.
+- 401 / 403 and the platform's auth codes: :class:`PlatformAuthError` at once, no retry; except
+  that an adapter whose ``renew_auth`` renews an expired OAuth access token (``oauth.py``) gets the
+  request sent once more with the new token.
 
 Requests go straight to the connection pool of the session's ``requests`` adapter (urllib3) when
 ``requests`` itself would send them there unchanged: a plain ``HTTPAdapter``, no proxy for the URL
@@ -109,6 +111,10 @@ class _Retryable(Exception):
 
 
 _HTTP_ADAPTER_SEND = HTTPAdapter.send  # a patched or overridden send (test doubles) disables the direct path
+
+
+class _AuthRenewed(Exception):
+    """The platform refused an expired access token and the adapter renewed it: send once more."""
 
 
 class _Redirected(Exception):
@@ -262,6 +268,13 @@ class Transport:
         return self.retry.initial_wait_seconds
 
     def _attempt(self, request: PreparedRequest) -> HttpResponse:
+        try:
+            return self._attempt_once(request, renew=True)
+        except _AuthRenewed:
+            # Once per request: a fresh token refused again is a real refusal.
+            return self._attempt_once(request, renew=False)
+
+    def _attempt_once(self, request: PreparedRequest, *, renew: bool) -> HttpResponse:
         # Once the platform refused the credentials or said the quota is gone, nothing more is sent.
         if self._auth_error is not None:
             raise self._auth_error
@@ -271,7 +284,7 @@ class Transport:
         self._count(requests=1, rate_limit_wait_seconds=waited)
         if request.call is not None:
             # A client-library call (gRPC): the adapter answers with the HTTP equivalent.
-            return self._answer(request.call(), request)
+            return self._answer(request.call(), request, {}, renew)
         headers = dict(request.headers or {})
         data = None
         if request.json is not None:
@@ -279,12 +292,13 @@ class Transport:
             data = json.dumps(request.json, separators=(",", ":"), ensure_ascii=False, default=json_default)
             data = data.encode("utf-8")
             headers.setdefault("Content-Type", "application/json")
-        headers.update(self.platform.auth_headers())
+        auth = self.platform.auth_headers()
+        headers.update(auth)
         url = self._url(request.path)
         direct = self._direct_path(url)
         if direct is not None:
             try:
-                return self._answer(self._send_direct(direct, request, url, data, headers), request)
+                return self._answer(self._send_direct(direct, request, url, data, headers), request, auth, renew)
             except _Redirected:
                 pass  # requests follows the redirect
         try:
@@ -305,7 +319,7 @@ class Transport:
             headers={k.lower(): v for k, v in raw.headers.items()},
             content=raw.content,
         )
-        return self._answer(response, request)
+        return self._answer(response, request, auth, renew)
 
     def _direct_path(self, url: str) -> _Direct | None:
         """The direct path to ``url``'s origin, or None when ``requests`` would do more than send."""
@@ -393,13 +407,18 @@ class Transport:
             content=raw.data,
         )
 
-    def _answer(self, response: HttpResponse, request: PreparedRequest) -> HttpResponse:
-        """Read the platform's signals in ``response``: return it, or raise what it means."""
+    def _answer(
+        self, response: HttpResponse, request: PreparedRequest, auth: Mapping[str, str], renew: bool
+    ) -> HttpResponse:
+        """Read the platform's signals in ``response``: return it, or raise what it means (an auth
+        refusal the adapter can fix by renewing its token, when ``renew``: send once more)."""
         quota = self.platform.observe(response, self.limiter) or self._observe_common(response)
         if quota is not None:
             with self._lock:
                 self._quota_message = quota
         signal = self.platform.classify(response)
+        if signal.kind is ResponseKind.AUTH and renew and self.platform.renew_auth(response, auth):
+            raise _AuthRenewed()
         return self._handle(signal, response, request)
 
     def _observe_common(self, response: HttpResponse) -> str | None:
