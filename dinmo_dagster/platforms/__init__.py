@@ -4,6 +4,8 @@ Adding a platform is one module plus one registration: the module defines its se
 :class:`PlatformSettings` subclass) and its adapter (a :class:`Platform` subclass) and ends with
 ``register_platform("name", Settings, Adapter)``; its name goes in ``_BUILTIN_MODULES`` below so
 the registry imports it on first lookup (projects that use no platform import none of them).
+Ad-platform audience adapters build on ``audiences.py`` (the ``{name:}``/``{id:}`` audience model,
+find-or-create by name, bearer auth from ``oauth.py``, the identifier-only activation checks).
 
 Pure engine code: no Dagster import. The sync layer resolves ``{env: VAR}`` secrets, builds the
 platform with :func:`build_platform`, feeds :func:`deliver` Arrow batches per operation with a

@@ -92,26 +92,30 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from dinmo_dagster.platforms import register_platform
+from dinmo_dagster.platforms.audiences import (
+    AudiencePlatform,
+    AudienceTarget,
+    IdentifierTable,
+    OAuthBearer,
+    advertising_id,
+)
 from dinmo_dagster.platforms.base import (
     BatchOutcome,
     HttpResponse,
     Limits,
-    Platform,
     PlatformSettings,
     PreparedRequest,
     Record,
     RecordResult,
 )
-from dinmo_dagster.platforms.identifiers import IdentifierError, IdentifierSpec, normalize_email
+from dinmo_dagster.platforms.identifiers import IdentifierSpec, normalize_email
 from dinmo_dagster.platforms.oauth import OAuthSettings, OAuthToken
 
 if TYPE_CHECKING:
@@ -130,64 +134,32 @@ LIMITS = Limits(
     window_seconds=60.0,
     max_concurrency=2,
 )
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _DIGITS = re.compile(r"\d+")
 _VERSION = re.compile(r"\d{4}-\d{2}|preview")
 
 
 def normalize_madid(text: str, default_country: str | None = None) -> str:
     """An IDFA or AAID: lower-cased with its hyphens."""
-    value = text.strip().lower()
-    if not _UUID.fullmatch(value):
-        raise IdentifierError("not a mobile advertising id (IDFA or AAID, 8-4-4-4-12 hex digits)")
-    return value
+    return advertising_id(text).lower()
 
 
 # identifiers: name -> (Criteo identifierType, how it is prepared)
-_TYPES: dict[str, tuple[str, IdentifierSpec]] = {
+_TYPES = IdentifierTable({
     "email": ("email", IdentifierSpec(
         "email", hashed=True, optional=True, normalize=lambda text, _: normalize_email(text))),
     "madid": ("madid", IdentifierSpec("id", hashed=False, optional=True, normalize=normalize_madid)),
-}  # fmt: skip
-_ALIASES = {"mobile_ad_id": "madid", "maid": "madid", "mobile_id": "madid"}
+}, aliases={"mobile_ad_id": "madid", "maid": "madid", "mobile_id": "madid"})  # fmt: skip
 _ORDER = ["email", "madid"]
 
 
-def _canonical(name: str) -> str:
-    return _ALIASES.get(name.lower(), name.lower())
-
-
-class CriteoAudienceTarget(pydantic.BaseModel):
+class CriteoAudienceTarget(AudienceTarget):
     """The contact-list segment an activation fills: ``{name: ...}`` (created when missing) or ``{id: ...}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    noun = "segment"
 
     name: str | None = Field(default=None, description="The segment's name in the advertiser.")
     id: str | None = Field(default=None, description="The segment's id (digits).")
     description: str | None = Field(default=None, description="Description of a segment created by name.")
-
-    @pydantic.field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty; allowed: the segment's name")
-        return value
-
-    @pydantic.field_validator("id", mode="before")
-    @classmethod
-    def _check_id(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if value is not None and not (isinstance(value, str) and _DIGITS.fullmatch(value)):
-            raise ValueError(f"found {value!r}; allowed: the segment's numeric id")
-        return value
-
-    @pydantic.model_validator(mode="after")
-    def _one_of(self) -> CriteoAudienceTarget:
-        if (self.name is None) == (self.id is None):
-            found = "both name and id" if self.name is not None else "neither name nor id"
-            raise ValueError(f"found {found}; allowed: {{name: ...}} or {{id: ...}}")
-        return self
 
 
 class CriteoSettings(OAuthSettings):
@@ -218,7 +190,7 @@ class CriteoSettings(OAuthSettings):
         return value
 
 
-class Criteo(Platform):
+class Criteo(OAuthBearer, AudiencePlatform):
     """Criteo contact-list segments: add, remove, replace members (module docstring)."""
 
     name = "criteo"
@@ -226,84 +198,22 @@ class Criteo(Platform):
     services: ClassVar[Mapping[str, tuple[str, ...]]] = {"audiences": ("add", "remove", "replace")}
     default_base_url = "https://api.criteo.com"
     limits = LIMITS
+    audience_label = "Criteo segment"
+    audience_noun = "segment"
+    identifier_table = _TYPES
+    audiences_taking = "Criteo contact lists"
 
     settings: CriteoSettings
 
     def __init__(self, settings: PlatformSettings, *, destination: str = "") -> None:
         super().__init__(settings, destination=destination)
         self.oauth = OAuthToken(self, default_token_url=TOKEN_URL)
-        self._lock = threading.Lock()
-        self._segment_id = self.settings.audience.id if self.settings.audience else None
-        # transport (one per delivery) -> its replace already emptied the list
-        self._cleared: weakref.WeakKeyDictionary[Transport, bool] = weakref.WeakKeyDictionary()
 
     @property
     def _prefix(self) -> str:
         return f"/{self.settings.api_version}/marketing-solutions/audience-segments"
 
-    # -- auth -------------------------------------------------------------------------------------
-
-    def auth_headers(self) -> dict[str, str]:
-        """The OAuth access token as a bearer token (renewed before it expires)."""
-        return self.oauth.headers()
-
-    def renew_auth(self, response: HttpResponse, sent: Mapping[str, str]) -> bool:
-        """Any 401: renew the access token once (Criteo documents no expired-token body)."""
-        return response.status == 401 and self.oauth.renew(sent)
-
-    def runtime_secrets(self) -> list[str]:
-        """The access token obtained from Criteo."""
-        token = self.oauth._token
-        return [token] if token else []
-
-    def target_label(self) -> str:
-        """``Criteo segment 'VIP Europe'`` or ``Criteo segment 314195``."""
-        target = self.settings.audience
-        if target is None:
-            return "a Criteo segment"
-        return f"Criteo segment {target.name!r}" if target.name else f"Criteo segment {target.id}"
-
-    # -- identifiers --------------------------------------------------------------------------------
-
-    def identifier_spec(self, name: str) -> IdentifierSpec | None:
-        """email (SHA-256), madid (as is), each optional (module docstring)."""
-        entry = _TYPES.get(_canonical(name))
-        return entry[1] if entry else None
-
-    def validate_activation(self, match: Mapping[str, str], mapping: Mapping[str, str]) -> list[str]:
-        """Known identifiers, one per type; no mapping; an audience."""
-        problems = []
-        allowed = ", ".join(_TYPES)
-        if not match:
-            problems.append(f"identifiers: found nothing; allowed: at least one of {allowed}")
-        seen: dict[str, str] = {}
-        for name in match:
-            entry = _TYPES.get(_canonical(name))
-            if entry is None:
-                problems.append(f"identifiers.{name}: found {name!r}; allowed: {allowed}")
-                continue
-            if entry[0] in seen:
-                problems.append(f"identifiers.{name}: {seen[entry[0]]} already sends {entry[0]}; keep one of them")
-            seen[entry[0]] = name
-        if mapping:
-            problems.append(
-                f"mapping: found {', '.join(mapping)}; allowed: nothing (Criteo contact lists take identifiers only)"
-            )
-        if self.settings.audience is None:
-            problems.append("audience: found nothing; allowed: {name: ...} or {id: ...}")
-        return problems
-
     # -- requests -----------------------------------------------------------------------------------
-
-    def record_input(self, operation: str, record: Record) -> dict[str, str]:
-        """The record's identifiers by Criteo identifierType."""
-        return {_TYPES[_canonical(name)][0]: value for name, value in record.identifiers.items()}
-
-    def _segment_ref(self) -> str:
-        if self._segment_id:
-            return self._segment_id
-        target = self.settings.audience
-        return f"<id of segment {target.name!r}>" if target and target.name else "<segment>"
 
     def _requests(self, inputs: Sequence[Mapping[str, str]]) -> list[tuple[str, list[int]]]:
         """(identifierType, indexes of the inputs that have it), in a fixed order."""
@@ -317,7 +227,7 @@ class Criteo(Platform):
         body = {"data": {"type": "ContactlistAmendment", "attributes": {
             "operation": "remove" if operation == "remove" else "add",
             "identifierType": kind, "identifiers": values}}}  # fmt: skip
-        return PreparedRequest("PATCH", f"{self._prefix}/{self._segment_ref()}/contact-list", json=body)
+        return PreparedRequest("PATCH", f"{self._prefix}/{self._audience_ref()}/contact-list", json=body)
 
     def build_request(
         self, operation: str, inputs: Sequence[Any], records: Sequence[Record]
@@ -333,14 +243,14 @@ class Criteo(Platform):
         request = self.build_request(operation, inputs, records)
         if operation != "replace":
             return request
-        first = f"DELETE {self._prefix}/{self._segment_ref()}/contact-list (once, before the first add)"
+        first = f"DELETE {self._prefix}/{self._audience_ref()}/contact-list (once, before the first add)"
         return PreparedRequest(request.method, request.path, json={**request.json, "first": first})
 
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
         """Resolve the segment, empty it first in a replace, then one request per identifierType."""
-        self._resolve_segment(transport)
+        self._resolve_audience(transport)
         if operation == "replace":
             self._clear_once(transport)
         failed: dict[int, RecordResult] = {}
@@ -380,34 +290,18 @@ class Criteo(Platform):
     def finish_operation(self, operation: str, pending: Sequence[str], transport: Transport) -> BatchOutcome:
         """A replace that sent no record still empties the list (the segment is then empty)."""
         if operation == "replace":
-            self._resolve_segment(transport)
-            self._clear_once(transport)
-            with self._lock:
-                self._cleared.pop(transport, None)
+            self._end_replace(transport)
         return BatchOutcome()
 
     # -- the segment --------------------------------------------------------------------------------
 
-    def _clear_once(self, transport: Transport) -> None:
-        with self._lock:
-            if self._cleared.get(transport):
-                return
-            response = transport.send(PreparedRequest("DELETE", f"{self._prefix}/{self._segment_id}/contact-list"))
-            if response.status not in (200, 204):
-                raise self.request_error(response, f"removing every member of {self.target_label()} (full sync)")
-            self._cleared[transport] = True
-            logger.info("%s: emptied %s before a full sync", self.label, self.target_label())
+    def _clear_request(self) -> PreparedRequest:
+        """``DELETE .../audience-segments/{id}/contact-list``."""
+        return PreparedRequest("DELETE", f"{self._prefix}/{self._audience_id}/contact-list")
 
-    def _resolve_segment(self, transport: Transport) -> str:
-        with self._lock:
-            if self._segment_id is None:
-                target = self.settings.audience
-                if target is None or target.name is None:
-                    raise self.config_error("audience: found nothing; allowed: {name: ...} or {id: ...}")
-                self._segment_id = self._find_segment(target.name, transport) or self._create_segment(
-                    target, transport
-                )
-            return self._segment_id
+    def _cleared_ok(self, response: HttpResponse) -> bool:
+        """200 or 204."""
+        return response.status in (200, 204)
 
     def _search(self, transport: Transport, **filters: list[str]) -> list[dict[str, Any]]:
         """Every contact-list segment matching ``filters`` (pages of 100)."""
@@ -427,19 +321,15 @@ class Criteo(Platform):
                 return found
             offset += SEARCH_PAGE
 
-    def _find_segment(self, name: str, transport: Transport) -> str | None:
+    def _find_by_name(self, name: str, transport: Transport) -> str | None:
         found = [
             str(entry["id"]) for entry in self._search(transport)
             if (entry.get("attributes") or {}).get("name") == name and entry.get("id")
         ]  # fmt: skip
-        if len(found) > 1:
-            raise self.config_error(
-                f"audience.name: {len(found)} contact-list segments of advertiser {self.settings.advertiser_id} "
-                f"are named {name!r} (ids {', '.join(found)}); allowed: a unique name, or audience: {{id: ...}}"
-            )
-        return found[0] if found else None
+        return self._the_one_named(name, found, f"contact-list segments of advertiser {self.settings.advertiser_id}")
 
-    def _create_segment(self, target: CriteoAudienceTarget, transport: Transport) -> str:
+    def _create_named(self, target: AudienceTarget, transport: Transport) -> str:
+        assert isinstance(target, CriteoAudienceTarget)
         advertiser = self.settings.advertiser_id
         attributes: dict[str, Any] = {"advertiserId": advertiser, "name": target.name, "contactList": {}}
         if target.description:

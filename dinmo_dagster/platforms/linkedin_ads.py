@@ -90,21 +90,27 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from dinmo_dagster.platforms import register_platform
+from dinmo_dagster.platforms.audiences import (
+    AudiencePlatform,
+    AudienceTarget,
+    IdentifierTable,
+    OAuthBearer,
+    advertising_id,
+    check_audience_activation,
+)
 from dinmo_dagster.platforms.base import (
     BatchOutcome,
     HttpResponse,
     Limits,
-    Platform,
     PlatformSettings,
     PreparedRequest,
     Record,
@@ -129,7 +135,6 @@ LIMITS = Limits(
     window_seconds=60.0,
     max_concurrency=2,
 )
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DIGITS = re.compile(r"\d+")
 _DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 _PAGE = re.compile(r"(?:https?://)?(?:[a-z]{2,3}\.)?linkedin\.com/company/([^/?#\s]+)/?(?:[?#].*)?", re.IGNORECASE)
@@ -138,18 +143,12 @@ _ACTIONS = {"add": "ADD", "remove": "REMOVE"}
 
 def normalize_google_aid(text: str, default_country: str | None = None) -> str:
     """An Android advertising id: a UUID, lower-cased."""
-    value = text.strip()
-    if not _UUID.fullmatch(value):
-        raise IdentifierError("not a Google advertising id (8-4-4-4-12 hex digits)")
-    return value.lower()
+    return advertising_id(text, "a Google advertising id (8-4-4-4-12 hex digits)").lower()
 
 
 def normalize_apple_idfa(text: str, default_country: str | None = None) -> str:
     """An iOS identifier for advertisers: a UUID, upper-cased."""
-    value = text.strip()
-    if not _UUID.fullmatch(value):
-        raise IdentifierError("not an Apple IDFA (8-4-4-4-12 hex digits)")
-    return value.upper()
+    return advertising_id(text, "an Apple IDFA (8-4-4-4-12 hex digits)").upper()
 
 
 def normalize_company_name(text: str, default_country: str | None = None) -> str:
@@ -176,57 +175,29 @@ def normalize_company_page_url(text: str, default_country: str | None = None) ->
 
 
 # user identifiers: name -> (LinkedIn idType, how it is prepared)
-_USER_IDS: dict[str, tuple[str, IdentifierSpec]] = {
+_USER_IDS = IdentifierTable({
     "email": ("SHA256_EMAIL", IdentifierSpec(
         "email", hashed=True, optional=True, normalize=lambda text, _: normalize_email(text))),
     "google_aid": ("GOOGLE_AID", IdentifierSpec("id", optional=True, normalize=normalize_google_aid)),
     "apple_idfa": ("APPLE_IDFA", IdentifierSpec("id", optional=True, normalize=normalize_apple_idfa)),
-}  # fmt: skip
+}, aliases={"gaid": "google_aid", "idfa": "apple_idfa"})  # fmt: skip
 # company identifiers: name -> (LinkedIn field, how it is prepared)
-_COMPANY_IDS: dict[str, tuple[str, IdentifierSpec]] = {
+_COMPANY_IDS = IdentifierTable({
     "company_name": ("companyName", IdentifierSpec("text", optional=True, normalize=normalize_company_name)),
     "company_domain": ("companyWebsiteDomain", IdentifierSpec(
         "text", optional=True, normalize=normalize_company_domain)),
     "company_page_url": ("companyPageUrl", IdentifierSpec(
         "text", optional=True, normalize=normalize_company_page_url)),
-}  # fmt: skip
-_ALIASES = {"gaid": "google_aid", "idfa": "apple_idfa"}
+})  # fmt: skip
 
 
-def _canonical(name: str) -> str:
-    return _ALIASES.get(name.lower(), name.lower())
-
-
-class LinkedInAudienceTarget(pydantic.BaseModel):
+class LinkedInAudienceTarget(AudienceTarget):
     """The DMP segment an activation fills: ``{name: ...}`` (created when missing) or ``{id: ...}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    noun = "DMP segment"
 
     name: str | None = Field(default=None, description="The DMP segment's name in the ad account.")
     id: str | None = Field(default=None, description="The DMP segment's id (digits).")
-
-    @pydantic.field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty; allowed: the DMP segment's name")
-        return value
-
-    @pydantic.field_validator("id", mode="before")
-    @classmethod
-    def _check_id(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if value is not None and not (isinstance(value, str) and _DIGITS.fullmatch(value)):
-            raise ValueError(f"found {value!r}; allowed: the DMP segment's numeric id")
-        return value
-
-    @pydantic.model_validator(mode="after")
-    def _one_of(self) -> LinkedInAudienceTarget:
-        if (self.name is None) == (self.id is None):
-            found = "both name and id" if self.name is not None else "neither name nor id"
-            raise ValueError(f"found {found}; allowed: {{name: ...}} or {{id: ...}}")
-        return self
 
 
 class LinkedInAdsSettings(OAuthSettings):
@@ -259,7 +230,7 @@ class LinkedInAdsSettings(OAuthSettings):
         return value.strip()
 
 
-class LinkedInAds(Platform):
+class LinkedInAds(OAuthBearer, AudiencePlatform):
     """LinkedIn DMP segments (users or companies): add and remove members (module docstring)."""
 
     name = "linkedin_ads"
@@ -267,6 +238,8 @@ class LinkedInAds(Platform):
     services: ClassVar[Mapping[str, tuple[str, ...]]] = {"audiences": ("add", "remove")}
     default_base_url = "https://api.linkedin.com"
     limits = LIMITS
+    audience_label = "LinkedIn segment"
+    audience_noun = "segment"
     settle_seconds = 5.0  # LinkedIn: wait 5 seconds after creating a segment before adding to it
 
     settings: LinkedInAdsSettings
@@ -274,11 +247,9 @@ class LinkedInAds(Platform):
     def __init__(self, settings: PlatformSettings, *, destination: str = "") -> None:
         super().__init__(settings, destination=destination)
         self.oauth = OAuthToken(self, default_token_url=TOKEN_URL)
-        self._lock = threading.Lock()
-        self._segment_id = self.settings.audience.id if self.settings.audience else None
 
     @property
-    def _ids(self) -> dict[str, tuple[str, IdentifierSpec]]:
+    def _ids(self) -> IdentifierTable:
         return _COMPANY_IDS if self.settings.segment_type == "company" else _USER_IDS
 
     @property
@@ -290,57 +261,24 @@ class LinkedInAds(Platform):
     def auth_headers(self) -> dict[str, str]:
         """The access token as a bearer token, with the versioned API's headers."""
         return {
-            **self.oauth.headers(),
+            **super().auth_headers(),
             "LinkedIn-Version": self.settings.linkedin_version,
             "X-Restli-Protocol-Version": "2.0.0",
         }
-
-    def renew_auth(self, response: HttpResponse, sent: Mapping[str, str]) -> bool:
-        """Any 401: renew the access token once (LinkedIn: INVALID_ACCESS_TOKEN, 65600/65601)."""
-        return response.status == 401 and self.oauth.renew(sent)
-
-    def runtime_secrets(self) -> list[str]:
-        """The access token obtained from LinkedIn."""
-        token = self.oauth._token
-        return [token] if token else []
-
-    def target_label(self) -> str:
-        """``LinkedIn segment 'VIP Europe'`` or ``LinkedIn segment 10804``."""
-        target = self.settings.audience
-        if target is None:
-            return "a LinkedIn segment"
-        return f"LinkedIn segment {target.name!r}" if target.name else f"LinkedIn segment {target.id}"
 
     # -- identifiers --------------------------------------------------------------------------------
 
     def identifier_spec(self, name: str) -> IdentifierSpec | None:
         """The segment type's identifiers (module docstring), each optional."""
-        entry = self._ids.get(_canonical(name))
-        return entry[1] if entry else None
+        return self._ids.spec(name)
 
     def validate_activation(self, match: Mapping[str, str], mapping: Mapping[str, str]) -> list[str]:
         """Known identifiers of the segment type, one each; no mapping; an audience."""
-        problems = []
-        allowed = ", ".join(self._ids)
-        kind = self.settings.segment_type
-        if not match:
-            problems.append(f"identifiers: found nothing; allowed: at least one of {allowed}")
-        seen: dict[str, str] = {}
-        for name in match:
-            entry = self._ids.get(_canonical(name))
-            if entry is None:
-                problems.append(f"identifiers.{name}: found {name!r}; allowed for segment_type {kind}: {allowed}")
-                continue
-            if entry[0] in seen:
-                problems.append(f"identifiers.{name}: {seen[entry[0]]} already sends {entry[0]}; keep one of them")
-            seen[entry[0]] = name
-        if mapping:
-            problems.append(
-                f"mapping: found {', '.join(mapping)}; allowed: nothing (LinkedIn segments take identifiers only)"
-            )
-        if self.settings.audience is None:
-            problems.append("audience: found nothing; allowed: {name: ...} or {id: ...}")
-        return problems
+        return check_audience_activation(
+            match, mapping, kind_of=self._ids.kind_of, allowed=", ".join(self._ids), takes="LinkedIn segments",
+            has_audience=self.settings.audience is not None,
+            allowed_for=f"allowed for segment_type {self.settings.segment_type}",
+        )  # fmt: skip
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -348,19 +286,11 @@ class LinkedInAds(Platform):
         """The record's element of the batch (``userIds`` or company fields)."""
         element: dict[str, Any] = {"action": _ACTIONS[operation]}
         if self.settings.segment_type == "company":
-            for name, value in record.identifiers.items():
-                element[_COMPANY_IDS[_canonical(name)][0]] = value
-            return element
+            return {**element, **_COMPANY_IDS.by_kind(record.identifiers)}
         order = {kind: i for i, (kind, _) in enumerate(_USER_IDS.values())}
-        ids = [{"idType": _USER_IDS[_canonical(n)][0], "idValue": v} for n, v in record.identifiers.items()]
+        ids = [{"idType": kind, "idValue": v} for kind, v in _USER_IDS.by_kind(record.identifiers).items()]
         element["userIds"] = sorted(ids, key=lambda i: order[i["idType"]])
         return element
-
-    def _segment_ref(self) -> str:
-        if self._segment_id:
-            return self._segment_id
-        target = self.settings.audience
-        return f"<id of segment {target.name!r}>" if target and target.name else "<segment>"
 
     def build_request(
         self, operation: str, inputs: Sequence[Any], records: Sequence[Record]
@@ -368,7 +298,7 @@ class LinkedInAds(Platform):
         """One BATCH_CREATE of the batch's elements on ``users`` or ``companies``."""
         what = "companies" if self.settings.segment_type == "company" else "users"
         return PreparedRequest(
-            "POST", f"/rest/dmpSegments/{self._segment_ref()}/{what}", json={"elements": list(inputs)},
+            "POST", f"/rest/dmpSegments/{self._audience_ref()}/{what}", json={"elements": list(inputs)},
             headers={"X-RestLi-Method": "BATCH_CREATE"},
         )  # fmt: skip
 
@@ -376,7 +306,7 @@ class LinkedInAds(Platform):
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
         """Resolve the segment (created when missing), then one BATCH_CREATE."""
-        self._resolve_segment(transport)
+        self._resolve_audience(transport)
         response = transport.send(self.build_request(operation, inputs, records))
         return self.parse_response(operation, records, response)
 
@@ -412,18 +342,7 @@ class LinkedInAds(Platform):
 
     # -- the segment --------------------------------------------------------------------------------
 
-    def _resolve_segment(self, transport: Transport) -> str:
-        with self._lock:
-            if self._segment_id is None:
-                target = self.settings.audience
-                if target is None or target.name is None:
-                    raise self.config_error("audience: found nothing; allowed: {name: ...} or {id: ...}")
-                self._segment_id = self._find_segment(target.name, transport) or self._create_segment(
-                    target.name, transport
-                )
-            return self._segment_id
-
-    def _find_segment(self, name: str, transport: Transport) -> str | None:
+    def _find_by_name(self, name: str, transport: Transport) -> str | None:
         kind = self.settings.segment_type.upper()
         found: list[str] = []
         start, count = 0, 100
@@ -443,14 +362,10 @@ class LinkedInAds(Platform):
             # LinkedIn may answer fewer than asked per page: ``paging.total`` says when the list ends
             if not elements or (start >= total if isinstance(total, int) else len(elements) < count):
                 break
-        if len(found) > 1:
-            raise self.config_error(
-                f"audience.name: {len(found)} {kind} DMP segments of ad account {self.settings.ad_account_id} are "
-                f"named {name!r} (ids {', '.join(found)}); allowed: a unique name, or audience: {{id: ...}}"
-            )
-        return found[0] if found else None
+        return self._the_one_named(name, found, f"{kind} DMP segments of ad account {self.settings.ad_account_id}")
 
-    def _create_segment(self, name: str, transport: Transport) -> str:
+    def _create_named(self, target: AudienceTarget, transport: Transport) -> str:
+        name = target.name
         body = {
             "name": name,
             "account": self._account_urn,
@@ -487,15 +402,10 @@ class LinkedInAds(Platform):
     def check_connection(self, transport: Transport) -> None:
         """The token (obtained here), the ad account, and a segment given by id."""
         account = self.settings.ad_account_id
-        response = transport.send(PreparedRequest("GET", f"/rest/adAccounts/{account}"))
-        if response.status != 200:
-            raise self.request_error(response, f"reading ad account {account}")
+        self._read(transport, f"/rest/adAccounts/{account}", f"ad account {account}")
         target = self.settings.audience
-        if target is None or target.id is None:
-            return  # a segment given by name is created by the first sync when missing
-        response = transport.send(PreparedRequest("GET", f"/rest/dmpSegments/{target.id}"))
-        if response.status != 200:
-            raise self.request_error(response, f"reading DMP segment {target.id}")
+        if target is not None and target.id is not None:  # a segment given by name is created by the first sync
+            self._read(transport, f"/rest/dmpSegments/{target.id}", f"DMP segment {target.id}")
 
 
 def _error_code(response: HttpResponse) -> str:

@@ -179,6 +179,12 @@ class OAuthToken:
             assert self._token is not None
             return self._token
 
+    @property
+    def current(self) -> str | None:
+        """The access token held now, without obtaining one (None before the first request): for
+        masking it in messages (``Platform.runtime_secrets``), never for sending."""
+        return self._token
+
     def renew(self, sent: Mapping[str, str]) -> bool:
         """After a 401 for the token in ``sent`` (the auth headers of the refused request): get a new
         token unless another worker already did. True when the request is worth sending again."""

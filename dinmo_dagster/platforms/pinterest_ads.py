@@ -81,19 +81,18 @@ import decimal
 import logging
 import math
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from dinmo_dagster.platforms import register_platform
+from dinmo_dagster.platforms.audiences import AudiencePlatform, AudienceTarget, OAuthBearer
 from dinmo_dagster.platforms.base import (
     BatchOutcome,
     HttpResponse,
     Limits,
-    Platform,
     PlatformSettings,
     PreparedRequest,
     Record,
@@ -151,22 +150,18 @@ _IDENTIFIERS: dict[str, tuple[str | None, str | None, IdentifierSpec]] = {
 _LIST_KEYS = frozenset({"em", "ph", "hashed_maids"})
 
 
-class PinterestAudienceTarget(pydantic.BaseModel):
+class PinterestAudienceTarget(AudienceTarget):
     """The customer list an activation fills: ``{name: ...}`` (created when missing) or ``{id: ...}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    noun = "customer list"
 
     name: str | None = Field(default=None, description="The customer list's name in the ad account.")
     id: str | None = Field(default=None, description="The customer list's id (digits).")
 
-    @pydantic.field_validator("id", mode="before")
+    @pydantic.field_validator("name")
     @classmethod
-    def _check_id(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if value is not None and not (isinstance(value, str) and _DIGITS.fullmatch(value)):
-            raise ValueError(f"found {value!r}; allowed: the customer list's numeric id")
-        return value
+    def _check_name(cls, value: str | None) -> str | None:
+        return value  # a blank name counts as no name: see _one_of
 
     @pydantic.model_validator(mode="after")
     def _one_of(self) -> PinterestAudienceTarget:
@@ -262,7 +257,7 @@ class PinterestAdsSettings(OAuthSettings):
         return self
 
 
-class PinterestAds(Platform):
+class PinterestAds(OAuthBearer, AudiencePlatform):
     """Pinterest customer lists (add, remove members) and Conversions API events (track)."""
 
     name = "pinterest_ads"
@@ -270,15 +265,15 @@ class PinterestAds(Platform):
     services: ClassVar[Mapping[str, tuple[str, ...]]] = {"audiences": ("add", "remove"), "events": ("track",)}
     default_base_url = "https://api.pinterest.com"
     limits = AUDIENCE_LIMITS
+    audience_label = "Pinterest customer list"
+    audience_noun = "customer list"
 
     settings: PinterestAdsSettings
 
     def __init__(self, settings: PlatformSettings, *, destination: str = "") -> None:
         super().__init__(settings, destination=destination)
         self.limits = EVENT_LIMITS if self.settings.service == "events" else AUDIENCE_LIMITS
-        self._lock = threading.Lock()
-        self._list_id = self.settings.audience.id if self.settings.audience else None
-        self.oauth: OAuthToken | None = None
+        self.oauth = None
         if self.settings.access_token is None:
             # Pinterest documents the app's credentials in an HTTP Basic header of the token request.
             self.oauth = OAuthToken(self, default_token_url=self.base_url + TOKEN_PATH, client_auth="basic")
@@ -295,23 +290,11 @@ class PinterestAds(Platform):
         assert self.settings.access_token is not None
         return {"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}
 
-    def renew_auth(self, response: HttpResponse, sent: Mapping[str, str]) -> bool:
-        """A 401 with an OAuth token: get a new one (once per request; a static token cannot be renewed)."""
-        return self.oauth is not None and response.status == 401 and self.oauth.renew(sent)
-
-    def runtime_secrets(self) -> list[str]:
-        """The OAuth access token in use, masked like the settings' secrets."""
-        token = self.oauth._token if self.oauth is not None else None
-        return [token] if token else []
-
     def target_label(self) -> str:
         """``Pinterest customer list 'VIP'`` or ``Pinterest ad account 123 (conversions)``."""
         if self.settings.service == "events":
             return f"Pinterest ad account {self.settings.ad_account_id} (conversions)"
-        target = self.settings.audience
-        if target is None:
-            return "a Pinterest customer list"
-        return f"Pinterest customer list {target.name!r}" if target.name else f"Pinterest customer list {target.id}"
+        return super().target_label()
 
     # -- identifiers and activation checks -------------------------------------------------------------
 
@@ -374,19 +357,13 @@ class PinterestAds(Platform):
                     return entry[0]
         return "EMAIL"
 
-    def _list_ref(self) -> str:
-        if self._list_id:
-            return self._list_id
-        target = self.settings.audience
-        return f"<id of customer list {target.name!r}>" if target and target.name else "<customer list>"
-
     def build_request(self, operation: str, inputs: Sequence[Any], records: Sequence[Record]) -> PreparedRequest:
         """``PATCH .../customer_lists/{id}`` (ADD / REMOVE), or ``POST .../events``."""
         if self.settings.service == "events":
             params = {"test": "true"} if self.settings.test else None
             return PreparedRequest("POST", self._path("events"), json={"data": list(inputs)}, params=params)
         body = {"operation_type": "REMOVE" if operation == "remove" else "ADD", "records": ",".join(inputs)}
-        return PreparedRequest("PATCH", self._path("customer_lists", self._list_ref()), json=body)
+        return PreparedRequest("PATCH", self._path("customer_lists", self._audience_ref()), json=body)
 
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
@@ -396,9 +373,9 @@ class PinterestAds(Platform):
             response = transport.send(self.build_request(operation, inputs, records))
             return self._event_outcome(records, response)
         with self._lock:
-            if self._list_id is None:
-                self._list_id = self._find_list(transport)
-            if self._list_id is None:
+            if self._audience_id is None:
+                self._audience_id = self._find_list(transport)
+            if self._audience_id is None:
                 if operation == "remove":
                     return BatchOutcome.accept_all(records)  # no list yet: nobody to remove
                 return self._create_list(records, inputs, transport)
@@ -434,8 +411,8 @@ class PinterestAds(Platform):
         created = response.json() if response.status in (200, 201) else None
         if not isinstance(created, dict) or not created.get("id"):
             return self.parse_response("add", records, response)
-        self._list_id = str(created["id"])
-        logger.info("%s: created customer list %r (id %s)", self.label, target.name, self._list_id)
+        self._audience_id = str(created["id"])
+        logger.info("%s: created customer list %r (id %s)", self.label, target.name, self._audience_id)
         return BatchOutcome.accept_all(records)
 
     def parse_response(self, operation: str, records: Sequence[Record], response: HttpResponse) -> BatchOutcome:
@@ -515,15 +492,10 @@ class PinterestAds(Platform):
 
     def check_connection(self, transport: Transport) -> None:
         """The token and the ad account, and a customer list given by id."""
-        account = self.settings.ad_account_id
-        response = transport.send(PreparedRequest("GET", self._path()))
-        if response.status != 200:
-            raise self.request_error(response, f"reading ad account {account}")
+        self._read(transport, self._path(), f"ad account {self.settings.ad_account_id}")
         target = self.settings.audience
         if self.settings.service == "audiences" and target is not None and target.id is not None:
-            response = transport.send(PreparedRequest("GET", self._path("customer_lists", target.id)))
-            if response.status != 200:
-                raise self.request_error(response, f"reading customer list {target.id}")
+            self._read(transport, self._path("customer_lists", target.id), f"customer list {target.id}")
 
 
 def _unix_seconds(value: Any) -> int | None:

@@ -76,20 +76,25 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
 import requests
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from dinmo_dagster.platforms import register_platform
+from dinmo_dagster.platforms.audiences import (
+    AudiencePlatform,
+    AudienceTarget,
+    IdentifierTable,
+    OAuthBearer,
+    advertising_id,
+)
 from dinmo_dagster.platforms.base import (
     BatchOutcome,
     HttpResponse,
     Limits,
-    Platform,
     PlatformSettings,
     PreparedRequest,
     Record,
@@ -113,7 +118,6 @@ LIMITS = Limits(
     window_seconds=60.0,
     max_concurrency=2,
 )
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _ACTIONS = {"add": "ADD", "remove": "REMOVE"}
 
@@ -130,31 +134,24 @@ def normalize_reddit_email(text: str) -> str:
 
 def normalize_mobile_ad_id(text: str, default_country: str | None = None) -> str:
     """An IDFA or AAID, trimmed, its case kept (module docstring)."""
-    value = text.strip()
-    if not _UUID.fullmatch(value):
-        raise IdentifierError("not a mobile advertising id (IDFA or AAID, 8-4-4-4-12 hex digits)")
-    return value
+    return advertising_id(text)
 
 
 # identifiers: name -> (Reddit schema, how it is prepared)
-_SCHEMAS: dict[str, tuple[str, IdentifierSpec]] = {
+_SCHEMAS = IdentifierTable({
     "email": ("EMAIL_SHA256", IdentifierSpec(
         "email", hashed=True, optional=True, normalize=lambda text, _: normalize_reddit_email(text))),
     "mobile_ad_id": ("MAID_SHA256", IdentifierSpec(
         "id", hashed=True, optional=True, normalize=normalize_mobile_ad_id)),
-}  # fmt: skip
-_ALIASES = {"madid": "mobile_ad_id", "maid": "mobile_ad_id"}
+}, aliases={"madid": "mobile_ad_id", "maid": "mobile_ad_id"})  # fmt: skip
 _ORDER = ["EMAIL_SHA256", "MAID_SHA256"]
 
 
-def _canonical(name: str) -> str:
-    return _ALIASES.get(name.lower(), name.lower())
-
-
-class RedditAudienceTarget(pydantic.BaseModel):
+class RedditAudienceTarget(AudienceTarget):
     """The custom audience an activation fills: ``{name: ...}`` (created when missing) or ``{id: ...}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    noun = "custom audience"
+    numeric_id = False  # Reddit's ids are not documented as digits
 
     name: str | None = Field(default=None, description="The custom audience's name in the ad account.")
     id: str | None = Field(default=None, description="The custom audience's id.")
@@ -167,13 +164,6 @@ class RedditAudienceTarget(pydantic.BaseModel):
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ValueError(f"found {value!r}; allowed: a non-empty text")
         return value
-
-    @pydantic.model_validator(mode="after")
-    def _one_of(self) -> RedditAudienceTarget:
-        if (self.name is None) == (self.id is None):
-            found = "both name and id" if self.name is not None else "neither name nor id"
-            raise ValueError(f"found {found}; allowed: {{name: ...}} or {{id: ...}}")
-        return self
 
 
 class RedditAdsSettings(OAuthSettings):
@@ -192,7 +182,7 @@ class RedditAdsSettings(OAuthSettings):
         return value.strip()
 
 
-class RedditAds(Platform):
+class RedditAds(OAuthBearer, AudiencePlatform):
     """Reddit customer-list custom audiences: add and remove members (module docstring)."""
 
     name = "reddit_ads"
@@ -200,6 +190,10 @@ class RedditAds(Platform):
     services: ClassVar[Mapping[str, tuple[str, ...]]] = {"audiences": ("add", "remove")}
     default_base_url = "https://ads-api.reddit.com"
     limits = LIMITS
+    audience_label = "Reddit audience"
+    audience_noun = "audience"
+    identifier_table = _SCHEMAS
+    audiences_taking = "Reddit audiences"
 
     settings: RedditAdsSettings
 
@@ -208,72 +202,8 @@ class RedditAds(Platform):
         session = requests.Session()
         session.headers["User-Agent"] = USER_AGENT  # Reddit throttles generic user agents
         self.oauth = OAuthToken(self, default_token_url=TOKEN_URL, client_auth="basic", session=session)
-        self._lock = threading.Lock()
-        self._audience_id = self.settings.audience.id if self.settings.audience else None
-
-    # -- auth -------------------------------------------------------------------------------------
-
-    def auth_headers(self) -> dict[str, str]:
-        """The OAuth access token as a bearer token (renewed before it expires)."""
-        return self.oauth.headers()
-
-    def renew_auth(self, response: HttpResponse, sent: Mapping[str, str]) -> bool:
-        """Any 401: renew the access token once (the expired-token body is not documented)."""
-        return response.status == 401 and self.oauth.renew(sent)
-
-    def runtime_secrets(self) -> list[str]:
-        """The access token obtained from Reddit."""
-        token = self.oauth._token
-        return [token] if token else []
-
-    def target_label(self) -> str:
-        """``Reddit audience 'VIP Europe'`` or ``Reddit audience t2_...``."""
-        target = self.settings.audience
-        if target is None:
-            return "a Reddit audience"
-        return f"Reddit audience {target.name!r}" if target.name else f"Reddit audience {target.id}"
-
-    # -- identifiers --------------------------------------------------------------------------------
-
-    def identifier_spec(self, name: str) -> IdentifierSpec | None:
-        """email, mobile_ad_id (module docstring), both hashed, each optional."""
-        entry = _SCHEMAS.get(_canonical(name))
-        return entry[1] if entry else None
-
-    def validate_activation(self, match: Mapping[str, str], mapping: Mapping[str, str]) -> list[str]:
-        """Known identifiers, one per schema; no mapping; an audience."""
-        problems = []
-        allowed = ", ".join(_SCHEMAS)
-        if not match:
-            problems.append(f"identifiers: found nothing; allowed: at least one of {allowed}")
-        seen: dict[str, str] = {}
-        for name in match:
-            entry = _SCHEMAS.get(_canonical(name))
-            if entry is None:
-                problems.append(f"identifiers.{name}: found {name!r}; allowed: {allowed}")
-                continue
-            if entry[0] in seen:
-                problems.append(f"identifiers.{name}: {seen[entry[0]]} already sends {entry[0]}; keep one of them")
-            seen[entry[0]] = name
-        if mapping:
-            problems.append(
-                f"mapping: found {', '.join(mapping)}; allowed: nothing (Reddit audiences take identifiers only)"
-            )
-        if self.settings.audience is None:
-            problems.append("audience: found nothing; allowed: {name: ...} or {id: ...}")
-        return problems
 
     # -- requests -----------------------------------------------------------------------------------
-
-    def record_input(self, operation: str, record: Record) -> dict[str, str]:
-        """The record's digests by Reddit schema."""
-        return {_SCHEMAS[_canonical(name)][0]: value for name, value in record.identifiers.items()}
-
-    def _audience_ref(self) -> str:
-        if self._audience_id:
-            return self._audience_id
-        target = self.settings.audience
-        return f"<id of audience {target.name!r}>" if target and target.name else "<audience>"
 
     def build_request(
         self, operation: str, inputs: Sequence[Any], records: Sequence[Record]
@@ -310,18 +240,7 @@ class RedditAds(Platform):
 
     # -- the audience -------------------------------------------------------------------------------
 
-    def _resolve_audience(self, transport: Transport) -> str:
-        with self._lock:
-            if self._audience_id is None:
-                target = self.settings.audience
-                if target is None or target.name is None:
-                    raise self.config_error("audience: found nothing; allowed: {name: ...} or {id: ...}")
-                self._audience_id = self._find_audience(target.name, transport) or self._create_audience(
-                    target.name, transport
-                )
-            return self._audience_id
-
-    def _find_audience(self, name: str, transport: Transport) -> str | None:
+    def _find_by_name(self, name: str, transport: Transport) -> str | None:
         account = self.settings.ad_account_id
         path = f"/api/v3/ad_accounts/{account}/custom_audiences"
         found: list[str] = []
@@ -334,14 +253,10 @@ class RedditAds(Platform):
                 if isinstance(audience, dict) and audience.get("name") == name and audience.get("id"):
                     found.append(str(audience["id"]))
             path = str((body.get("pagination") or {}).get("next_url") or "")
-        if len(found) > 1:
-            raise self.config_error(
-                f"audience.name: {len(found)} custom audiences of ad account {account} are named {name!r} "
-                f"(ids {', '.join(found)}); allowed: a unique name, or audience: {{id: ...}}"
-            )
-        return found[0] if found else None
+        return self._the_one_named(name, found, f"custom audiences of ad account {account}")
 
-    def _create_audience(self, name: str, transport: Transport) -> str:
+    def _create_named(self, target: AudienceTarget, transport: Transport) -> str:
+        name = target.name
         account = self.settings.ad_account_id
         response = transport.send(PreparedRequest(
             "POST", f"/api/v3/ad_accounts/{account}/custom_audiences",
@@ -371,15 +286,10 @@ class RedditAds(Platform):
     def check_connection(self, transport: Transport) -> None:
         """The token (obtained here), the ad account, and an audience given by id."""
         account = self.settings.ad_account_id
-        response = transport.send(PreparedRequest("GET", f"/api/v3/ad_accounts/{account}"))
-        if response.status != 200:
-            raise self.request_error(response, f"reading ad account {account}")
+        self._read(transport, f"/api/v3/ad_accounts/{account}", f"ad account {account}")
         target = self.settings.audience
-        if target is None or target.id is None:
-            return  # an audience given by name is created by the first sync when missing
-        response = transport.send(PreparedRequest("GET", f"/api/v3/custom_audiences/{target.id}"))
-        if response.status != 200:
-            raise self.request_error(response, f"reading custom audience {target.id}")
+        if target is not None and target.id is not None:  # an audience given by name is created by the first sync
+            self._read(transport, f"/api/v3/custom_audiences/{target.id}", f"custom audience {target.id}")
 
 
 def _error_code(response: HttpResponse) -> str:

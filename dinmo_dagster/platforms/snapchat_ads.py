@@ -75,28 +75,31 @@ answers take, not checked against an errors page here; a body without them is qu
 from __future__ import annotations
 
 import logging
-import re
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from dinmo_dagster.platforms import register_platform
+from dinmo_dagster.platforms.audiences import (
+    UUID,
+    AudiencePlatform,
+    AudienceTarget,
+    IdentifierTable,
+    OAuthBearer,
+    advertising_id,
+)
 from dinmo_dagster.platforms.base import (
     BatchOutcome,
     HttpResponse,
     Limits,
-    Platform,
     PlatformSettings,
     PreparedRequest,
     Record,
     RecordResult,
 )
 from dinmo_dagster.platforms.identifiers import (
-    IdentifierError,
     IdentifierSpec,
     normalize_email,
     normalize_phone,
@@ -118,8 +121,6 @@ LIMITS = Limits(
     window_seconds=1.0,
     max_concurrency=4,
 )
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_DIGITS = re.compile(r"\d+")
 
 
 def normalize_snap_phone(text: str, default_country: str | None = None) -> str:
@@ -129,32 +130,25 @@ def normalize_snap_phone(text: str, default_country: str | None = None) -> str:
 
 def normalize_mobile_ad_id(text: str, default_country: str | None = None) -> str:
     """An IDFA or AAID: lower-cased with its hyphens."""
-    value = text.strip().lower()
-    if not _UUID.fullmatch(value):
-        raise IdentifierError("not a mobile advertising id (IDFA or AAID, 8-4-4-4-12 hex digits)")
-    return value
+    return advertising_id(text).lower()
 
 
 # identifiers: name -> (Snap schema, how it is prepared)
-_SCHEMAS: dict[str, tuple[str, IdentifierSpec]] = {
+_SCHEMAS = IdentifierTable({
     "email": ("EMAIL_SHA256", IdentifierSpec(
         "email", hashed=True, optional=True, normalize=lambda text, _: normalize_email(text))),
     "phone": ("PHONE_SHA256", IdentifierSpec("phone", hashed=True, optional=True, normalize=normalize_snap_phone)),
     "mobile_ad_id": ("MOBILE_AD_ID_SHA256", IdentifierSpec(
         "id", hashed=True, optional=True, normalize=normalize_mobile_ad_id)),
-}  # fmt: skip
-_ALIASES = {"madid": "mobile_ad_id", "mobile_id": "mobile_ad_id", "maid": "mobile_ad_id"}
+}, aliases={"madid": "mobile_ad_id", "mobile_id": "mobile_ad_id", "maid": "mobile_ad_id"})  # fmt: skip
 _ORDER = ["EMAIL_SHA256", "PHONE_SHA256", "MOBILE_AD_ID_SHA256"]
 
 
-def _canonical(name: str) -> str:
-    return _ALIASES.get(name.lower(), name.lower())
-
-
-class SnapAudienceTarget(pydantic.BaseModel):
+class SnapAudienceTarget(AudienceTarget):
     """The segment an activation fills: ``{name: ...}`` (created when missing) or ``{id: ...}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    noun = "segment"
+    max_name_length = 375
 
     name: str | None = Field(default=None, description="The segment's name in the ad account (375 chars max).")
     id: str | None = Field(default=None, description="The segment's id (digits).")
@@ -162,31 +156,6 @@ class SnapAudienceTarget(pydantic.BaseModel):
     retention_in_days: int = Field(
         default=9999, ge=1, le=9999, description="Days members stay, for a segment created by name (9999: lifetime)."
     )
-
-    @pydantic.field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty; allowed: the segment's name")
-        if value is not None and len(value) > 375:
-            raise ValueError(f"has {len(value)} characters; allowed: at most 375")
-        return value
-
-    @pydantic.field_validator("id", mode="before")
-    @classmethod
-    def _check_id(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if value is not None and not (isinstance(value, str) and _DIGITS.fullmatch(value)):
-            raise ValueError(f"found {value!r}; allowed: the segment's numeric id")
-        return value
-
-    @pydantic.model_validator(mode="after")
-    def _one_of(self) -> SnapAudienceTarget:
-        if (self.name is None) == (self.id is None):
-            found = "both name and id" if self.name is not None else "neither name nor id"
-            raise ValueError(f"found {found}; allowed: {{name: ...}} or {{id: ...}}")
-        return self
 
 
 class SnapchatAdsSettings(OAuthSettings):
@@ -199,13 +168,13 @@ class SnapchatAdsSettings(OAuthSettings):
     @pydantic.field_validator("ad_account_id")
     @classmethod
     def _check_account(cls, value: str) -> str:
-        if not _UUID.fullmatch(value.strip().lower()):
+        if not UUID.fullmatch(value.strip()):
             raise ValueError(f"found {value!r}; allowed: the ad account's id, a UUID such as "
                              "8adc3db7-8148-4fbf-999c-8d2266369d74")
         return value.strip().lower()
 
 
-class SnapchatAds(Platform):
+class SnapchatAds(OAuthBearer, AudiencePlatform):
     """Snapchat Customer List segments: add, remove, replace members (module docstring)."""
 
     name = "snapchat_ads"
@@ -213,80 +182,18 @@ class SnapchatAds(Platform):
     services: ClassVar[Mapping[str, tuple[str, ...]]] = {"audiences": ("add", "remove", "replace")}
     default_base_url = "https://adsapi.snapchat.com"
     limits = LIMITS
+    audience_label = "Snapchat segment"
+    audience_noun = "segment"
+    identifier_table = _SCHEMAS
+    audiences_taking = "Snapchat segments"
 
     settings: SnapchatAdsSettings
 
     def __init__(self, settings: PlatformSettings, *, destination: str = "") -> None:
         super().__init__(settings, destination=destination)
         self.oauth = OAuthToken(self, default_token_url=TOKEN_URL)
-        self._lock = threading.Lock()
-        self._segment_id = self.settings.audience.id if self.settings.audience else None
-        # transport (one per delivery) -> its replace already emptied the segment
-        self._cleared: weakref.WeakKeyDictionary[Transport, bool] = weakref.WeakKeyDictionary()
-
-    # -- auth -------------------------------------------------------------------------------------
-
-    def auth_headers(self) -> dict[str, str]:
-        """The OAuth access token as a bearer token (renewed before it expires)."""
-        return self.oauth.headers()
-
-    def renew_auth(self, response: HttpResponse, sent: Mapping[str, str]) -> bool:
-        """Any 401: renew the access token once (Snap documents no expired-token body)."""
-        return response.status == 401 and self.oauth.renew(sent)
-
-    def runtime_secrets(self) -> list[str]:
-        """The access token obtained from Snap."""
-        token = self.oauth._token
-        return [token] if token else []
-
-    def target_label(self) -> str:
-        """``Snapchat segment 'VIP Europe'`` or ``Snapchat segment 5677...``."""
-        target = self.settings.audience
-        if target is None:
-            return "a Snapchat segment"
-        return f"Snapchat segment {target.name!r}" if target.name else f"Snapchat segment {target.id}"
-
-    # -- identifiers --------------------------------------------------------------------------------
-
-    def identifier_spec(self, name: str) -> IdentifierSpec | None:
-        """email, phone, mobile_ad_id (module docstring), all hashed, each optional."""
-        entry = _SCHEMAS.get(_canonical(name))
-        return entry[1] if entry else None
-
-    def validate_activation(self, match: Mapping[str, str], mapping: Mapping[str, str]) -> list[str]:
-        """Known identifiers, one per schema; no mapping; an audience."""
-        problems = []
-        allowed = ", ".join(_SCHEMAS)
-        if not match:
-            problems.append(f"identifiers: found nothing; allowed: at least one of {allowed}")
-        seen: dict[str, str] = {}
-        for name in match:
-            entry = _SCHEMAS.get(_canonical(name))
-            if entry is None:
-                problems.append(f"identifiers.{name}: found {name!r}; allowed: {allowed}")
-                continue
-            if entry[0] in seen:
-                problems.append(f"identifiers.{name}: {seen[entry[0]]} already sends {entry[0]}; keep one of them")
-            seen[entry[0]] = name
-        if mapping:
-            problems.append(
-                f"mapping: found {', '.join(mapping)}; allowed: nothing (Snapchat segments take identifiers only)"
-            )
-        if self.settings.audience is None:
-            problems.append("audience: found nothing; allowed: {name: ...} or {id: ...}")
-        return problems
 
     # -- requests -----------------------------------------------------------------------------------
-
-    def record_input(self, operation: str, record: Record) -> dict[str, str]:
-        """The record's digests by Snap schema."""
-        return {_SCHEMAS[_canonical(name)][0]: value for name, value in record.identifiers.items()}
-
-    def _segment_ref(self) -> str:
-        if self._segment_id:
-            return self._segment_id
-        target = self.settings.audience
-        return f"<id of segment {target.name!r}>" if target and target.name else "<segment>"
 
     def _requests(self, operation: str, inputs: Sequence[Mapping[str, str]]) -> list[tuple[str, list[int]]]:
         """(schema, indexes of the inputs that have it), in Snap's order."""
@@ -299,7 +206,7 @@ class SnapchatAds(Platform):
     def _users_request(self, operation: str, schema: str, digests: list[str]) -> PreparedRequest:
         method = "DELETE" if operation == "remove" else "POST"
         body = {"users": [{"schema": [schema], "data": [[d] for d in digests]}]}
-        return PreparedRequest(method, f"/v1/segments/{self._segment_ref()}/users", json=body)
+        return PreparedRequest(method, f"/v1/segments/{self._audience_ref()}/users", json=body)
 
     def build_request(
         self, operation: str, inputs: Sequence[Any], records: Sequence[Record]
@@ -315,14 +222,14 @@ class SnapchatAds(Platform):
         request = self.build_request(operation, inputs, records)
         if operation != "replace":
             return request
-        first = f"DELETE /v1/segments/{self._segment_ref()}/all_users (once, before the first add)"
+        first = f"DELETE /v1/segments/{self._audience_ref()}/all_users (once, before the first add)"
         return PreparedRequest(request.method, request.path, json={**request.json, "first": first})
 
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
         """Resolve the segment, empty it first in a replace, then one request per schema."""
-        self._resolve_segment(transport)
+        self._resolve_audience(transport)
         if operation == "replace":
             self._clear_once(transport)
         failed: dict[int, RecordResult] = {}
@@ -355,37 +262,20 @@ class SnapchatAds(Platform):
     def finish_operation(self, operation: str, pending: Sequence[str], transport: Transport) -> BatchOutcome:
         """A replace that sent no record still empties the segment (the segment is then empty)."""
         if operation == "replace":
-            self._resolve_segment(transport)
-            self._clear_once(transport)
-            with self._lock:
-                self._cleared.pop(transport, None)
+            self._end_replace(transport)
         return BatchOutcome()
 
     # -- the segment --------------------------------------------------------------------------------
 
-    def _clear_once(self, transport: Transport) -> None:
-        with self._lock:
-            if self._cleared.get(transport):
-                return
-            path = f"/v1/segments/{self._segment_id}/all_users"
-            response = transport.send(PreparedRequest("DELETE", path))
-            if response.status != 200 or not _succeeded(response):
-                raise self.request_error(response, f"removing every member of {self.target_label()} (full sync)")
-            self._cleared[transport] = True
-            logger.info("%s: emptied %s before a full sync", self.label, self.target_label())
+    def _clear_request(self) -> PreparedRequest:
+        """``DELETE /v1/segments/{id}/all_users``."""
+        return PreparedRequest("DELETE", f"/v1/segments/{self._audience_id}/all_users")
 
-    def _resolve_segment(self, transport: Transport) -> str:
-        with self._lock:
-            if self._segment_id is None:
-                target = self.settings.audience
-                if target is None or target.name is None:
-                    raise self.config_error("audience: found nothing; allowed: {name: ...} or {id: ...}")
-                self._segment_id = self._find_segment(target.name, transport) or self._create_segment(
-                    target, transport
-                )
-            return self._segment_id
+    def _cleared_ok(self, response: HttpResponse) -> bool:
+        """200 with ``request_status: SUCCESS``."""
+        return response.status == 200 and _succeeded(response)
 
-    def _find_segment(self, name: str, transport: Transport) -> str | None:
+    def _find_by_name(self, name: str, transport: Transport) -> str | None:
         account = self.settings.ad_account_id
         path = f"/v1/adaccounts/{account}/segments"
         found: list[str] = []
@@ -399,14 +289,10 @@ class SnapchatAds(Platform):
                 if isinstance(segment, dict) and segment.get("name") == name and segment.get("id"):
                     found.append(str(segment["id"]))
             path = str((body.get("paging") or {}).get("next_link") or "")
-        if len(found) > 1:
-            raise self.config_error(
-                f"audience.name: {len(found)} segments of ad account {account} are named {name!r} "
-                f"(ids {', '.join(found)}); allowed: a unique name, or audience: {{id: ...}}"
-            )
-        return found[0] if found else None
+        return self._the_one_named(name, found, f"segments of ad account {account}")
 
-    def _create_segment(self, target: SnapAudienceTarget, transport: Transport) -> str:
+    def _create_named(self, target: AudienceTarget, transport: Transport) -> str:
+        assert isinstance(target, SnapAudienceTarget)
         account = self.settings.ad_account_id
         segment: dict[str, Any] = {
             "name": target.name,
@@ -443,15 +329,10 @@ class SnapchatAds(Platform):
     def check_connection(self, transport: Transport) -> None:
         """The token (obtained here), the ad account, and a segment given by id."""
         account = self.settings.ad_account_id
-        response = transport.send(PreparedRequest("GET", f"/v1/adaccounts/{account}"))
-        if response.status != 200:
-            raise self.request_error(response, f"reading ad account {account}")
+        self._read(transport, f"/v1/adaccounts/{account}", f"ad account {account}")
         target = self.settings.audience
-        if target is None or target.id is None:
-            return  # a segment given by name is created by the first sync when missing
-        response = transport.send(PreparedRequest("GET", f"/v1/segments/{target.id}"))
-        if response.status != 200:
-            raise self.request_error(response, f"reading segment {target.id}")
+        if target is not None and target.id is not None:  # a segment given by name is created by the first sync
+            self._read(transport, f"/v1/segments/{target.id}", f"segment {target.id}")
 
 
 def _succeeded(response: HttpResponse) -> bool:

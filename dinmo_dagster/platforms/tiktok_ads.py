@@ -64,21 +64,26 @@ import hashlib
 import json
 import logging
 import re
-import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
 import requests
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from dinmo_dagster.platforms import register_platform
+from dinmo_dagster.platforms.audiences import (
+    AudiencePlatform,
+    AudienceTarget,
+    IdentifierTable,
+    advertising_id,
+    check_audience_activation,
+)
 from dinmo_dagster.platforms.base import (
     BatchOutcome,
     HttpResponse,
     Limits,
-    Platform,
     PlatformSettings,
     PreparedRequest,
     Record,
@@ -87,7 +92,6 @@ from dinmo_dagster.platforms.base import (
     Signal,
 )
 from dinmo_dagster.platforms.identifiers import (
-    IdentifierError,
     IdentifierSpec,
     normalize_email,
     normalize_phone,
@@ -107,63 +111,35 @@ LIMITS = Limits(
 )
 RATE_LIMITED_CODES = frozenset({40100})
 AUTH_CODES = frozenset({40102, 40104, 40105})
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _DIGITS = re.compile(r"\d+")
 _ACTIONS = {"add": "APPEND", "remove": "DELETE", "replace": "REPLACE"}
 
 
 def normalize_device_id(text: str, default_country: str | None = None) -> str:
     """An IDFA or GAID: lower-cased with its hyphens."""
-    value = text.strip().lower()
-    if not _UUID.fullmatch(value):
-        raise IdentifierError("not a mobile advertising id (IDFA or GAID, 8-4-4-4-12 hex digits)")
-    return value
+    return advertising_id(text, "a mobile advertising id (IDFA or GAID, 8-4-4-4-12 hex digits)").lower()
 
 
 # identifiers: name -> (TikTok calculate_type, how it is prepared)
-_TYPES: dict[str, tuple[str, IdentifierSpec]] = {
+_TYPES = IdentifierTable({
     "email": ("EMAIL_SHA256", IdentifierSpec(
         "email", hashed=True, optional=True, normalize=lambda text, _: normalize_email(text))),
     "phone": ("PHONE_SHA256", IdentifierSpec("phone", hashed=True, optional=True, normalize=normalize_phone)),
     "idfa": ("IDFA_SHA256", IdentifierSpec("id", hashed=True, optional=True, normalize=normalize_device_id)),
     "gaid": ("GAID_SHA256", IdentifierSpec("id", hashed=True, optional=True, normalize=normalize_device_id)),
-}  # fmt: skip
+})  # fmt: skip
 _ORDER = ["EMAIL_SHA256", "PHONE_SHA256", "IDFA_SHA256", "GAID_SHA256"]
 
 
-class TikTokAudienceTarget(pydantic.BaseModel):
+class TikTokAudienceTarget(AudienceTarget):
     """The custom audience an activation fills: ``{name: ...}`` (created when missing) or ``{id: ...}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    noun = "custom audience"
+    max_name_length = 128
 
     name: str | None = Field(default=None, description="The custom audience's name (128 chars max).")
     id: str | None = Field(default=None, description="The custom audience's id (digits).")
     description: str | None = Field(default=None, description="Accepted, not sent (TikTok's create takes none).")
-
-    @pydantic.field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty; allowed: the custom audience's name")
-        if value is not None and len(value) > 128:
-            raise ValueError(f"has {len(value)} characters; allowed: at most 128")
-        return value
-
-    @pydantic.field_validator("id", mode="before")
-    @classmethod
-    def _check_id(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if value is not None and not (isinstance(value, str) and _DIGITS.fullmatch(value)):
-            raise ValueError(f"found {value!r}; allowed: the custom audience's numeric id")
-        return value
-
-    @pydantic.model_validator(mode="after")
-    def _one_of(self) -> TikTokAudienceTarget:
-        if (self.name is None) == (self.id is None):
-            found = "both name and id" if self.name is not None else "neither name nor id"
-            raise ValueError(f"found {found}; allowed: {{name: ...}} or {{id: ...}}")
-        return self
 
 
 class TikTokAdsSettings(PlatformSettings):
@@ -184,7 +160,7 @@ class TikTokAdsSettings(PlatformSettings):
         return value.strip()
 
 
-class TikTokAds(Platform):
+class TikTokAds(AudiencePlatform):
     """TikTok Customer File custom audiences: add, remove, replace members (module docstring)."""
 
     name = "tiktok_ads"
@@ -192,13 +168,14 @@ class TikTokAds(Platform):
     services: ClassVar[Mapping[str, tuple[str, ...]]] = {"audiences": ("add", "remove", "replace")}
     default_base_url = "https://business-api.tiktok.com"
     limits = LIMITS
+    audience_label = "TikTok audience"
+    audience_noun = "audience"
+    identifier_table = _TYPES
 
     settings: TikTokAdsSettings
 
     def __init__(self, settings: PlatformSettings, *, destination: str = "") -> None:
         super().__init__(settings, destination=destination)
-        self._lock = threading.Lock()
-        self._audience_id = self.settings.audience.id if self.settings.audience else None
         self._looked_up = self._audience_id is not None
         # transport (one per delivery) -> its replace already sent REPLACE
         self._replaced: weakref.WeakKeyDictionary[Transport, bool] = weakref.WeakKeyDictionary()
@@ -207,42 +184,16 @@ class TikTokAds(Platform):
         """TikTok's ``Access-Token`` header (a long-term token: nothing to renew)."""
         return {"Access-Token": self.settings.access_token.get_secret_value()}
 
-    def target_label(self) -> str:
-        """``TikTok audience 'VIP Europe'`` or ``TikTok audience 1234``."""
-        target = self.settings.audience
-        if target is None:
-            return "a TikTok audience"
-        return f"TikTok audience {target.name!r}" if target.name else f"TikTok audience {target.id}"
-
     # -- identifiers --------------------------------------------------------------------------------
-
-    def identifier_spec(self, name: str) -> IdentifierSpec | None:
-        """email, phone, idfa, gaid (module docstring), all hashed, each optional."""
-        entry = _TYPES.get(name.lower())
-        return entry[1] if entry else None
 
     def validate_activation(self, match: Mapping[str, str], mapping: Mapping[str, str]) -> list[str]:
         """Known identifiers; no mapping; an audience."""
-        problems = []
-        allowed = ", ".join(_TYPES)
-        if not match:
-            problems.append(f"identifiers: found nothing; allowed: at least one of {allowed}")
-        for name in match:
-            if name.lower() not in _TYPES:
-                problems.append(f"identifiers.{name}: found {name!r}; allowed: {allowed}")
-        if mapping:
-            problems.append(
-                f"mapping: found {', '.join(mapping)}; allowed: nothing (TikTok audiences take identifiers only)"
-            )
-        if self.settings.audience is None:
-            problems.append("audience: found nothing; allowed: {name: ...} or {id: ...}")
-        return problems
+        return check_audience_activation(
+            match, mapping, kind_of=lambda name: name if name.lower() in _TYPES else None,  # each its own kind
+            allowed=", ".join(_TYPES), takes="TikTok audiences", has_audience=self.settings.audience is not None,
+        )  # fmt: skip
 
     # -- requests -----------------------------------------------------------------------------------
-
-    def record_input(self, operation: str, record: Record) -> dict[str, str]:
-        """The record's digests by TikTok calculate_type."""
-        return {_TYPES[name.lower()][0]: value for name, value in record.identifiers.items()}
 
     def _files(self, inputs: Sequence[Mapping[str, str]]) -> list[tuple[str, list[int]]]:
         """(calculate_type, indexes of the inputs that have it), in TikTok's order."""
@@ -266,12 +217,6 @@ class TikTokAds(Platform):
 
         return PreparedRequest("POST", f"{API}/file/custom_audience/upload/",
                                json={**form, "file": list(digests)}, call=call)  # fmt: skip
-
-    def _audience_ref(self) -> str:
-        if self._audience_id:
-            return self._audience_id
-        target = self.settings.audience
-        return f"<id of audience {target.name!r}>" if target and target.name else "<audience>"
 
     def _update_request(self, action: str, file_path: str) -> PreparedRequest:
         body = {"advertiser_id": self.settings.advertiser_id, "custom_audience_id": self._audience_ref(),
