@@ -9,7 +9,6 @@ are expected lower-cased with their hyphens, unhashed (the adapter's docstring s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -19,24 +18,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import dagster as dg
 import pyarrow as pa
 import pytest
+from ad_scenarios import ad_project, audiences_platform, calls, change_customers, sha
 from fakes.criteo import CriteoFake
 from fakes.server import FakeResponse
 from platform_scenarios import (
-    create_customers,
-    open_project,
-    project_yaml,
-    run,
     run_sync_job,
     sync_steps,
-    warehouse_source,
 )
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import load_project
-from dinmo_dagster.definitions import build_definitions
 from dinmo_dagster.platforms import (
     ActivationSpec,
     InMemoryJournal,
@@ -58,10 +51,6 @@ EMAILS = ActivationSpec("vip_to_criteo", "customer_id", {"email": "email"})
 PREFIX = "/2026-01/marketing-solutions/audience-segments"
 
 
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @pytest.fixture
 def criteo() -> Iterator[CriteoFake]:
     with CriteoFake(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, advertiser_id=ADVERTISER) as fake:
@@ -69,19 +58,10 @@ def criteo() -> Iterator[CriteoFake]:
 
 
 def audiences(fake: CriteoFake, **settings: Any) -> Criteo:
-    raw = {
-        "service": "audiences",
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "advertiser_id": ADVERTISER,
-        "audience": {"name": "VIP Europe"},
-        "base_url": fake.url,
-        "token_url": fake.token_url,
-        **settings,
-    }
-    platform = build_platform("criteo", raw, destination="criteo_vip")
-    assert isinstance(platform, Criteo)
-    return platform
+    return audiences_platform(
+        "criteo", "criteo_vip", Criteo, fake,
+        {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "advertiser_id": ADVERTISER}, settings,
+    )  # fmt: skip
 
 
 def customers(ids: Any, **overrides: list[Any]) -> pa.RecordBatch:
@@ -93,10 +73,6 @@ def customers(ids: Any, **overrides: list[Any]) -> pa.RecordBatch:
 
 def emails(ids: Any) -> set[str]:
     return {sha(f"customer{i}@example.com") for i in ids}
-
-
-def calls(fake: CriteoFake) -> list[tuple[str, str]]:
-    return [(r.method, r.path) for r in fake.requests]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,34 +313,15 @@ def test_settings_and_activation_problems_name_the_key_and_what_is_allowed(crite
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def criteo_project(request, tmp_path: Path, monkeypatch) -> Iterator[SimpleNamespace]:
-    monkeypatch.setenv("CRITEO_CLIENT_SECRET", CLIENT_SECRET)
-    with warehouse_source("duckdb", request, tmp_path, monkeypatch) as source, CriteoFake(
-        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, advertiser_id=ADVERTISER
-    ) as criteo, dg.DagsterInstance.ephemeral() as instance:
-        destination = f"""
-            criteo_vip:
-              type: criteo
-              service: audiences
-              advertiser_id: "{ADVERTISER}"
-              client_id: {CLIENT_ID}
-              client_secret: {{env: CRITEO_CLIENT_SECRET}}
-              base_url: {criteo.url}
-              token_url: {criteo.token_url}
-            """
-        (tmp_path / "dinmo.yaml").write_text(project_yaml(source, destinations=[destination], activations="""
-            to_criteo:
-              segment: big
-              destination: criteo_vip
-              audience: {name: "VIP Europe"}
-              identifiers: {email: email}
-            """))
-        with open_project(tmp_path) as (project, resources, wh):
-            create_customers(wh, [(1, "ann@example.com", "Ann", "12.50"), (2, "bob@example.com", "Bob", "900.00"),
-                                  (3, "cle@example.com", "Cle", "600.10"), (4, "dan@example.com", "Dan", "700.00")])
-            yield SimpleNamespace(project=project, resources=resources, wh=wh, criteo=criteo, instance=instance,
-                                  defs=build_definitions(project))
+def criteo_project(request, tmp_path: Path,
+                 monkeypatch) -> contextlib.AbstractContextManager[SimpleNamespace]:
+    return ad_project(
+        request, tmp_path, monkeypatch,
+        lambda: CriteoFake(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, advertiser_id=ADVERTISER),
+        attr="criteo", type_="criteo", destination="criteo_vip", activation="to_criteo",
+        fields={"advertiser_id": f'"{ADVERTISER}"', "client_id": CLIENT_ID},
+        secrets={"client_secret": ("CRITEO_CLIENT_SECRET", CLIENT_SECRET)},
+    )  # fmt: skip
 
 
 def test_a_criteo_contact_list_follows_the_segment_through_the_dagster_job(request, tmp_path: Path, monkeypatch,
@@ -384,9 +341,7 @@ def test_a_criteo_contact_list_follows_the_segment_through_the_dagster_job(reque
         assert segment.members["email"] == {sha(f"{n}@example.com") for n in ("bob", "cle", "dan")}
 
         # Delta: Dan leaves, Bob's e-mail changes, Ann enters; the token expires mid-sync.
-        run(env.wh, "update raw.customers set ltv = 10 where customer_id = 4")
-        run(env.wh, "update raw.customers set email = 'Robert@Example.com ' where customer_id = 2")
-        run(env.wh, "update raw.customers set ltv = 800 where customer_id = 1")
+        change_customers(env.wh)
         env.criteo.expire_tokens_after(1)
         result = run_sync_job(env.defs, env.instance, "to_criteo")
         assert result.success

@@ -9,7 +9,6 @@ SHA256_EMAIL idType); advertising ids and company fields go unhashed, as LinkedI
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -17,25 +16,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import dagster as dg
 import pyarrow as pa
 import pytest
 import requests
+from ad_scenarios import ad_project, audiences_platform, calls, change_customers, sha
 from fakes.linkedin_ads import LinkedInAdsFake
 from fakes.server import FakeResponse
 from platform_scenarios import (
-    create_customers,
-    open_project,
-    project_yaml,
-    run,
     run_sync_job,
     sync_steps,
-    warehouse_source,
 )
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import load_project
-from dinmo_dagster.definitions import build_definitions
 from dinmo_dagster.platforms import (
     ActivationSpec,
     InMemoryJournal,
@@ -57,10 +50,6 @@ FAST = RetryPolicy(max_attempts=3, max_rate_limited_attempts=20, initial_wait_se
 EMAILS = ActivationSpec("vip_to_linkedin", "customer_id", {"email": "email"})
 
 
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @pytest.fixture
 def linkedin() -> Iterator[LinkedInAdsFake]:
     with LinkedInAdsFake(
@@ -70,19 +59,11 @@ def linkedin() -> Iterator[LinkedInAdsFake]:
 
 
 def audiences(fake: LinkedInAdsFake, **settings: Any) -> LinkedInAds:
-    raw = {
-        "service": "audiences",
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "refresh_token": REFRESH_TOKEN,
-        "ad_account_id": ACCOUNT,
-        "audience": {"name": "VIP Europe"},
-        "base_url": fake.url,
-        "token_url": fake.token_url,
-        **settings,
-    }
-    platform = build_platform("linkedin_ads", raw, destination="li_vip")
-    assert isinstance(platform, LinkedInAds)
+    platform = audiences_platform(
+        "linkedin_ads", "li_vip", LinkedInAds, fake,
+        {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "refresh_token": REFRESH_TOKEN,
+         "ad_account_id": ACCOUNT}, settings,
+    )  # fmt: skip
     platform.settle_seconds = 0.0  # the fake's segments are usable at once
     return platform
 
@@ -96,10 +77,6 @@ def customers(ids: Any, **overrides: list[Any]) -> pa.RecordBatch:
 
 def emails(ids: Any) -> set[tuple[str, str]]:
     return {("SHA256_EMAIL", sha(f"customer{i}@example.com")) for i in ids}
-
-
-def calls(fake: LinkedInAdsFake) -> list[tuple[str, str]]:
-    return [(r.method, r.path) for r in fake.requests]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,37 +347,18 @@ def test_settings_and_activation_problems_name_the_key_and_what_is_allowed(linke
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def linkedin_project(request, tmp_path: Path, monkeypatch) -> Iterator[SimpleNamespace]:
-    monkeypatch.setenv("LINKEDIN_CLIENT_SECRET", CLIENT_SECRET)
-    monkeypatch.setenv("LINKEDIN_REFRESH_TOKEN", REFRESH_TOKEN)
+def linkedin_project(request, tmp_path: Path,
+                 monkeypatch) -> contextlib.AbstractContextManager[SimpleNamespace]:
     monkeypatch.setattr(LinkedInAds, "settle_seconds", 0.0)  # the fake's segments are usable at once
-    with warehouse_source("duckdb", request, tmp_path, monkeypatch) as source, LinkedInAdsFake(
-        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN, account_id=ACCOUNT
-    ) as fake, dg.DagsterInstance.ephemeral() as instance:
-        destination = f"""
-            li_vip:
-              type: linkedin_ads
-              service: audiences
-              ad_account_id: "{ACCOUNT}"
-              client_id: {CLIENT_ID}
-              client_secret: {{env: LINKEDIN_CLIENT_SECRET}}
-              refresh_token: {{env: LINKEDIN_REFRESH_TOKEN}}
-              base_url: {fake.url}
-              token_url: {fake.token_url}
-            """
-        (tmp_path / "dinmo.yaml").write_text(project_yaml(source, destinations=[destination], activations="""
-            to_linkedin:
-              segment: big
-              destination: li_vip
-              audience: {name: "VIP Europe"}
-              identifiers: {email: email}
-            """))
-        with open_project(tmp_path) as (project, resources, wh):
-            create_customers(wh, [(1, "ann@example.com", "Ann", "12.50"), (2, "bob@example.com", "Bob", "900.00"),
-                                  (3, "cle@example.com", "Cle", "600.10"), (4, "dan@example.com", "Dan", "700.00")])
-            yield SimpleNamespace(project=project, resources=resources, wh=wh, fake=fake, instance=instance,
-                                  defs=build_definitions(project))
+    return ad_project(
+        request, tmp_path, monkeypatch,
+        lambda: LinkedInAdsFake(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                                refresh_token=REFRESH_TOKEN, account_id=ACCOUNT),
+        attr="fake", type_="linkedin_ads", destination="li_vip", activation="to_linkedin",
+        fields={"ad_account_id": f'"{ACCOUNT}"', "client_id": CLIENT_ID},
+        secrets={"client_secret": ("LINKEDIN_CLIENT_SECRET", CLIENT_SECRET),
+                 "refresh_token": ("LINKEDIN_REFRESH_TOKEN", REFRESH_TOKEN)},
+    )  # fmt: skip
 
 
 def test_a_linkedin_segment_follows_the_segment_through_the_dagster_job(request, tmp_path: Path, monkeypatch,
@@ -423,9 +381,7 @@ def test_a_linkedin_segment_follows_the_segment_through_the_dagster_job(request,
 
         # Delta: Dan leaves, Bob's e-mail changes, Ann enters; one request is refused (sent again next
         # sync); the token expires mid-sync.
-        run(env.wh, "update raw.customers set ltv = 10 where customer_id = 4")
-        run(env.wh, "update raw.customers set email = 'Robert@Example.com ' where customer_id = 2")
-        run(env.wh, "update raw.customers set ltv = 800 where customer_id = 1")
+        change_customers(env.wh)
         env.fake.fail_next("/users", FakeResponse(400, {"status": 400, "message": "Busy"}))
         env.fake.expire_tokens_after(1)
         run_sync_job(env.defs, env.instance, "to_linkedin")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -19,24 +18,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import dagster as dg
 import pyarrow as pa
 import pytest
 import requests
+from ad_scenarios import ad_project, audiences_platform, calls, change_customers, sha
 from fakes.reddit_ads import RedditAdsFake
 from fakes.server import FakeResponse
 from platform_scenarios import (
-    create_customers,
-    open_project,
-    project_yaml,
-    run,
     run_sync_job,
     sync_steps,
-    warehouse_source,
 )
 
 from dinmo_dagster.cli import main
-from dinmo_dagster.definitions import build_definitions
 from dinmo_dagster.platforms import (
     ActivationSpec,
     InMemoryJournal,
@@ -59,10 +52,6 @@ EMAILS = ActivationSpec("vip_to_reddit", "customer_id", {"email": "email"})
 BOTH = ActivationSpec("vip_to_reddit", "customer_id", {"email": "email", "mobile_ad_id": "maid"})
 
 
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @pytest.fixture
 def reddit() -> Iterator[RedditAdsFake]:
     with RedditAdsFake(
@@ -72,20 +61,11 @@ def reddit() -> Iterator[RedditAdsFake]:
 
 
 def audiences(fake: RedditAdsFake, **settings: Any) -> RedditAds:
-    raw = {
-        "service": "audiences",
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "refresh_token": REFRESH_TOKEN,
-        "ad_account_id": ACCOUNT,
-        "audience": {"name": "VIP Europe"},
-        "base_url": fake.url,
-        "token_url": fake.token_url,
-        **settings,
-    }
-    platform = build_platform("reddit_ads", raw, destination="reddit_vip")
-    assert isinstance(platform, RedditAds)
-    return platform
+    return audiences_platform(
+        "reddit_ads", "reddit_vip", RedditAds, fake,
+        {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "refresh_token": REFRESH_TOKEN,
+         "ad_account_id": ACCOUNT}, settings,
+    )  # fmt: skip
 
 
 def customers(ids: Any, **overrides: list[Any]) -> pa.RecordBatch:
@@ -97,10 +77,6 @@ def customers(ids: Any, **overrides: list[Any]) -> pa.RecordBatch:
 
 def emails(ids: Any) -> set[str]:
     return {sha(f"customer{i}@example.com") for i in ids}
-
-
-def calls(fake: RedditAdsFake) -> list[tuple[str, str]]:
-    return [(r.method, r.path) for r in fake.requests]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,36 +290,17 @@ def test_settings_and_activation_problems_name_the_key_and_what_is_allowed(reddi
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def reddit_project(request, tmp_path: Path, monkeypatch) -> Iterator[SimpleNamespace]:
-    monkeypatch.setenv("REDDIT_CLIENT_SECRET", CLIENT_SECRET)
-    monkeypatch.setenv("REDDIT_REFRESH_TOKEN", REFRESH_TOKEN)
-    with warehouse_source("duckdb", request, tmp_path, monkeypatch) as source, RedditAdsFake(
-        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN, ad_account_id=ACCOUNT
-    ) as reddit, dg.DagsterInstance.ephemeral() as instance:
-        destination = f"""
-            reddit_vip:
-              type: reddit_ads
-              service: audiences
-              ad_account_id: {ACCOUNT}
-              client_id: {CLIENT_ID}
-              client_secret: {{env: REDDIT_CLIENT_SECRET}}
-              refresh_token: {{env: REDDIT_REFRESH_TOKEN}}
-              base_url: {reddit.url}
-              token_url: {reddit.token_url}
-            """
-        (tmp_path / "dinmo.yaml").write_text(project_yaml(source, destinations=[destination], activations="""
-            to_reddit:
-              segment: big
-              destination: reddit_vip
-              audience: {name: "VIP Europe"}
-              identifiers: {email: email}
-            """))
-        with open_project(tmp_path) as (project, resources, wh):
-            create_customers(wh, [(1, "ann@example.com", "Ann", "12.50"), (2, "bob@example.com", "Bob", "900.00"),
-                                  (3, "cle@example.com", "Cle", "600.10"), (4, "dan@example.com", "Dan", "700.00")])
-            yield SimpleNamespace(project=project, resources=resources, wh=wh, reddit=reddit, instance=instance,
-                                  defs=build_definitions(project))
+def reddit_project(request, tmp_path: Path,
+                 monkeypatch) -> contextlib.AbstractContextManager[SimpleNamespace]:
+    return ad_project(
+        request, tmp_path, monkeypatch,
+        lambda: RedditAdsFake(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                              refresh_token=REFRESH_TOKEN, ad_account_id=ACCOUNT),
+        attr="reddit", type_="reddit_ads", destination="reddit_vip", activation="to_reddit",
+        fields={"ad_account_id": ACCOUNT, "client_id": CLIENT_ID},
+        secrets={"client_secret": ("REDDIT_CLIENT_SECRET", CLIENT_SECRET),
+                 "refresh_token": ("REDDIT_REFRESH_TOKEN", REFRESH_TOKEN)},
+    )  # fmt: skip
 
 
 def test_a_reddit_audience_follows_the_segment_through_the_dagster_job(request, tmp_path: Path, monkeypatch,
@@ -364,9 +321,7 @@ def test_a_reddit_audience_follows_the_segment_through_the_dagster_job(request, 
 
         # Delta: Dan leaves, Bob's e-mail changes, Ann enters; the first PATCH is refused (retried next
         # sync); the token expires mid-sync.
-        run(env.wh, "update raw.customers set ltv = 10 where customer_id = 4")
-        run(env.wh, "update raw.customers set email = 'Robert@Example.com ' where customer_id = 2")
-        run(env.wh, "update raw.customers set ltv = 800 where customer_id = 1")
+        change_customers(env.wh)
         env.reddit.fail_next("/users", FakeResponse(400, {"error": {"code": "INVALID_INPUT", "message": "Busy"}}))
         env.reddit.expire_tokens_after(1)
         run_sync_job(env.defs, env.instance, "to_reddit")

@@ -10,7 +10,6 @@ page describes (trimmed lower-case e-mails; phone digits with the country code, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -19,23 +18,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import dagster as dg
 import pyarrow as pa
 import pytest
+from ad_scenarios import ad_project, audiences_platform, calls, change_customers, sha
 from fakes.server import FakeResponse
 from fakes.snapchat_ads import SnapchatAdsFake
 from platform_scenarios import (
-    create_customers,
-    open_project,
-    project_yaml,
-    run,
     run_sync_job,
     sync_steps,
-    warehouse_source,
 )
 
 from dinmo_dagster.cli import main
-from dinmo_dagster.definitions import build_definitions
 from dinmo_dagster.platforms import (
     ActivationSpec,
     InMemoryJournal,
@@ -58,10 +51,6 @@ MEMBERS = ActivationSpec("vip_to_snap", "customer_id", {"email": "email", "phone
 EMAILS = ActivationSpec("vip_to_snap", "customer_id", {"email": "email"})
 
 
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @pytest.fixture
 def snap() -> Iterator[SnapchatAdsFake]:
     with SnapchatAdsFake(
@@ -71,20 +60,11 @@ def snap() -> Iterator[SnapchatAdsFake]:
 
 
 def audiences(fake: SnapchatAdsFake, **settings: Any) -> SnapchatAds:
-    raw = {
-        "service": "audiences",
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "refresh_token": REFRESH_TOKEN,
-        "ad_account_id": ACCOUNT,
-        "audience": {"name": "VIP Europe"},
-        "base_url": fake.url,
-        "token_url": fake.token_url,
-        **settings,
-    }
-    platform = build_platform("snapchat_ads", raw, destination="snap_vip")
-    assert isinstance(platform, SnapchatAds)
-    return platform
+    return audiences_platform(
+        "snapchat_ads", "snap_vip", SnapchatAds, fake,
+        {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "refresh_token": REFRESH_TOKEN,
+         "ad_account_id": ACCOUNT}, settings,
+    )  # fmt: skip
 
 
 def customers(ids: Any, **overrides: list[Any]) -> pa.RecordBatch:
@@ -104,10 +84,6 @@ def emails(ids: Any) -> set[str]:
 
 def phones(ids: Any) -> set[str]:
     return {sha(f"33612345{i // 100 % 100:02d}{i % 100:02d}"[:11]) for i in ids}
-
-
-def calls(fake: SnapchatAdsFake) -> list[tuple[str, str]]:
-    return [(r.method, r.path) for r in fake.requests]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,36 +352,17 @@ def test_settings_and_activation_problems_name_the_key_and_what_is_allowed(snap)
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def snap_project(request, tmp_path: Path, monkeypatch) -> Iterator[SimpleNamespace]:
-    monkeypatch.setenv("SNAP_CLIENT_SECRET", CLIENT_SECRET)
-    monkeypatch.setenv("SNAP_REFRESH_TOKEN", REFRESH_TOKEN)
-    with warehouse_source("duckdb", request, tmp_path, monkeypatch) as source, SnapchatAdsFake(
-        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN, ad_account_id=ACCOUNT
-    ) as snap, dg.DagsterInstance.ephemeral() as instance:
-        destination = f"""
-            snap_vip:
-              type: snapchat_ads
-              service: audiences
-              ad_account_id: "{ACCOUNT}"
-              client_id: {CLIENT_ID}
-              client_secret: {{env: SNAP_CLIENT_SECRET}}
-              refresh_token: {{env: SNAP_REFRESH_TOKEN}}
-              base_url: {snap.url}
-              token_url: {snap.token_url}
-            """
-        (tmp_path / "dinmo.yaml").write_text(project_yaml(source, destinations=[destination], activations="""
-            to_snap:
-              segment: big
-              destination: snap_vip
-              audience: {name: "VIP Europe"}
-              identifiers: {email: email}
-            """))
-        with open_project(tmp_path) as (project, resources, wh):
-            create_customers(wh, [(1, "ann@example.com", "Ann", "12.50"), (2, "bob@example.com", "Bob", "900.00"),
-                                  (3, "cle@example.com", "Cle", "600.10"), (4, "dan@example.com", "Dan", "700.00")])
-            yield SimpleNamespace(project=project, resources=resources, wh=wh, snap=snap, instance=instance,
-                                  defs=build_definitions(project))
+def snap_project(request, tmp_path: Path,
+                 monkeypatch) -> contextlib.AbstractContextManager[SimpleNamespace]:
+    return ad_project(
+        request, tmp_path, monkeypatch,
+        lambda: SnapchatAdsFake(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                                refresh_token=REFRESH_TOKEN, ad_account_id=ACCOUNT),
+        attr="snap", type_="snapchat_ads", destination="snap_vip", activation="to_snap",
+        fields={"ad_account_id": f'"{ACCOUNT}"', "client_id": CLIENT_ID},
+        secrets={"client_secret": ("SNAP_CLIENT_SECRET", CLIENT_SECRET),
+                 "refresh_token": ("SNAP_REFRESH_TOKEN", REFRESH_TOKEN)},
+    )  # fmt: skip
 
 
 def test_a_snapchat_segment_follows_the_segment_through_the_dagster_job(request, tmp_path: Path, monkeypatch,
@@ -425,9 +382,7 @@ def test_a_snapchat_segment_follows_the_segment_through_the_dagster_job(request,
         assert segment.members["EMAIL_SHA256"] == {sha(f"{n}@example.com") for n in ("bob", "cle", "dan")}
 
         # Delta: Dan leaves, Bob's e-mail changes, Ann enters; the token expires mid-sync.
-        run(env.wh, "update raw.customers set ltv = 10 where customer_id = 4")
-        run(env.wh, "update raw.customers set email = 'Robert@Example.com ' where customer_id = 2")
-        run(env.wh, "update raw.customers set ltv = 800 where customer_id = 1")
+        change_customers(env.wh)
         env.snap.expire_tokens_after(1)
         result = run_sync_job(env.defs, env.instance, "to_snap")
         assert result.success

@@ -9,30 +9,23 @@ Expected digests are computed here with hashlib from the normalized values the a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import dagster as dg
 import pyarrow as pa
 import pytest
+from ad_scenarios import ad_project, audiences_platform, calls, change_customers, sha
 from fakes.tiktok_ads import TikTokAdsFake, answer, parse_form
 from platform_scenarios import (
-    create_customers,
-    open_project,
-    project_yaml,
-    run,
     run_sync_job,
     sync_steps,
-    warehouse_source,
 )
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import load_project
-from dinmo_dagster.definitions import build_definitions
 from dinmo_dagster.platforms import (
     ActivationSpec,
     InMemoryJournal,
@@ -58,10 +51,6 @@ MEMBERS = ActivationSpec("vip_to_tiktok", "customer_id", {"email": "email", "pho
 EMAILS = ActivationSpec("vip_to_tiktok", "customer_id", {"email": "email"})
 
 
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @pytest.fixture
 def tiktok() -> Iterator[TikTokAdsFake]:
     with TikTokAdsFake(access_token=TOKEN, advertiser_id=ADVERTISER) as fake:
@@ -69,11 +58,10 @@ def tiktok() -> Iterator[TikTokAdsFake]:
 
 
 def audiences(fake: TikTokAdsFake, **settings: Any) -> TikTokAds:
-    raw = {"service": "audiences", "advertiser_id": ADVERTISER, "access_token": TOKEN,
-           "audience": {"name": "VIP Europe"}, "base_url": fake.url, **settings}  # fmt: skip
-    platform = build_platform("tiktok_ads", raw, destination="tiktok_vip")
-    assert isinstance(platform, TikTokAds)
-    return platform
+    return audiences_platform(
+        "tiktok_ads", "tiktok_vip", TikTokAds, fake,
+        {"advertiser_id": ADVERTISER, "access_token": TOKEN}, settings,
+    )  # fmt: skip
 
 
 def customers(ids: Any, **overrides: list[Any]) -> pa.RecordBatch:
@@ -89,10 +77,6 @@ def customers(ids: Any, **overrides: list[Any]) -> pa.RecordBatch:
 
 def emails(ids: Any) -> set[str]:
     return {sha(f"customer{i}@example.com") for i in ids}
-
-
-def calls(fake: TikTokAdsFake) -> list[tuple[str, str]]:
-    return [(r.method, r.path) for r in fake.requests]
 
 
 def uploaded(fake: TikTokAdsFake) -> list[tuple[str, list[str]]]:
@@ -262,32 +246,15 @@ def test_settings_and_activation_problems_name_the_key_and_what_is_allowed(tikto
     ]
 
 
-@contextlib.contextmanager
-def tiktok_project(request, tmp_path: Path, monkeypatch) -> Iterator[SimpleNamespace]:
-    monkeypatch.setenv("TIKTOK_ACCESS_TOKEN", TOKEN)
-    with warehouse_source("duckdb", request, tmp_path, monkeypatch) as source, TikTokAdsFake(
-        access_token=TOKEN, advertiser_id=ADVERTISER
-    ) as tiktok, dg.DagsterInstance.ephemeral() as instance:
-        destination = f"""
-            tiktok_vip:
-              type: tiktok_ads
-              service: audiences
-              advertiser_id: "{ADVERTISER}"
-              access_token: {{env: TIKTOK_ACCESS_TOKEN}}
-              base_url: {tiktok.url}
-            """
-        (tmp_path / "dinmo.yaml").write_text(project_yaml(source, destinations=[destination], activations="""
-            to_tiktok:
-              segment: big
-              destination: tiktok_vip
-              audience: {name: "VIP Europe"}
-              identifiers: {email: email}
-            """))
-        with open_project(tmp_path) as (project, resources, wh):
-            create_customers(wh, [(1, "ann@example.com", "Ann", "12.50"), (2, "bob@example.com", "Bob", "900.00"),
-                                  (3, "cle@example.com", "Cle", "600.10"), (4, "dan@example.com", "Dan", "700.00")])
-            yield SimpleNamespace(project=project, resources=resources, wh=wh, tiktok=tiktok, instance=instance,
-                                  defs=build_definitions(project))
+def tiktok_project(request, tmp_path: Path,
+                 monkeypatch) -> contextlib.AbstractContextManager[SimpleNamespace]:
+    return ad_project(
+        request, tmp_path, monkeypatch,
+        lambda: TikTokAdsFake(access_token=TOKEN, advertiser_id=ADVERTISER),
+        attr="tiktok", type_="tiktok_ads", destination="tiktok_vip", activation="to_tiktok",
+        fields={"advertiser_id": f'"{ADVERTISER}"'},
+        secrets={"access_token": ("TIKTOK_ACCESS_TOKEN", TOKEN)},
+    )  # fmt: skip
 
 
 def test_a_tiktok_audience_follows_the_segment_through_the_dagster_job(request, tmp_path: Path, monkeypatch,
@@ -306,9 +273,7 @@ def test_a_tiktok_audience_follows_the_segment_through_the_dagster_job(request, 
         assert audience.members["EMAIL_SHA256"] == {sha(f"{n}@example.com") for n in ("bob", "cle", "dan")}
 
         # Delta: Dan leaves, Bob's e-mail changes, Ann enters; one file refused, sent again next sync.
-        run(env.wh, "update raw.customers set ltv = 10 where customer_id = 4")
-        run(env.wh, "update raw.customers set email = 'Robert@Example.com ' where customer_id = 2")
-        run(env.wh, "update raw.customers set ltv = 800 where customer_id = 1")
+        change_customers(env.wh)
         env.tiktok.fail_next("/update/", answer(40002, "file_paths: the file is being processed."))
         run_sync_job(env.defs, env.instance, "to_tiktok")
         run_sync_job(env.defs, env.instance, "to_tiktok")

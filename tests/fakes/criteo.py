@@ -41,15 +41,13 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
 
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from .oauth_token import OAuthTokenFake, refuse_form, token_form
 
 TYPES = ("email", "madid")
 MAX_IDENTIFIERS = 50_000
@@ -76,48 +74,23 @@ def _error(status: int, code: str, title: str, detail: str = "") -> FakeResponse
     return FakeResponse(status, {"errors": [entry], "warnings": []})
 
 
-class CriteoFake:
+class CriteoFake(OAuthTokenFake):
     """Criteo's Marketing Solutions API and token endpoint, in memory (a context manager)."""
+
+    token_path = "/oauth2/token"
 
     def __init__(
         self, *, client_id: str, client_secret: str, advertiser_id: str, token_lifetime: float = 900.0
     ) -> None:
+        super().__init__(token_lifetime=token_lifetime)
         self.client_id = client_id
         self.client_secret = client_secret
         self.advertiser_id = advertiser_id
-        self.token_lifetime = token_lifetime
         self.segments: dict[str, Segment] = {}
-        self.tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
-        self.answers: list[tuple[str, str, int]] = []  # (method, path, status) of every request
         self.invalid: set[str] = set()  # identifiers answered as invalid although well-formed
-        self._throttled = 0
-        self._expire_countdown: int | None = None
-        self._failures: list[tuple[str, FakeResponse]] = []
         self._ids = itertools.count(314195)
-        self._token_ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = FakeServer(self._app)
-        self.url = self._server.url
-        self.token_url = f"{self.url}/oauth2/token"
-
-    def __enter__(self) -> Self:
-        self._server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.__exit__(*exc)
 
     # -- what tests arrange and read ------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every API request (token requests excluded)."""
-        return [r for r in self._server.requests if r.path != "/oauth2/token"]
-
-    @property
-    def token_requests(self) -> list[FakeRequest]:
-        """Every token request."""
-        return [r for r in self._server.requests if r.path == "/oauth2/token"]
 
     def create_segment(self, name: str, advertiser_id: str | None = None, **members: set[str]) -> Segment:
         """A contact-list segment already in the advertiser, with members per identifierType."""
@@ -131,49 +104,20 @@ class CriteoFake:
         """The segment of that name, if any."""
         return next((s for s in self.segments.values() if s.name == name), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        self._throttled += count
-
-    def fail_next(self, path_suffix: str, response: FakeResponse) -> None:
-        """Answer the next API call whose path ends with ``path_suffix`` with ``response``."""
-        self._failures.append((path_suffix, response))
-
-    def expire_tokens_after(self, calls: int) -> None:
-        """Every access token issued so far expires once ``calls`` more API calls were answered."""
-        self._expire_countdown = calls
-
     # -- serving --------------------------------------------------------------------------------------
 
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if request.path == "/oauth2/token" and request.method == "POST":
-            response = self._token(request)
-        else:
-            with self._lock:
-                response = self._api(request)
-                if self._expire_countdown is not None and response.status != 401:
-                    self._expire_countdown -= 1
-                    if self._expire_countdown <= 0:
-                        self._expire_countdown = None
-                        self.tokens = dict.fromkeys(self.tokens, 0.0)
-        with self._lock:
-            self.answers.append((request.method, request.path, response.status))
-        return response
-
     def _token(self, request: FakeRequest) -> FakeResponse:
-        form = dict(urllib.parse.parse_qsl(request.raw_body.decode()))
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
-            return FakeResponse(401, {"error": "invalid_client", "error_description": "Invalid client credentials"})
-        if form.get("grant_type") != "client_credentials":
-            return FakeResponse(400, {"error": "unsupported_grant_type", "error_description": "Unsupported grant"})
-        with self._lock:
-            token = f"criteo-access-{next(self._token_ids)}-{'x' * 24}"
-            self.tokens[token] = time.monotonic() + self.token_lifetime
+        refusal = refuse_form(
+            token_form(request), client_id=self.client_id, client_secret=self.client_secret, client_status=401,
+            client_description="Invalid client credentials", grant_type="client_credentials",
+        )  # fmt: skip
+        if refusal is not None:
+            return refusal
+        token = self._issue("criteo-access")
         return FakeResponse(200, {"access_token": token, "token_type": "Bearer", "expires_in": self.token_lifetime})
 
     def _api(self, request: FakeRequest) -> FakeResponse:
-        token = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if self.tokens.get(token, 0.0) <= time.monotonic():
+        if not self._bearer_ok(request):
             return _error(401, "authorization-token-invalid", "Unauthorized", "The access token is invalid or expired")
         if self._throttled:
             self._throttled -= 1
@@ -181,10 +125,8 @@ class CriteoFake:
             response.headers.update({"x-ratelimit-limit": "250", "x-ratelimit-remaining": "0",
                                      "x-ratelimit-reset": str(int(time.time()))})  # fmt: skip
             return response
-        for i, (suffix, response) in enumerate(self._failures):
-            if request.path.endswith(suffix):
-                del self._failures[i]
-                return response
+        if (planned := self._planned_failure(request)) is not None:
+            return planned
         parts = request.path.strip("/").split("/")
         if parts[1:3] != ["marketing-solutions", "audience-segments"] or len(parts) < 4:
             return _error(404, "not-found", "Not Found", f"No route {request.method} {request.path}")

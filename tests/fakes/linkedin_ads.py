@@ -43,15 +43,12 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
-import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
 
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from .oauth_token import OAuthTokenFake, refuse_form, token_form
 
 ID_TYPES = ("SHA256_EMAIL", "SHA512_EMAIL", "GOOGLE_AID", "APPLE_IDFA")
 COMPANY_FIELDS = ("companyName", "companyWebsiteDomain", "companyPageUrl", "organizationUrn")
@@ -81,50 +78,26 @@ def _error(status: int, message: str, code: str | None = None, service: int | No
     return FakeResponse(status, body)
 
 
-class LinkedInAdsFake:
+class LinkedInAdsFake(OAuthTokenFake):
     """LinkedIn's DMP segment API and token endpoint, in memory (a context manager)."""
+
+    token_path = "/oauth/v2/accessToken"
+    token_prefix = "/oauth/"
 
     def __init__(
         self, *, client_id: str, client_secret: str, refresh_token: str, account_id: str,
         token_lifetime: float = 5_184_000.0, page_size: int = 2,
     ) -> None:  # fmt: skip
+        super().__init__(token_lifetime=token_lifetime)
         self.client_id = client_id
         self.client_secret = client_secret
         self.refresh_token = refresh_token
         self.account_id = account_id
-        self.token_lifetime = token_lifetime
         self.page_size = page_size
         self.segments: dict[str, Segment] = {}
-        self.tokens: dict[str, float] = {}
-        self.answers: list[tuple[str, str, int]] = []
-        self._throttled = 0
-        self._expire_countdown: int | None = None
-        self._failures: list[tuple[str, FakeResponse]] = []
         self._ids = itertools.count(10804)
-        self._token_ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = FakeServer(self._app)
-        self.url = self._server.url
-        self.token_url = f"{self.url}/oauth/v2/accessToken"
-
-    def __enter__(self) -> Self:
-        self._server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.__exit__(*exc)
 
     # -- what tests arrange and read ------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every API request (token requests excluded)."""
-        return [r for r in self._server.requests if not r.path.startswith("/oauth/")]
-
-    @property
-    def token_requests(self) -> list[FakeRequest]:
-        """Every token request."""
-        return [r for r in self._server.requests if r.path.startswith("/oauth/")]
 
     def create_segment(self, name: str, type: str = "USER") -> Segment:
         """A segment already in the ad account."""
@@ -136,59 +109,29 @@ class LinkedInAdsFake:
         """The segment of that name, if any."""
         return next((s for s in self.segments.values() if s.name == name), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        self._throttled += count
-
-    def fail_next(self, path_suffix: str, response: FakeResponse) -> None:
-        """Answer the next API call whose path ends with ``path_suffix`` with ``response``."""
-        self._failures.append((path_suffix, response))
-
-    def expire_tokens_after(self, calls: int) -> None:
-        """Every access token issued so far expires once ``calls`` more API calls were answered."""
-        self._expire_countdown = calls
-
     def revoke_refresh_token(self) -> None:
         """The refresh token stops working."""
         self.refresh_token = "revoked-" + self.refresh_token
 
     # -- serving --------------------------------------------------------------------------------------
 
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if request.path == "/oauth/v2/accessToken" and request.method == "POST":
-            response = self._token(request)
-        else:
-            with self._lock:
-                response = self._api(request)
-                if self._expire_countdown is not None and response.status != 401:
-                    self._expire_countdown -= 1
-                    if self._expire_countdown <= 0:
-                        self._expire_countdown = None
-                        self.tokens = dict.fromkeys(self.tokens, 0.0)
-        with self._lock:
-            self.answers.append((request.method, request.path, response.status))
-        return response
-
     def _token(self, request: FakeRequest) -> FakeResponse:
-        form = dict(urllib.parse.parse_qsl(request.raw_body.decode()))
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
-            return FakeResponse(401, {"error": "invalid_client", "error_description": "Client authentication failed"})
-        if form.get("grant_type") != "refresh_token":
-            return FakeResponse(400, {"error": "unsupported_grant_type", "error_description": "Unsupported grant"})
-        if form.get("refresh_token") != self.refresh_token:
-            return FakeResponse(400, {"error": "invalid_request",
-                                      "error_description": "The provided authorization grant is invalid"})  # fmt: skip
-        with self._lock:
-            token = f"li-access-{next(self._token_ids)}-{'y' * 24}"
-            self.tokens[token] = time.monotonic() + self.token_lifetime
+        refusal = refuse_form(
+            token_form(request), client_id=self.client_id, client_secret=self.client_secret, client_status=401,
+            client_description="Client authentication failed", grant_type="refresh_token",
+            refresh_token=self.refresh_token, refresh_error="invalid_request",
+            refresh_description="The provided authorization grant is invalid",
+        )  # fmt: skip
+        if refusal is not None:
+            return refusal
+        token = self._issue("li-access", "y")
         return FakeResponse(200, {
             "access_token": token, "expires_in": int(self.token_lifetime),
             "refresh_token": self.refresh_token, "refresh_token_expires_in": 31_536_000,
         })  # fmt: skip
 
     def _api(self, request: FakeRequest) -> FakeResponse:
-        token = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if self.tokens.get(token, 0.0) <= time.monotonic():
+        if not self._bearer_ok(request):
             return _error(401, "The token used in the request has expired", "REVOKED_ACCESS_TOKEN", 65601)
         if not re.fullmatch(r"20\d{4}", request.headers.get("linkedin-version", "")):
             return _error(400, "A version must be present. Please specify a version by adding the LinkedIn-Version "
@@ -198,10 +141,8 @@ class LinkedInAdsFake:
         if self._throttled:
             self._throttled -= 1
             return _error(429, "Resource level throttle limit for calls to this resource is reached.")
-        for i, (suffix, response) in enumerate(self._failures):
-            if request.path.endswith(suffix):
-                del self._failures[i]
-                return response
+        if (planned := self._planned_failure(request)) is not None:
+            return planned
         parts = request.path.strip("/").split("/")
         if parts[:2] == ["rest", "adAccounts"] and len(parts) == 3 and request.method == "GET":
             if parts[2] != self.account_id:

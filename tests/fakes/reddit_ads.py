@@ -35,15 +35,12 @@ from __future__ import annotations
 import base64
 import itertools
 import re
-import threading
-import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
 
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from .oauth_token import OAuthTokenFake, token_form
 
 SCHEMAS = ("EMAIL_SHA256", "MAID_SHA256")
 MAX_ROWS = 2_500
@@ -64,8 +61,10 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return FakeResponse(status, {"error": {"code": code, "message": message}}, headers=headers or {})
 
 
-class RedditAdsFake:
+class RedditAdsFake(OAuthTokenFake):
     """The Reddit Ads API v3 and Reddit's token endpoint, in memory (a context manager)."""
+
+    token_path = "/api/v1/access_token"
 
     def __init__(
         self,
@@ -78,45 +77,18 @@ class RedditAdsFake:
         page_size: int = 50,
         throttle_reset_seconds: float = 0.05,
     ) -> None:
+        super().__init__(token_lifetime=token_lifetime)
         self.client_id = client_id
         self.client_secret = client_secret
         self.refresh_token = refresh_token
         self.ad_account_id = ad_account_id
-        self.token_lifetime = token_lifetime
         self.page_size = page_size
         self.throttle_reset_seconds = throttle_reset_seconds
         self.audiences: dict[str, Audience] = {}
-        self.tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
-        self.answers: list[tuple[str, str, int]] = []  # (method, path, status) of every request
-        self._throttled = 0
-        self._expire_countdown: int | None = None
-        self._failures: list[tuple[str, FakeResponse]] = []
         self._ids = itertools.count(1001)
-        self._token_ids = itertools.count(1)
         self._used = 0
-        self._lock = threading.Lock()
-        self._server = FakeServer(self._app)
-        self.url = self._server.url
-        self.token_url = f"{self.url}/api/v1/access_token"
-
-    def __enter__(self) -> Self:
-        self._server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.__exit__(*exc)
 
     # -- what tests arrange and read ------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every API request (token requests excluded)."""
-        return [r for r in self._server.requests if r.path != "/api/v1/access_token"]
-
-    @property
-    def token_requests(self) -> list[FakeRequest]:
-        """Every token request."""
-        return [r for r in self._server.requests if r.path == "/api/v1/access_token"]
 
     def create_audience(self, name: str, **members: set[str]) -> Audience:
         """An audience already in the ad account, with members per schema."""
@@ -130,38 +102,11 @@ class RedditAdsFake:
         """The audience of that name, if any."""
         return next((a for a in self.audiences.values() if a.name == name), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        self._throttled += count
-
-    def fail_next(self, path_suffix: str, response: FakeResponse) -> None:
-        """Answer the next API call whose path ends with ``path_suffix`` with ``response``."""
-        self._failures.append((path_suffix, response))
-
-    def expire_tokens_after(self, calls: int) -> None:
-        """Every access token issued so far expires once ``calls`` more API calls were answered."""
-        self._expire_countdown = calls
-
     def revoke_refresh_token(self) -> None:
         """The refresh token stops working (the user removed the app's access)."""
         self.refresh_token = "revoked-" + self.refresh_token
 
     # -- serving --------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if request.path == "/api/v1/access_token" and request.method == "POST":
-            response = self._token(request)
-        else:
-            with self._lock:
-                response = self._api(request)
-                if self._expire_countdown is not None and response.status != 401:
-                    self._expire_countdown -= 1
-                    if self._expire_countdown <= 0:
-                        self._expire_countdown = None
-                        self.tokens = dict.fromkeys(self.tokens, 0.0)
-        with self._lock:
-            self.answers.append((request.method, request.path, response.status))
-        return response
 
     def _token(self, request: FakeRequest) -> FakeResponse:
         agent = request.headers.get("user-agent", "")
@@ -170,22 +115,19 @@ class RedditAdsFake:
         expected = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
         if request.headers.get("authorization") != f"Basic {expected}":
             return FakeResponse(401, {"message": "Unauthorized", "error": 401})
-        form = dict(urllib.parse.parse_qsl(request.raw_body.decode()))
+        form = token_form(request)
         if "client_secret" in form:
             return FakeResponse(400, {"error": "invalid_request"})
         if form.get("grant_type") != "refresh_token":
             return FakeResponse(400, {"error": "unsupported_grant_type"})
         if form.get("refresh_token") != self.refresh_token:
             return FakeResponse(400, {"error": "invalid_grant"})
-        with self._lock:
-            token = f"reddit-access-{next(self._token_ids)}-{'x' * 24}"
-            self.tokens[token] = time.monotonic() + self.token_lifetime
+        token = self._issue("reddit-access")
         return FakeResponse(200, {"access_token": token, "token_type": "bearer",
                                   "expires_in": self.token_lifetime, "scope": "adsread adsedit"})
 
     def _api(self, request: FakeRequest) -> FakeResponse:
-        token = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if self.tokens.get(token, 0.0) <= time.monotonic():
+        if not self._bearer_ok(request):
             return _error(401, "UNAUTHORIZED", "The access token is invalid or expired")
         if self._throttled:
             self._throttled -= 1
@@ -199,10 +141,8 @@ class RedditAdsFake:
         return response
 
     def _route(self, request: FakeRequest) -> FakeResponse:
-        for i, (suffix, response) in enumerate(self._failures):
-            if request.path.endswith(suffix):
-                del self._failures[i]
-                return response
+        if (planned := self._planned_failure(request)) is not None:
+            return planned
         parts = request.path.strip("/").split("/")
         if parts[:3] == ["api", "v3", "ad_accounts"] and len(parts) >= 4:
             if parts[3] != self.ad_account_id:

@@ -36,15 +36,12 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
-import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
 
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from .oauth_token import OAuthTokenFake, refuse_form, token_form
 
 SCHEMAS = ("EMAIL_SHA256", "PHONE_SHA256", "MOBILE_AD_ID_SHA256")
 MAX_IDENTIFIERS = 100_000
@@ -71,8 +68,11 @@ def _error(status: int, message: str, code: str | None = None) -> FakeResponse:
     return FakeResponse(status, body)
 
 
-class SnapchatAdsFake:
+class SnapchatAdsFake(OAuthTokenFake):
     """Snap's Marketing API and token endpoint, in memory (a context manager)."""
+
+    token_path = "/login/oauth2/access_token"
+    token_prefix = "/login/"
 
     def __init__(
         self,
@@ -85,44 +85,17 @@ class SnapchatAdsFake:
         token_latency: float = 0.0,
         page_size: int = 50,
     ) -> None:
+        super().__init__(token_lifetime=token_lifetime)
         self.client_id = client_id
         self.client_secret = client_secret
         self.refresh_token = refresh_token
         self.ad_account_id = ad_account_id
-        self.token_lifetime = token_lifetime
         self.token_latency = token_latency
         self.page_size = page_size
         self.segments: dict[str, Segment] = {}
-        self.tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
-        self.answers: list[tuple[str, str, int]] = []  # (method, path, status) of every request
-        self._throttled = 0
-        self._expire_countdown: int | None = None
-        self._failures: list[tuple[str, FakeResponse]] = []
         self._ids = itertools.count(5677923948298240)
-        self._token_ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = FakeServer(self._app)
-        self.url = self._server.url
-        self.token_url = f"{self.url}/login/oauth2/access_token"
-
-    def __enter__(self) -> Self:
-        self._server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.__exit__(*exc)
 
     # -- what tests arrange and read ------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every API request (token requests excluded)."""
-        return [r for r in self._server.requests if not r.path.startswith("/login/")]
-
-    @property
-    def token_requests(self) -> list[FakeRequest]:
-        """Every token request."""
-        return [r for r in self._server.requests if r.path.startswith("/login/")]
 
     def create_segment(self, name: str, **members: set[str]) -> Segment:
         """A segment already in the ad account, with members per schema."""
@@ -136,22 +109,10 @@ class SnapchatAdsFake:
         """The segment of that name, if any."""
         return next((s for s in self.segments.values() if s.name == name), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        self._throttled += count
-
-    def fail_next(self, path_suffix: str, response: FakeResponse) -> None:
-        """Answer the next API call whose path ends with ``path_suffix`` with ``response``."""
-        self._failures.append((path_suffix, response))
-
     def expire_tokens(self) -> None:
         """Every access token issued so far expires now (as Snap's clock would have it)."""
         with self._lock:
             self.tokens = dict.fromkeys(self.tokens, 0.0)
-
-    def expire_tokens_after(self, calls: int) -> None:
-        """Every access token issued so far expires once ``calls`` more API calls were answered."""
-        self._expire_countdown = calls
 
     def revoke_refresh_token(self) -> None:
         """The refresh token stops working (the user removed the app's access)."""
@@ -159,50 +120,28 @@ class SnapchatAdsFake:
 
     # -- serving --------------------------------------------------------------------------------------
 
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if request.path == "/login/oauth2/access_token" and request.method == "POST":
-            if self.token_latency:
-                time.sleep(self.token_latency)
-            response = self._token(request)
-        else:
-            with self._lock:
-                response = self._api(request)
-                if self._expire_countdown is not None and response.status != 401:
-                    self._expire_countdown -= 1
-                    if self._expire_countdown <= 0:
-                        self._expire_countdown = None
-                        self.tokens = dict.fromkeys(self.tokens, 0.0)
-        with self._lock:
-            self.answers.append((request.method, request.path, response.status))
-        return response
-
     def _token(self, request: FakeRequest) -> FakeResponse:
-        form = dict(urllib.parse.parse_qsl(request.raw_body.decode()))
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
-            return FakeResponse(400, {"error": "invalid_client", "error_description": "Invalid client credentials"})
-        if form.get("grant_type") != "refresh_token":
-            return FakeResponse(400, {"error": "unsupported_grant_type", "error_description": "Unsupported grant"})
-        if form.get("refresh_token") != self.refresh_token:
-            return FakeResponse(400, {"error": "invalid_grant", "error_description": "Invalid refresh token"})
-        with self._lock:
-            token = f"snap-access-{next(self._token_ids)}-{'x' * 24}"
-            self.tokens[token] = time.monotonic() + self.token_lifetime
+        refusal = refuse_form(
+            token_form(request), client_id=self.client_id, client_secret=self.client_secret, client_status=400,
+            client_description="Invalid client credentials", grant_type="refresh_token",
+            refresh_token=self.refresh_token,
+        )  # fmt: skip
+        if refusal is not None:
+            return refusal
+        token = self._issue("snap-access")
         return FakeResponse(200, {
             "access_token": token, "token_type": "Bearer", "expires_in": self.token_lifetime,
             "refresh_token": self.refresh_token, "scope": "snapchat-marketing-api",
         })  # fmt: skip
 
     def _api(self, request: FakeRequest) -> FakeResponse:
-        token = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if self.tokens.get(token, 0.0) <= time.monotonic():
+        if not self._bearer_ok(request):
             return _error(401, "Unauthorized: the access token is invalid or expired")
         if self._throttled:
             self._throttled -= 1
             return _error(429, "Too Many Requests")
-        for i, (suffix, response) in enumerate(self._failures):
-            if request.path.endswith(suffix):
-                del self._failures[i]
-                return response
+        if (planned := self._planned_failure(request)) is not None:
+            return planned
         parts = request.path.strip("/").split("/")
         if parts[:2] == ["v1", "adaccounts"] and len(parts) == 3 and request.method == "GET":
             if parts[2] != self.ad_account_id:
