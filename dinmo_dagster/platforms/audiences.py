@@ -30,13 +30,21 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 from pydantic import ConfigDict, Field
 
-from dinmo_dagster.platforms.base import HttpResponse, Platform, PlatformSettings, PreparedRequest, Record
+from dinmo_dagster.platforms.base import (
+    BatchOutcome,
+    HttpResponse,
+    Platform,
+    PlatformSettings,
+    PreparedRequest,
+    Record,
+    RecordResult,
+)
 from dinmo_dagster.platforms.identifiers import IdentifierError, IdentifierSpec
 
 if TYPE_CHECKING:
@@ -50,6 +58,7 @@ __all__ = [
     "AudienceTarget",
     "IdentifierTable",
     "OAuthBearer",
+    "OneRequestPerKind",
     "advertising_id",
     "check_audience_activation",
 ]
@@ -263,8 +272,8 @@ class AudiencePlatform(Platform):
         if response.status != 200:
             raise self.request_error(response, f"reading {what}")
 
-    def _clear_request(self) -> PreparedRequest:
-        """The request that removes every member of the (resolved) audience."""
+    def _clear_request(self, ref: str | None = None) -> PreparedRequest:
+        """The request that removes every member of audience ``ref`` (default: the resolved one)."""
         raise NotImplementedError(f"{type(self).__name__} does not empty audiences")
 
     def _cleared_ok(self, response: HttpResponse) -> bool:
@@ -298,6 +307,73 @@ class AudiencePlatform(Platform):
                 f"(ids {', '.join(found)}); allowed: a unique name, or audience: {{id: ...}}"
             )
         return found[0] if found else None
+
+
+class OneRequestPerKind(AudiencePlatform):
+    """An audience platform that takes one identifier kind per request (Snapchat schemas, Criteo
+    identifierTypes) and has no atomic replace: a batch is sent as one request per kind its records hold,
+    in ``identifier_order``, and a full sync empties the audience once before its first add.
+
+    An adapter gives ``identifier_order``, :meth:`_kind_request` (the request for one kind's values),
+    :meth:`_kind_rejections` (the records one answer rejects, or raise) and ``_clear_request``.
+    """
+
+    identifier_order: ClassVar[tuple[str, ...]] = ()
+
+    def _requests(self, inputs: Sequence[Mapping[str, str]]) -> list[tuple[str, list[int]]]:
+        """(kind, indexes of the inputs that have it), in ``identifier_order``."""
+        return [
+            (kind, [i for i, row in enumerate(inputs) if kind in row])
+            for kind in self.identifier_order
+            if any(kind in row for row in inputs)
+        ]
+
+    def _kind_request(self, operation: str, kind: str, values: list[str]) -> PreparedRequest:
+        """The request that adds (or removes) ``values`` of identifier ``kind``."""
+        raise NotImplementedError
+
+    def _kind_rejections(
+        self, operation: str, kind: str, indexes: list[int], inputs: Sequence[Any], records: Sequence[Record],
+        response: HttpResponse,
+    ) -> dict[int, RecordResult]:
+        """The records (by index) that the answer to one kind's request rejects; raise for a failed request."""
+        raise NotImplementedError
+
+    def build_request(self, operation: str, inputs: Sequence[Any], records: Sequence[Record]) -> PreparedRequest:
+        """The first request of the batch (one per identifier kind is sent: see :meth:`deliver_batch`)."""
+        kind, indexes = self._requests(inputs)[0]
+        return self._kind_request(operation, kind, [inputs[i][kind] for i in indexes])
+
+    def preview_request(self, operation: str, inputs: Sequence[Any], records: Sequence[Record]) -> PreparedRequest:
+        """The first request; a replace shows that the audience is emptied first."""
+        request = self.build_request(operation, inputs, records)
+        if operation != "replace":
+            return request
+        clear = self._clear_request(self._audience_ref())
+        first = f"{clear.method} {clear.path} (once, before the first add)"
+        return PreparedRequest(request.method, request.path, json={**request.json, "first": first})
+
+    def deliver_batch(
+        self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
+    ) -> BatchOutcome:
+        """Resolve the audience, empty it first in a replace, then one request per identifier kind."""
+        self._resolve_audience(transport)
+        if operation == "replace":
+            self._clear_once(transport)
+        failed: dict[int, RecordResult] = {}
+        for kind, indexes in self._requests(inputs):
+            response = transport.send(self._kind_request(operation, kind, [inputs[i][kind] for i in indexes]))
+            for i, result in self._kind_rejections(operation, kind, indexes, inputs, records, response).items():
+                failed.setdefault(i, result)
+        return BatchOutcome(
+            [failed.get(i) or RecordResult(record.key, "accepted") for i, record in enumerate(records)]
+        )
+
+    def finish_operation(self, operation: str, pending: Sequence[str], transport: Transport) -> BatchOutcome:
+        """A replace that sent no record still empties the audience (which is then empty)."""
+        if operation == "replace":
+            self._end_replace(transport)
+        return BatchOutcome()
 
 
 class OAuthBearer(Platform):

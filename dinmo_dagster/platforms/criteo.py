@@ -100,10 +100,10 @@ from pydantic import Field
 
 from dinmo_dagster.platforms import register_platform
 from dinmo_dagster.platforms.audiences import (
-    AudiencePlatform,
     AudienceTarget,
     IdentifierTable,
     OAuthBearer,
+    OneRequestPerKind,
     advertising_id,
 )
 from dinmo_dagster.platforms.base import (
@@ -149,7 +149,7 @@ _TYPES = IdentifierTable({
         "email", hashed=True, optional=True, normalize=lambda text, _: normalize_email(text))),
     "madid": ("madid", IdentifierSpec("id", hashed=False, optional=True, normalize=normalize_madid)),
 }, aliases={"mobile_ad_id": "madid", "maid": "madid", "mobile_id": "madid"})  # fmt: skip
-_ORDER = ["email", "madid"]
+_ORDER = ("email", "madid")
 
 
 class CriteoAudienceTarget(AudienceTarget):
@@ -190,7 +190,7 @@ class CriteoSettings(OAuthSettings):
         return value
 
 
-class Criteo(OAuthBearer, AudiencePlatform):
+class Criteo(OAuthBearer, OneRequestPerKind):
     """Criteo contact-list segments: add, remove, replace members (module docstring)."""
 
     name = "criteo"
@@ -201,6 +201,7 @@ class Criteo(OAuthBearer, AudiencePlatform):
     audience_label = "Criteo segment"
     audience_noun = "segment"
     identifier_table = _TYPES
+    identifier_order = _ORDER
     audiences_taking = "Criteo contact lists"
 
     settings: CriteoSettings
@@ -215,65 +216,27 @@ class Criteo(OAuthBearer, AudiencePlatform):
 
     # -- requests -----------------------------------------------------------------------------------
 
-    def _requests(self, inputs: Sequence[Mapping[str, str]]) -> list[tuple[str, list[int]]]:
-        """(identifierType, indexes of the inputs that have it), in a fixed order."""
-        return [
-            (kind, [i for i, row in enumerate(inputs) if kind in row])
-            for kind in _ORDER
-            if any(kind in row for row in inputs)
-        ]
-
-    def _amend_request(self, operation: str, kind: str, values: list[str]) -> PreparedRequest:
+    def _kind_request(self, operation: str, kind: str, values: list[str]) -> PreparedRequest:
+        """``PATCH .../contact-list``: a ContactlistAmendment of one identifierType."""
         body = {"data": {"type": "ContactlistAmendment", "attributes": {
             "operation": "remove" if operation == "remove" else "add",
             "identifierType": kind, "identifiers": values}}}  # fmt: skip
         return PreparedRequest("PATCH", f"{self._prefix}/{self._audience_ref()}/contact-list", json=body)
 
-    def build_request(
-        self, operation: str, inputs: Sequence[Any], records: Sequence[Record]
-    ) -> PreparedRequest:
-        """The first request of the batch (one per identifierType is sent: see :meth:`deliver_batch`)."""
-        kind, indexes = self._requests(inputs)[0]
-        return self._amend_request(operation, kind, [inputs[i][kind] for i in indexes])
-
-    def preview_request(
-        self, operation: str, inputs: Sequence[Any], records: Sequence[Record]
-    ) -> PreparedRequest:
-        """The first request; a replace shows that the list is emptied first."""
-        request = self.build_request(operation, inputs, records)
-        if operation != "replace":
-            return request
-        first = f"DELETE {self._prefix}/{self._audience_ref()}/contact-list (once, before the first add)"
-        return PreparedRequest(request.method, request.path, json={**request.json, "first": first})
-
-    def deliver_batch(
-        self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
-    ) -> BatchOutcome:
-        """Resolve the segment, empty it first in a replace, then one request per identifierType."""
-        self._resolve_audience(transport)
-        if operation == "replace":
-            self._clear_once(transport)
-        failed: dict[int, RecordResult] = {}
-        for kind, indexes in self._requests(inputs):
-            values = [inputs[i][kind] for i in indexes]
-            response = transport.send(self._amend_request(operation, kind, values))
-            if response.status == 200:
-                invalid = set(_invalid_sample(response))
-                for i in indexes:
-                    if inputs[i][kind] in invalid:
-                        failed.setdefault(i, RecordResult(
-                            records[i].key, "rejected", f"Criteo found the {kind} identifier invalid",
-                            f"invalid {kind}"))  # fmt: skip
-                continue
-            if not 400 <= response.status < 500 or response.status in (401, 403):
-                raise self.request_error(response, f"{operation} of members of {self.target_label()}")
-            reason = self.error_message(response)
-            code = f"HTTP {response.status} {_error_code(response) or 'error'} ({kind})"
-            for i in indexes:
-                failed.setdefault(i, RecordResult(records[i].key, "rejected", reason, code))
-        return BatchOutcome(
-            [failed.get(i) or RecordResult(record.key, "accepted") for i, record in enumerate(records)]
-        )
+    def _kind_rejections(
+        self, operation: str, kind: str, indexes: list[int], inputs: Sequence[Any], records: Sequence[Record],
+        response: HttpResponse,
+    ) -> dict[int, RecordResult]:
+        """200: the identifiers Criteo lists as invalid; another 4xx (not 401/403): all of them."""
+        if response.status == 200:
+            invalid = set(_invalid_sample(response))
+            return {i: RecordResult(records[i].key, "rejected", f"Criteo found the {kind} identifier invalid",
+                                    f"invalid {kind}") for i in indexes if inputs[i][kind] in invalid}
+        if not 400 <= response.status < 500 or response.status in (401, 403):
+            raise self.request_error(response, f"{operation} of members of {self.target_label()}")
+        reason = self.error_message(response)
+        code = f"HTTP {response.status} {_error_code(response) or 'error'} ({kind})"
+        return {i: RecordResult(records[i].key, "rejected", reason, code) for i in indexes}
 
     def parse_response(
         self, operation: str, records: Sequence[Record], response: HttpResponse
@@ -287,17 +250,11 @@ class Criteo(OAuthBearer, AudiencePlatform):
             records, self.error_message(response), f"HTTP {response.status} {_error_code(response)}"
         )
 
-    def finish_operation(self, operation: str, pending: Sequence[str], transport: Transport) -> BatchOutcome:
-        """A replace that sent no record still empties the list (the segment is then empty)."""
-        if operation == "replace":
-            self._end_replace(transport)
-        return BatchOutcome()
-
     # -- the segment --------------------------------------------------------------------------------
 
-    def _clear_request(self) -> PreparedRequest:
+    def _clear_request(self, ref: str | None = None) -> PreparedRequest:
         """``DELETE .../audience-segments/{id}/contact-list``."""
-        return PreparedRequest("DELETE", f"{self._prefix}/{self._audience_id}/contact-list")
+        return PreparedRequest("DELETE", f"{self._prefix}/{ref or self._audience_id}/contact-list")
 
     def _cleared_ok(self, response: HttpResponse) -> bool:
         """200 or 204."""

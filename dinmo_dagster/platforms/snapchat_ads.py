@@ -84,10 +84,10 @@ from pydantic import Field
 from dinmo_dagster.platforms import register_platform
 from dinmo_dagster.platforms.audiences import (
     UUID,
-    AudiencePlatform,
     AudienceTarget,
     IdentifierTable,
     OAuthBearer,
+    OneRequestPerKind,
     advertising_id,
 )
 from dinmo_dagster.platforms.base import (
@@ -141,7 +141,7 @@ _SCHEMAS = IdentifierTable({
     "mobile_ad_id": ("MOBILE_AD_ID_SHA256", IdentifierSpec(
         "id", hashed=True, optional=True, normalize=normalize_mobile_ad_id)),
 }, aliases={"madid": "mobile_ad_id", "mobile_id": "mobile_ad_id", "maid": "mobile_ad_id"})  # fmt: skip
-_ORDER = ["EMAIL_SHA256", "PHONE_SHA256", "MOBILE_AD_ID_SHA256"]
+_ORDER = ("EMAIL_SHA256", "PHONE_SHA256", "MOBILE_AD_ID_SHA256")
 
 
 class SnapAudienceTarget(AudienceTarget):
@@ -174,7 +174,7 @@ class SnapchatAdsSettings(OAuthSettings):
         return value.strip().lower()
 
 
-class SnapchatAds(OAuthBearer, AudiencePlatform):
+class SnapchatAds(OAuthBearer, OneRequestPerKind):
     """Snapchat Customer List segments: add, remove, replace members (module docstring)."""
 
     name = "snapchat_ads"
@@ -185,6 +185,7 @@ class SnapchatAds(OAuthBearer, AudiencePlatform):
     audience_label = "Snapchat segment"
     audience_noun = "segment"
     identifier_table = _SCHEMAS
+    identifier_order = _ORDER
     audiences_taking = "Snapchat segments"
 
     settings: SnapchatAdsSettings
@@ -195,59 +196,24 @@ class SnapchatAds(OAuthBearer, AudiencePlatform):
 
     # -- requests -----------------------------------------------------------------------------------
 
-    def _requests(self, operation: str, inputs: Sequence[Mapping[str, str]]) -> list[tuple[str, list[int]]]:
-        """(schema, indexes of the inputs that have it), in Snap's order."""
-        return [
-            (schema, [i for i, row in enumerate(inputs) if schema in row])
-            for schema in _ORDER
-            if any(schema in row for row in inputs)
-        ]
-
-    def _users_request(self, operation: str, schema: str, digests: list[str]) -> PreparedRequest:
+    def _kind_request(self, operation: str, kind: str, values: list[str]) -> PreparedRequest:
+        """``POST`` (add) or ``DELETE`` (remove) ``/v1/segments/{id}/users`` with one schema's digests."""
         method = "DELETE" if operation == "remove" else "POST"
-        body = {"users": [{"schema": [schema], "data": [[d] for d in digests]}]}
+        body = {"users": [{"schema": [kind], "data": [[d] for d in values]}]}
         return PreparedRequest(method, f"/v1/segments/{self._audience_ref()}/users", json=body)
 
-    def build_request(
-        self, operation: str, inputs: Sequence[Any], records: Sequence[Record]
-    ) -> PreparedRequest:
-        """The first request of the batch (one per schema is sent: see :meth:`deliver_batch`)."""
-        schema, indexes = self._requests(operation, inputs)[0]
-        return self._users_request(operation, schema, [inputs[i][schema] for i in indexes])
-
-    def preview_request(
-        self, operation: str, inputs: Sequence[Any], records: Sequence[Record]
-    ) -> PreparedRequest:
-        """The first request; a replace shows that the segment is emptied first."""
-        request = self.build_request(operation, inputs, records)
-        if operation != "replace":
-            return request
-        first = f"DELETE /v1/segments/{self._audience_ref()}/all_users (once, before the first add)"
-        return PreparedRequest(request.method, request.path, json={**request.json, "first": first})
-
-    def deliver_batch(
-        self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
-    ) -> BatchOutcome:
-        """Resolve the segment, empty it first in a replace, then one request per schema."""
-        self._resolve_audience(transport)
-        if operation == "replace":
-            self._clear_once(transport)
-        failed: dict[int, RecordResult] = {}
-        for schema, indexes in self._requests(operation, inputs):
-            response = transport.send(
-                self._users_request(operation, schema, [inputs[i][schema] for i in indexes])
-            )
-            if response.status == 200 and _succeeded(response):
-                continue
-            if response.status != 400:
-                raise self.request_error(response, f"{operation} of members of {self.target_label()}")
-            reason = self.error_message(response)
-            code = f"HTTP 400 {_error_code(response) or 'error'} ({schema})"
-            for i in indexes:
-                failed.setdefault(i, RecordResult(records[i].key, "rejected", reason, code))
-        return BatchOutcome(
-            [failed.get(i) or RecordResult(record.key, "accepted") for i, record in enumerate(records)]
-        )
+    def _kind_rejections(
+        self, operation: str, kind: str, indexes: list[int], inputs: Sequence[Any], records: Sequence[Record],
+        response: HttpResponse,
+    ) -> dict[int, RecordResult]:
+        """200 with SUCCESS: none; a 400: all of them with Snap's message; anything else fails."""
+        if response.status == 200 and _succeeded(response):
+            return {}
+        if response.status != 400:
+            raise self.request_error(response, f"{operation} of members of {self.target_label()}")
+        reason = self.error_message(response)
+        code = f"HTTP 400 {_error_code(response) or 'error'} ({kind})"
+        return {i: RecordResult(records[i].key, "rejected", reason, code) for i in indexes}
 
     def parse_response(
         self, operation: str, records: Sequence[Record], response: HttpResponse
@@ -259,17 +225,11 @@ class SnapchatAds(OAuthBearer, AudiencePlatform):
             raise self.request_error(response, f"{operation} of members of {self.target_label()}")
         return BatchOutcome.reject_all(records, self.error_message(response), f"HTTP 400 {_error_code(response)}")
 
-    def finish_operation(self, operation: str, pending: Sequence[str], transport: Transport) -> BatchOutcome:
-        """A replace that sent no record still empties the segment (the segment is then empty)."""
-        if operation == "replace":
-            self._end_replace(transport)
-        return BatchOutcome()
-
     # -- the segment --------------------------------------------------------------------------------
 
-    def _clear_request(self) -> PreparedRequest:
+    def _clear_request(self, ref: str | None = None) -> PreparedRequest:
         """``DELETE /v1/segments/{id}/all_users``."""
-        return PreparedRequest("DELETE", f"/v1/segments/{self._audience_id}/all_users")
+        return PreparedRequest("DELETE", f"/v1/segments/{ref or self._audience_id}/all_users")
 
     def _cleared_ok(self, response: HttpResponse) -> bool:
         """200 with ``request_status: SUCCESS``."""
