@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from dinmo_dagster import filters, naming, secrets, writers
+from dinmo_dagster import filters, naming, secrets, unload, writers
 from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, connectors, find_connector
 from dinmo_dagster.filters import did_you_mean
 from dinmo_dagster.platform_connectors import PlatformDestination, audience_platforms
@@ -168,7 +168,8 @@ class AudienceRef(_Strict):
 
 
 # Keys of an activation to a file destination only, and of an activation to an API platform only.
-FILE_KEYS = ("folder", "file_name", "format", "csv", "json_", "xml", "parquet", "compression", "max_file_size_mb")
+FILE_KEYS = ("folder", "file_name", "format", "csv", "json_", "xml", "parquet", "compression", "max_file_size_mb",
+             "unload")
 PLATFORM_KEYS = ("match", "identifiers", "audience", "null_values", "max_rejected_pct", "retry_rejected_days",
                  "default_country")
 # sync_mode of a platform activation per service (the first is the default).
@@ -192,6 +193,8 @@ class Activation(_Strict):
     run_type: Literal["full_only", "full_then_delta"] | None = None
     sync_mode: Literal["snapshot", "upsert", "insert", "difference", "update", "mirror"] = "snapshot"
     max_file_size_mb: Annotated[float, Field(gt=0)] | None = None
+    unload: Literal["auto", "never", "always"] = "auto"
+    """gcs destinations: whether the warehouse writes the files itself (``dinmo_dagster.unload``)."""
     max_removed_pct: Annotated[float, Field(ge=0, le=100)] = 50.0
     keep_snapshots: Annotated[int, Field(ge=1)] = 3
     lookback: Annotated[str, Field(pattern=r"^\s*\d+\s*(minute|hour|day)s?\s*$")] = "0 minutes"
@@ -792,6 +795,12 @@ def _check_references(p: Project, defined: dict[str, set[str]] | None = None,
                 problem = writers.xml_name_problem(value)
                 if problem:
                     out.append(f"{where(k)}: {k}.{label}: {problem}")
+        if a.unload == "always" and dest is not None and not isinstance(dest, PlatformDestination):
+            model = p.models.get(p.segments[a.segment].model) if a.segment in p.segments else None
+            source = p.sources.get(model.source) if model is not None else None
+            reason = unload.activation_problem(source.type, source, getattr(dest, "type", None), a) if source else None
+            if reason:
+                out.append(f"{where(k)}: {k}.unload: 'always' cannot unload: {reason}; allowed here: auto, never")
         if a.compression == "gzip" and a.format == "parquet":
             out.append(f"{where(k)}: {k}.compression: 'gzip' applies to csv, json and xml; "
                        "for parquet use parquet.compression")

@@ -90,13 +90,33 @@ def ts_literal(value: datetime) -> exp.Expression:
     return exp.cast(exp.Literal.string(value.isoformat(sep=" ")), exp.DataType.build("timestamp"))
 
 
+def _rows_per_key(source: exp.Expression, pk: str) -> exp.Expression:
+    """``(SELECT pk, COUNT(*) AS n FROM source GROUP BY pk) AS g``: one row per key (NULL keys in one row).
+
+    Distinct keys are counted as the rows of this grouping, not with ``COUNT(DISTINCT key)``: a grouping
+    spills to disk when it outgrows the warehouse's memory (DuckDB's hash aggregate does), a distinct
+    count does not (DuckDB fails with "Out of Memory" on tens of millions of keys under a small
+    ``memory_limit``), so the first sync of a large table never depends on the memory limit."""
+    rel = source.copy() if isinstance(source, (exp.Table, exp.Subquery)) else relation(source, "k0")
+    return (exp.select(col(pk), exp.Count(this=exp.Star()).as_(_PER_KEY, quoted=True)).from_(rel)
+            .group_by(col(pk)).subquery("g"))
+
+
+_PER_KEY = "_dinmo_rows"
+
+
+def _total(expression: exp.Expression) -> exp.Expression:
+    return exp.Coalesce(this=exp.Sum(this=expression), expressions=[lit(0)])
+
+
 def key_stats_sql(source: exp.Expression, pk: str, dialect: str) -> str:
-    """Total rows, rows with a key, distinct keys: one scan of the segment."""
+    """Total rows, rows with a key, distinct keys: one scan of the segment, grouped by key."""
     q = exp.select(
-        exp.Count(this=exp.Star()),
-        exp.Count(this=col(pk)),
-        exp.Count(this=exp.Distinct(expressions=[col(pk)])),
-    ).from_(source.copy())
+        _total(col(_PER_KEY)).as_("n_total"),
+        _total(exp.Case(ifs=[exp.If(this=exp.Not(this=exp.Is(this=col(pk), expression=exp.Null())),
+                                    true=col(_PER_KEY))])).as_("n_keyed"),
+        exp.Count(this=col(pk)).as_("n_distinct"),
+    ).from_(_rows_per_key(source, pk))
     return render(q, dialect)
 
 
@@ -239,10 +259,10 @@ def snapshot_stats_sql(snapshot: exp.Table, baseline: exp.Expression | None, pk:
     uniqueness check counts distinct keys over the added rows only, not the whole snapshot. Without a
     baseline every key is new.
     """
-    if baseline is None:
+    if baseline is None:  # the snapshot has no NULL key: its distinct keys are the groups (see _rows_per_key)
         return render(exp.select(*_named([
-            exp.Count(this=exp.Star()), lit(0), exp.Count(this=exp.Distinct(expressions=[col(pk)])),
-            exp.Count(this=exp.Star()), lit(0), lit(0)])).from_(snapshot.copy()), dialect)
+            _total(col(_PER_KEY)), lit(0), exp.Count(this=exp.Star()), _total(col(_PER_KEY)), lit(0), lit(0),
+        ])).from_(_rows_per_key(snapshot, pk)), dialect)
     n_pk, b_pk = col(pk, "n"), col(pk, "b")
     new_row = exp.and_(exp.Is(this=b_pk.copy(), expression=exp.Null()),
                        exp.Not(this=exp.Is(this=n_pk.copy(), expression=exp.Null())))

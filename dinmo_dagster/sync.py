@@ -32,7 +32,9 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -44,7 +46,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 from sqlglot import exp
 
-from dinmo_dagster import delta, naming, writers
+from dinmo_dagster import delta, naming, unload, writers
 from dinmo_dagster.config import Activation, Model
 from dinmo_dagster.destinations import FileDestination
 from dinmo_dagster.platform_connectors import PlatformDestination
@@ -186,6 +188,8 @@ class SyncResult:
     platform: dict[str, Any] = field(default_factory=dict)  # a platform sync's delivery metrics
     writer: str = ""  # who wrote the files: "duckdb_copy", "arrow", or both in file order ("duckdb_copy, arrow")
     writer_reason: str = ""  # why a file did not go through DuckDB's COPY (a DuckDB source only)
+    # The warehouse's own unload to GCS or streaming, and why: "unload (bigquery EXPORT DATA)", "streaming (...)"
+    export_path: str = ""
     # Seconds per step of the delivery: recover, plan (change counts), write (files and uploads), promote
     # (baseline and delivered values), retention. The snapshot step's are in ``SnapshotResult.timings``.
     timings: dict[str, float] = field(default_factory=dict)
@@ -810,7 +814,7 @@ def recover(
         dead_run = e.run_id if e.run_id and e.run_id != run_id else ""
         if e.state is JournalState.WRITING:
             if t.destination is not None:  # a platform sync writes no file
-                t.destination.delete(files)
+                t.destination.delete(unload.expand_temporary(t.destination, files))  # (an unload's prefix too)
             _remove_workdir(e.workdir, e.owner)
             _journal(t, partition_key, "", JournalState.ABANDONED, files)
             _history_once(t, partition_key, e.run_id, summary,
@@ -944,20 +948,30 @@ def _write_and_promote(
     uploaded: list[str] = []
     write_started = time.perf_counter()
     summary = _summary(t, result, started_at)
+
+    def landed(part: writers.PartFile, path: str, size: int) -> None:
+        result.bytes += size
+        result.rows_written += part.rows
+        result.files.append(t.destination.uri(path))
+        part.path.unlink(missing_ok=True)
+        on_log(f"wrote {t.destination.uri(path)} ({part.rows} rows, {part.bytes} bytes)")
+
+    uploads = _PartUploads(t.destination, landed)
     try:
-        for stem, sql in p.files:
+        choice = unload.choose(t, options, result)  # (``unload: always`` refused fails here, before any file)
+        for index, (stem, sql) in enumerate(p.files):
             def upload(part: writers.PartFile) -> None:
                 path = naming.join_object_name(a.folder, part.name)
                 uploaded.append(path)
                 # Journal before the upload, so a kill mid-upload still knows what to remove.
                 _journal(t, partition_key, run_id, JournalState.WRITING, uploaded, workdir, summary)
-                result.bytes += t.destination.upload(part.path, path)
-                result.rows_written += part.rows
-                result.files.append(t.destination.uri(path))
-                part.path.unlink(missing_ok=True)
-                on_log(f"wrote {t.destination.uri(path)} ({part.rows} rows, {part.bytes} bytes)")
+                uploads.submit(part, path)
 
-            used = _copy_export(t, sql, p.names, options, stem, max_bytes, workdir, upload, result, on_log)
+            used = unload.WRITER if choice.unload and unload.export_file(
+                t, choice, partition_key, index, stem, sql, p.names, options, unload.file_rows(t, p, stem), uploaded,
+                lambda: _journal(t, partition_key, run_id, JournalState.WRITING, uploaded, workdir, summary), result,
+                on_log) else None
+            used = used or _copy_export(t, sql, p.names, options, stem, max_bytes, workdir, upload, result, on_log)
             if used is None:
                 used = writers.ARROW_WRITER
                 with t.warehouse.stream(sql) as reader:
@@ -967,15 +981,14 @@ def _write_and_promote(
                     writers.write_parts(batches, schema, options, stem, max_bytes, workdir, upload)
             if used not in result.writer.split(", "):
                 result.writer = ", ".join(w for w in (result.writer, used) if w)
+        uploads.finish()
         _journal(t, partition_key, run_id, JournalState.WRITTEN, uploaded, workdir, _summary(t, result, started_at))
+    except unload.UnloadRefused as exc:
+        _failed_write(t, partition_key, run_id, uploads, uploaded, result, a, started_at, exc, on_log)
+        raise SyncError(str(exc)) from None
         timings["write"] = round(time.perf_counter() - write_started, 4)
     except BaseException as exc:
-        try:
-            t.destination.delete(uploaded)
-            _journal(t, partition_key, run_id, JournalState.FAILED, [])
-        except Exception as cleanup_exc:  # noqa: BLE001 - keep the journal entry: the next sync cleans up
-            on_log(f"could not remove the files of the failed sync yet: {cleanup_exc}")
-        _history(t, partition_key, run_id, SyncStatus.FAILED, result, a, started_at, str(exc)[:500])
+        _failed_write(t, partition_key, run_id, uploads, uploaded, result, a, started_at, exc, on_log)
         raise
     with _step(timings, "promote"):
         t.warehouse.execute(_promote(t, partition_key))
@@ -989,10 +1002,62 @@ def _write_and_promote(
     return result
 
 
+class _PartUploads:
+    """Uploads a sync's part files, ``destination.upload_concurrency`` at a time (1: in the caller's
+    thread), while the writer goes on with the next part. At most that many parts wait or travel, so the
+    working directory holds few part files; ``landed`` hears of each part in the order it was written. A
+    failed upload fails the next ``submit`` or ``finish``; ``close`` cancels what has not started and
+    waits for what has."""
+
+    def __init__(self, destination: FileDestination, landed: Callable[[writers.PartFile, str, int], None]) -> None:
+        self.destination, self.landed = destination, landed
+        self.workers = max(1, destination.upload_concurrency)
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dinmo-upload") if self.workers > 1 else None
+        self.pending: deque[tuple[writers.PartFile, str, Future[int]]] = deque()
+
+    def submit(self, part: writers.PartFile, path: str) -> None:
+        if self.pool is None:
+            self.landed(part, path, self.destination.upload(part.path, path))
+            return
+        while self.pending and (len(self.pending) >= self.workers or self.pending[0][2].done()):
+            self._land_oldest()
+        failed = next((f for _, _, f in self.pending if f.done() and f.exception() is not None), None)
+        if failed is not None:
+            failed.result()
+        self.pending.append((part, path, self.pool.submit(self.destination.upload, part.path, path)))
+
+    def _land_oldest(self) -> None:
+        part, path, future = self.pending.popleft()
+        self.landed(part, path, future.result())
+
+    def finish(self) -> None:
+        while self.pending:
+            self._land_oldest()
+        self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 WRITER_ENV = "DINMO_EXPORT_WRITER"
 """Environment variable choosing the file writer: ``auto`` (the default: DuckDB's own ``COPY`` for a
 DuckDB source where it writes the same values, else the shared Arrow writer) or ``arrow`` (always the
 shared writer)."""
+
+
+def _failed_write(t: SyncTarget, partition_key: str, run_id: str, uploads: _PartUploads, uploaded: list[str],
+                  result: SyncResult, a: Activation, started_at: datetime, exc: BaseException,
+                  on_log: Callable[[str], None]) -> None:
+    """What a write that failed leaves: no upload still running, its files (and an unload's temporary
+    prefix) removed, the journal entry failed, the history row."""
+    uploads.close()  # no upload still running may land after the clean-up below
+    try:
+        t.destination.delete(unload.expand_temporary(t.destination, uploaded))  # (an unload's prefix too)
+        _journal(t, partition_key, run_id, JournalState.FAILED, [])
+    except Exception as cleanup_exc:  # noqa: BLE001 - keep the journal entry: the next sync cleans up
+        on_log(f"could not remove the files of the failed sync yet: {cleanup_exc}")
+    _history(t, partition_key, run_id, SyncStatus.FAILED, result, a, started_at, str(exc)[:500])
 
 
 def _copy_export(

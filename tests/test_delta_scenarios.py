@@ -599,6 +599,8 @@ KILLED_SYNC = textwrap.dedent('''
     root, key, when, run_id = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 
     class KillAfterFirstUpload(GCSDestination):
+        upload_concurrency = 1  # one file at a time: exactly one has landed when the process dies
+
         def upload(self, local_path: Path, object_path: str) -> int:
             size = super().upload(local_path, object_path)
             os.kill(os.getpid(), signal.SIGKILL)

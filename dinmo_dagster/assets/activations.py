@@ -127,6 +127,8 @@ def _metadata(a: Any, r: sync.SyncResult) -> dict[str, Any]:
         "duration_s": dg.MetadataValue.float(round(r.duration_s, 3)),
         "files": dg.MetadataValue.md("\n".join(f"- {u}" for u in r.files) or "(no file: nothing to write)"),
     }
+    if r.export_path:  # the warehouse's own unload to GCS, or streaming and why
+        md["dinmo/export_path"] = r.export_path
     if r.writer:  # duckdb_copy (DuckDB's own COPY) or arrow (the shared writer), and why not COPY
         md["writer"] = r.writer
         if r.writer_reason:

@@ -197,6 +197,12 @@ class FileDestination(ABC):
 
     # -- the interface -----------------------------------------------------------------------------
 
+    @property
+    def upload_concurrency(self) -> int:
+        """How many files of one sync may be uploaded at once: 1 (one after the other) unless a network
+        destination says more."""
+        return 1
+
     @abstractmethod
     def uri(self, object_path: str) -> str:
         """Where the object lives, for metadata and messages: ``gs://bucket/path`` or ``file:///abs``."""

@@ -7,10 +7,13 @@ with this module: they take about 0.7 s to import, and every project loads this 
 
 from __future__ import annotations
 
+import base64
 import json
 import mimetypes
 import os
 import re
+import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -40,8 +43,18 @@ STORAGE_EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
 
 # google-cloud-storage requires resumable chunk sizes to be multiples of 256 KiB.
 _CHUNK_UNIT = 256 * 1024
+TEMP_PREFIX = ".dinmo-tmp/"
+"""Bucket-level prefix of the temporary pieces of parallel composite uploads: outside every export folder,
+so a consumer that loads a folder (Snowpipe, BigQuery external tables, a finalize trigger filtered on
+the folder) never sees a piece. ``.dinmo-tmp/<object path>/<upload token>/...``."""
+# Real GCS: one compose request takes 1 to 32 source objects (composite-objects page).
+_MAX_COMPOSE_SOURCES = 32
+# Real GCS: object names are at most 1024 bytes of UTF-8.
+_MAX_OBJECT_NAME_BYTES = 1024
 # Real GCS rule: 3-63 characters per dot-separated part, lowercase letters, digits, '-', '_', '.'.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+# GCS compose: at most 32 source objects per request.
+_COMPOSE_MAX = 32
 
 
 class GCSConfig(FileDestinationConfig):
@@ -68,6 +81,14 @@ class GCSConfig(FileDestinationConfig):
     """Timeout of one HTTP request (connect and read), in seconds."""
     upload_chunk_size_bytes: int = 8 * 1024 * 1024
     """Chunk size of resumable uploads (files above 8 MiB are uploaded resumably); a multiple of 256 KiB."""
+    upload_workers: int | None = None
+    """Concurrent transfers to this bucket: the pieces of a large file, and the files of one sync.
+    Default: 4 per CPU core, from 4 to 10 (the HTTP client keeps 10 connections per host)."""
+    parallel_upload_threshold_bytes: int = 64 * 1024 * 1024
+    """Files of at least this size go as a parallel composite upload (pieces uploaded concurrently as
+    temporary objects, then composed); 0 turns composite uploads off."""
+    parallel_upload_piece_bytes: int = 32 * 1024 * 1024
+    """Size of one piece of a parallel composite upload; a multiple of 256 KiB."""
 
     @field_validator("bucket")
     @classmethod
@@ -91,6 +112,14 @@ class GCSConfig(FileDestinationConfig):
             raise ValueError("timeout_seconds must be positive")
         if self.upload_chunk_size_bytes <= 0 or self.upload_chunk_size_bytes % _CHUNK_UNIT:
             raise ValueError("upload_chunk_size_bytes must be a positive multiple of 262144 (256 KiB)")
+        if self.upload_workers is not None and self.upload_workers < 1:
+            raise ValueError("upload_workers must be at least 1")
+        if self.parallel_upload_threshold_bytes < 0:
+            raise ValueError(
+                "parallel_upload_threshold_bytes must not be negative (0 turns composite uploads off)"
+            )
+        if self.parallel_upload_piece_bytes <= 0 or self.parallel_upload_piece_bytes % _CHUNK_UNIT:
+            raise ValueError("parallel_upload_piece_bytes must be a positive multiple of 262144 (256 KiB)")
         return self
 
 
@@ -159,6 +188,8 @@ class GCSDestination(FileDestination):
     def __init__(self, config: GCSConfig, *, name: str = "") -> None:
         super().__init__(config, name=name)
         self._client: Any = None
+        # Bounds the transfers of all uploads of this destination (files of a sync, pieces of a file).
+        self._transfers = threading.BoundedSemaphore(self.upload_concurrency)
 
     @property
     def bucket(self) -> str:
@@ -286,16 +317,45 @@ class GCSDestination(FileDestination):
         """``gs://bucket/object_path``."""
         return f"gs://{self.bucket}/{object_path}"
 
+    @property
+    def upload_concurrency(self) -> int:
+        """How many transfers this destination runs at once (``upload_workers``, default 4 per core, 4-10):
+        a sync uploads that many part files concurrently, and a large file that many pieces."""
+        return self.config.upload_workers or min(10, max(4, 4 * (os.cpu_count() or 1)))
+
     def upload(self, local_path: Path, object_path: str) -> int:
-        """Upload ``local_path`` to ``gs://bucket/object_path``: one multipart request up to 8 MiB,
-        a resumable upload in ``upload_chunk_size_bytes`` chunks above. A retry re-sends the whole
-        file; GCS creates the object only when all bytes arrived, so no partial object remains."""
+        """Upload ``local_path`` to ``gs://bucket/object_path``, atomically: the object appears whole or
+        not at all.
+
+        Below ``parallel_upload_threshold_bytes``: one multipart request up to 8 MiB, a resumable upload
+        in ``upload_chunk_size_bytes`` chunks above; a retry re-sends the file. At or above it, a
+        *parallel composite upload*, the way ``gcloud storage cp`` uploads large files against the JSON
+        API (https://cloud.google.com/storage/docs/parallel-composite-uploads): the file is cut into
+        ``parallel_upload_piece_bytes`` pieces, uploaded concurrently (``upload_concurrency`` at once
+        for the whole destination) as temporary objects under ``TEMP_PREFIX``, each retried on its own,
+        so a transient failure re-sends one piece; then ``compose`` (at most 32 sources per request,
+        https://cloud.google.com/storage/docs/composite-objects; more pieces are composed in a tree)
+        creates the object and the temporaries are deleted. The composed object's CRC32C is checked
+        against the local file's (composite objects have no MD5). XML multipart uploads
+        (``transfer_manager.upload_chunks_concurrently``) would avoid the temporaries, but the emulator
+        the product ships for trying it and for its tests has no XML multipart API; compose it has.
+
+        Temporaries left by a killed process are removed by :meth:`delete` of the object path, which the
+        next sync calls for every file a dead sync journalled. Composite uploads cost one Class A
+        operation per piece and per compose; on a bucket whose default class is not Standard, or with
+        soft delete, the deleted pieces may be billed (early deletion, soft-delete retention): set
+        ``parallel_upload_threshold_bytes: 0`` there.
+        """
         self._check_object_path(object_path)
         local_path = Path(local_path)
         if not local_path.is_file():
             raise self._error(f"cannot upload '{local_path}': no such file")
         size = local_path.stat().st_size
         content_type = _content_type(object_path)
+        pieces = self._pieces(size, object_path)
+        if pieces:
+            self._composite_upload(local_path, object_path, size, content_type, pieces)
+            return size
 
         def attempt() -> None:
             blob = (
@@ -307,13 +367,150 @@ class GCSDestination(FileDestination):
                 str(local_path), content_type=content_type, timeout=self.config.timeout_seconds, retry=None
             )
 
-        self._call("upload", attempt, object_path=object_path)
+        with self._transfers:
+            self._call("upload", attempt, object_path=object_path)
         return size
 
-    def delete(self, object_paths: Sequence[str]) -> None:
-        """Delete each object (one request each, retried); a missing object is not an error."""
+    # -- parallel composite uploads (helpers of upload) ---------------------------------------------
+
+    def _pieces(self, size: int, object_path: str) -> list[tuple[int, int]]:
+        """(offset, length) of each piece of a composite upload, or [] to upload the file in one go."""
+        threshold = self.config.parallel_upload_threshold_bytes
+        piece = self.config.parallel_upload_piece_bytes
+        longest = f"{_temp_prefix(object_path)}{'0' * 32}/c99-00000"
+        if (
+            not threshold
+            or size < threshold
+            or size <= piece
+            or len(longest.encode()) > _MAX_OBJECT_NAME_BYTES
+        ):
+            return []
+        return [(offset, min(piece, size - offset)) for offset in range(0, size, piece)]
+
+    def _composite_upload(
+        self, local_path: Path, object_path: str, size: int, content_type: str, pieces: list[tuple[int, int]]
+    ) -> None:
+        """Upload the pieces concurrently, compose them into ``object_path``, delete the temporaries."""
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        prefix = f"{_temp_prefix(object_path)}{uuid.uuid4().hex}/"
+        names = [f"{prefix}p{index:05d}" for index in range(len(pieces))]
+        temporaries = list(names)
+        total = len(pieces)
+        ok = False
+        try:
+            with ThreadPoolExecutor(
+                min(total, self.upload_concurrency), thread_name_prefix="gcs-piece"
+            ) as pool:
+                futures = [
+                    pool.submit(
+                        self._upload_piece, local_path, object_path, name, offset, length, index, total
+                    )
+                    for index, (name, (offset, length)) in enumerate(zip(names, pieces))
+                ]
+                expected_crc32c = _file_crc32c(local_path)  # while the pieces travel
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = next((f for f in done if f.exception() is not None), None)
+                if failed is not None:
+                    for future in futures:
+                        future.cancel()
+                    failed.result()  # raises its DestinationError
+            level = 0
+            while len(names) > _MAX_COMPOSE_SOURCES:  # a tree of composes: 32 sources per request at most
+                level += 1
+                groups = [
+                    names[i : i + _MAX_COMPOSE_SOURCES] for i in range(0, len(names), _MAX_COMPOSE_SOURCES)
+                ]
+                names = [
+                    self._compose(group, f"{prefix}c{level:02d}-{index:05d}", object_path, None)
+                    for index, group in enumerate(groups)
+                ]
+                temporaries += names
+            self._compose(names, object_path, object_path, content_type, expected_crc32c)
+            ok = True
+        finally:
+            try:
+                self._remove_temporaries(temporaries)
+            except DestinationError:
+                if ok:
+                    raise  # the sync fails and deletes the file again, temporaries included
+                # else: the upload's own error matters more; delete() of the object path retries the clean-up
+
+    def _upload_piece(
+        self, local_path: Path, object_path: str, name: str, offset: int, length: int, index: int, total: int
+    ) -> None:
+        """Upload bytes ``offset .. offset+length`` of the file as the temporary object ``name``."""
+
+        def attempt() -> None:
+            blob = (
+                self.get_client()
+                .bucket(self.bucket)
+                .blob(name, chunk_size=self.config.upload_chunk_size_bytes)
+            )
+            with open(local_path, "rb") as stream:
+                stream.seek(offset)
+                blob.upload_from_file(
+                    stream,
+                    size=length,
+                    content_type="application/octet-stream",
+                    timeout=self.config.timeout_seconds,
+                    retry=None,
+                )
+
+        with self._transfers:
+            self._call(f"upload (piece {index + 1} of {total})", attempt, object_path=object_path)
+
+    def _compose(
+        self,
+        sources: list[str],
+        name: str,
+        object_path: str,
+        content_type: str | None,
+        expected_crc32c: str | None = None,
+    ) -> str:
+        """Compose ``sources`` (at most 32) into ``name``; check its CRC32C when one is expected."""
+        bucket = self.get_client().bucket(self.bucket)
+
+        def attempt() -> Any:
+            blob = bucket.blob(name)
+            if content_type:
+                blob.content_type = content_type
+            blob.compose(
+                [bucket.blob(source) for source in sources], timeout=self.config.timeout_seconds, retry=None
+            )
+            return blob
+
+        blob = self._call("compose", attempt, object_path=object_path)
+        if expected_crc32c is not None and blob.crc32c != expected_crc32c:
+            self.delete([name])
+            raise self._error(
+                f"GCS upload of {self.uri(object_path)} failed: the composed object's CRC32C {blob.crc32c} "
+                f"differs from the file's {expected_crc32c}; the object was deleted"
+            )
+        return name
+
+    def _remove_temporaries(self, names: Sequence[str]) -> None:
+        """Delete temporary objects concurrently (each retried; a missing one is fine)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not names:
+            return
+        with ThreadPoolExecutor(
+            min(len(names), self.upload_concurrency), thread_name_prefix="gcs-clean"
+        ) as pool:
+            for future in [pool.submit(self.delete, [name], temporaries=False) for name in names]:
+                future.result()
+
+    def delete(self, object_paths: Sequence[str], *, temporaries: bool = True) -> None:
+        """Delete each object (one request each, retried); a missing object is not an error. With
+        ``temporaries``, also the pieces a (killed) parallel composite upload of these paths left under
+        ``TEMP_PREFIX``: found with one listing of that prefix."""
         from google.api_core import exceptions as api_exceptions  # loaded with the client already
 
+        if temporaries and object_paths:
+            prefixes = tuple(_temp_prefix(path) for path in object_paths)
+            leftovers = [name for name in self._list_raw(TEMP_PREFIX) if name.startswith(prefixes)]
+            self._remove_temporaries(leftovers)
         for object_path in object_paths:
             self._check_object_path(object_path)
 
@@ -326,6 +523,60 @@ class GCSDestination(FileDestination):
                     pass  # already gone (or removed by an earlier attempt whose answer was lost)
 
             self._call("delete", attempt, object_path=object_path)
+
+    def copy(self, source_path: str, object_path: str) -> int:
+        """Copy object ``source_path`` of the bucket to ``object_path`` (GCS ``rewrite``, repeated until
+        done: large objects take several calls) and return its size. For a warehouse's unloaded file
+        taking its final name; the copy replaces ``object_path`` whole or not at all."""
+        self._check_object_path(source_path)
+        self._check_object_path(object_path)
+
+        def attempt() -> int:
+            bucket = self.get_client().bucket(self.bucket)
+            target = bucket.blob(object_path)
+            token = None
+            while True:
+                token, _, _ = target.rewrite(
+                    bucket.blob(source_path), token=token, timeout=self.config.timeout_seconds, retry=None
+                )
+                if token is None:
+                    return int(target.size or 0)
+
+        return self._call("copy", attempt, object_path=object_path)
+
+    def compose(self, source_paths: Sequence[str], object_path: str, scratch_prefix: str) -> int:
+        """Join objects ``source_paths`` of the bucket, in order, into ``object_path`` and return its size.
+
+        GCS ``compose`` takes at most 32 sources a request: more are joined 32 at a time into objects
+        under ``scratch_prefix`` (the caller removes them), level by level. Every request writes a new
+        object from unchanged sources, so a retried request gives the same bytes.
+        """
+        self._check_prefix(scratch_prefix)
+        for path in (*source_paths, object_path):
+            self._check_object_path(path)
+        if not source_paths:
+            raise self._error(f"cannot compose {self.uri(object_path)} from no object")
+        sources, level = list(source_paths), 0
+        while len(sources) > _COMPOSE_MAX:
+            joined = []
+            for i in range(0, len(sources), _COMPOSE_MAX):
+                path = f"{scratch_prefix}_compose-{level}-{i // _COMPOSE_MAX:05d}"
+                self._compose_once(sources[i : i + _COMPOSE_MAX], path)
+                joined.append(path)
+            sources, level = joined, level + 1
+        return self._compose_once(sources, object_path)
+
+    def _compose_once(self, source_paths: Sequence[str], object_path: str) -> int:
+        def attempt() -> int:
+            bucket = self.get_client().bucket(self.bucket)
+            target = bucket.blob(object_path)
+            target.content_type = _content_type(object_path)
+            target.compose(
+                [bucket.blob(p) for p in source_paths], timeout=self.config.timeout_seconds, retry=None
+            )
+            return int(target.size or 0)
+
+        return self._call("compose", attempt, object_path=object_path)
 
     def exists(self, object_path: str) -> bool:
         self._check_object_path(object_path)
@@ -341,7 +592,11 @@ class GCSDestination(FileDestination):
         )
 
     def list(self, prefix: str) -> list[str]:
+        """Object paths under ``prefix``, without the temporaries of uploads in progress."""
         self._check_prefix(prefix)
+        return [name for name in self._list_raw(prefix) if not name.startswith(TEMP_PREFIX)]
+
+    def _list_raw(self, prefix: str) -> list[str]:
         return self._call(
             "list",
             # The iterator fetches pages lazily: materialise inside the retried call.
@@ -431,6 +686,22 @@ def _cause_text(exc: BaseException) -> str:
     """The server's explanation without the status prefix (for 401/403 messages)."""
     text = describe(exc)
     return text.split(": ", 1)[1] if text.startswith("HTTP ") and ": " in text else text
+
+
+def _temp_prefix(object_path: str) -> str:
+    """Where the temporary pieces of uploads of ``object_path`` live (one sub-folder per upload)."""
+    return f"{TEMP_PREFIX}{object_path}/"
+
+
+def _file_crc32c(path: Path) -> str:
+    """The file's CRC32C as GCS reports it (base64 of the big-endian value), read in 4 MiB blocks."""
+    import google_crc32c  # installed with google-cloud-storage
+
+    checksum = google_crc32c.Checksum()
+    with open(path, "rb") as stream:
+        while block := stream.read(4 * 1024 * 1024):
+            checksum.update(block)
+    return base64.b64encode(checksum.digest()).decode("ascii")
 
 
 def _content_type(object_path: str) -> str:

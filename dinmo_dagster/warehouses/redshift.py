@@ -25,6 +25,8 @@ class RedshiftWarehouse(PostgresWarehouse):
     """A Redshift database: PostgreSQL's driver and connection code, Redshift's SQL dialect.
 
     Text is cast to `VARCHAR(65535)` by the SQL generators, because Redshift's `TEXT` is `VARCHAR(256)`.
+    Its ``UNLOAD`` writes only to Amazon S3, so a gcs destination's files always stream
+    (``dinmo_dagster.unload``).
     """
 
     dialect: ClassVar[str] = "redshift"

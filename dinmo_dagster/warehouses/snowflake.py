@@ -62,6 +62,11 @@ class SnowflakeSource(SourceConfig):
     """Role to use."""
     schema_: str | None = Field(None, alias="schema")
     """Schema of unqualified table names (default PUBLIC)."""
+    unload_storage_integration: str | None = None
+    """Storage integration through which ``COPY INTO 'gcs://bucket/...'`` writes a gcs destination's files
+    (``unload: auto | always`` of its activations); its service account needs to create and delete objects."""
+    unload_stage: str | None = None
+    """Or: an external stage whose URL is the gcs destination bucket's root (``gcs://bucket/``)."""
 
 
 def snowflake_arrow_type(type_code: int, precision: int | None, scale: int | None) -> pa.DataType:
