@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dinmo_dagster.config import ProjectError, load_project
+from dinmo_dagster.platform_connectors import audience_platforms
 
 BASE = """
 sources:
@@ -210,12 +211,14 @@ segments:
 
 
 def test_an_audience_on_attributes_and_full_only_are_refused(tmp_path: Path) -> None:
+    # every registered platform with an audiences service is listed, these among them
+    assert {"braze", "criteo", "firestore", "meta_ads", "snapchat_ads"} <= set(audience_platforms())
     text = BASE.replace("    sync_mode: upsert\n", "    sync_mode: upsert\n    audience: {name: VIP}\n"
                         "    run_type: full_only\n")
     assert problems(tmp_path, text) == [
         ("dinmo.yaml: activations.vip_to_crm.audience: found an audience; destination 'crm' is a hubspot platform "
          "destination with service attributes, which takes none; allowed: audience only with service audiences "
-         "of braze, criteo, firestore, linkedin_ads, meta_ads, pinterest_ads, reddit_ads, snapchat_ads, tiktok_ads"),
+         "of " + ", ".join(audience_platforms())),
         ("dinmo.yaml: activations.vip_to_crm.run_type: found 'full_only'; destination 'crm' is a hubspot platform "
          "destination, synced by its changes; allowed: full_then_delta"),
     ]

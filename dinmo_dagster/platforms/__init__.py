@@ -130,6 +130,13 @@ _BUILTIN_MODULES = (
     "reddit_ads",
     "linkedin_ads",
     "criteo",
+    "microsoft_ads",
+    "x_ads",
+    "google_dv360",
+    "google_sa360",
+    "klaviyo",
+    "brevo",
+    "google_ads",
 )
 
 

@@ -1,4 +1,5 @@
-"""TikTok Ads: ``audiences`` (Customer File custom audiences of the TikTok Marketing API v1.3).
+"""TikTok Ads: ``audiences`` (Customer File custom audiences of the TikTok Marketing API v1.3) and
+``events`` (the Events API 2.0).
 
 **Target.** The activation's ``audience``: ``{name: "VIP Europe"}`` (looked up among the
 advertiser's custom audiences, created from the first file when missing) or ``{id: "1234567"}``.
@@ -49,17 +50,47 @@ authorization of the app, ``/oauth2/access_token/``) is long-term: it does not e
 advertiser revokes it, and there is no refresh token in this flow; it is sent as the
 ``Access-Token`` header. A revoked token stops the sync with TikTok's message.
 
+**events** (operation ``track``): ``POST /open_api/v1.3/event/track/`` (the Events API 2.0) with
+``{"event_source": "web" | "offline", "event_source_id": <pixel code or offline event set id>,
+"data": [...]}`` (and ``test_event_code`` when set: TikTok's Test Events tool shows them), at most 1,000
+events per request (assumed: the limit integrators cite; the reference page could not be read). Each
+event:
+
+- ``event``: a mapped ``event`` column, else the ``event`` setting (``CompletePayment``...);
+- ``event_time``: the mapped time column (the fact model's event cursor) in Unix seconds, naive
+  timestamps read as UTC;
+- ``event_id``: the record's key (the fact model's primary key; a mapped ``event_id`` column overrides
+  it). TikTok de-duplicates Events API events with the same ``event`` and ``event_id`` received within
+  48 hours (https://ads.tiktok.com/help/article/event-deduplication): an event re-sent after a killed
+  sync counts once;
+- ``user``: ``email`` (trimmed, lower-cased), ``phone`` (E.164 with its ``+``, as for audiences) and
+  ``external_id`` (trimmed) as SHA-256 digests; ``ip``, ``user_agent``, ``ttclid`` and ``ttp`` in clear
+  (TikTok asks for them unhashed);
+- ``page.url``: a mapped ``url`` column (web events);
+- ``properties``: every other mapped field (``value`` as a number, ``currency``, ``order_id``...).
+
+TikTok answers one ``code`` for the whole request: an event it refuses (``40002`` and a message naming
+the field) refuses the request, whose message does not reliably name the event; the batch is then split
+until the refused event is alone, rejected with TikTok's message, and the others are sent again (each
+counted once, by ``event_id``). Rate: 10 requests per second assumed, as for audiences (TikTok's QPS
+limits depend on the app). Access token: the same ``Access-Token`` header (an Events API token
+generated in Events Manager, or the Marketing API token). ``validate --connect`` of an events
+destination checks the token and advertiser when ``advertiser_id`` is given (the Events API has no
+read-only check of a pixel); without it, the first sync is the check.
+
 TikTok's documentation this adapter follows (https://business-api.tiktok.com/portal/docs):
 "Upload an audience file" (``/file/custom_audience/upload/``), "Create an audience by file"
 (https://business-api.tiktok.com/portal/docs/create-an-audience-by-file/v1.3), "Update an audience"
 (``/dmp/custom_audience/update/``), "Get all audiences" (``/dmp/custom_audience/list/``) and the
-"Return codes" page. Those pages were not readable in full from this project; where this docstring
+"Return codes" page; Events API 2.0 (https://business-api.tiktok.com/portal/docs?id=1771100865818625,
+"Report web events" / "Report offline events") and https://ads.tiktok.com/help/article/events-api . Those pages were not readable in full from this project; where this docstring
 says "assumed" (limits, the empty replace, device id case, the token error codes) it follows what the
 TikTok API clients of Pipedream (tiktok_ads_manager) and TikTok's own tiktok-business-api-sdk show.
 """
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import logging
@@ -96,6 +127,7 @@ from dinmo_dagster.platforms.identifiers import (
     normalize_email,
     normalize_phone,
 )
+from dinmo_dagster.platforms.pinterest_ads import _unix_seconds  # one reading of event times for ad events
 
 if TYPE_CHECKING:
     from dinmo_dagster.platforms.http import Transport
@@ -108,6 +140,10 @@ API = "/open_api/v1.3"
 MAX_IDENTIFIERS_PER_FILE = 50_000
 LIMITS = Limits(
     max_records_per_batch=MAX_IDENTIFIERS_PER_FILE, requests_per_window=10, window_seconds=1.0, max_concurrency=2
+)
+MAX_EVENTS_PER_REQUEST = 1_000  # assumed (module docstring)
+EVENT_LIMITS = Limits(
+    max_records_per_batch=MAX_EVENTS_PER_REQUEST, requests_per_window=10, window_seconds=1.0, max_concurrency=2
 )
 RATE_LIMITED_CODES = frozenset({40100})
 AUTH_CODES = frozenset({40102, 40104, 40105})
@@ -131,6 +167,24 @@ _TYPES = IdentifierTable({
 _ORDER = ["EMAIL_SHA256", "PHONE_SHA256", "IDFA_SHA256", "GAID_SHA256"]
 
 
+def _clear(text: str, default_country: str | None = None) -> str:
+    return text.strip()
+
+
+# events: identifier name -> how it is prepared (the name is the key of the event's ``user`` object)
+_USER = {
+    "email": IdentifierSpec("email", hashed=True, optional=True, normalize=lambda text, _: normalize_email(text)),
+    "phone": IdentifierSpec("phone", hashed=True, optional=True, normalize=normalize_phone),
+    "external_id": IdentifierSpec("id", hashed=True, optional=True, normalize=_clear),
+    "ip": IdentifierSpec("id", optional=True, normalize=_clear),
+    "user_agent": IdentifierSpec("id", optional=True, normalize=_clear),
+    "ttclid": IdentifierSpec("id", optional=True, normalize=_clear),
+    "ttp": IdentifierSpec("id", optional=True, normalize=_clear),
+}
+# Event parameters a mapping may name; any other mapped field goes in properties.
+_EVENT_FIELDS = frozenset({"event", "event_time", "event_id", "url"})
+
+
 class TikTokAudienceTarget(AudienceTarget):
     """The custom audience an activation fills: ``{name: ...}`` (created when missing) or ``{id: ...}``."""
 
@@ -145,19 +199,47 @@ class TikTokAudienceTarget(AudienceTarget):
 class TikTokAdsSettings(PlatformSettings):
     """Settings of a ``type: tiktok_ads`` destination (``audience`` comes from the activation)."""
 
-    service: Literal["audiences"] = Field(description="audiences (Customer File custom audiences).")
-    advertiser_id: str = Field(description="The advertiser's id (digits).")
+    service: Literal["audiences", "events"] = Field(description="audiences (Customer File custom audiences) or events.")
     access_token: SecretStr = Field(description="The Marketing API's long-term access token ({env: VAR}); secret.")
+    advertiser_id: str | None = Field(
+        default=None, validate_default=True, description="The advertiser's id (digits); audiences."
+    )
     audience: TikTokAudienceTarget | None = Field(default=None, description="The audience; from the activation.")
+    event_source: Literal["web", "offline"] | None = Field(default=None, description="events: web or offline.")
+    event_source_id: str | None = Field(default=None, description="events: the pixel code or offline event set id.")
+    event: str | None = Field(default=None, description="events: the event name when no column is mapped to event.")
+    test_event_code: str | None = Field(default=None, description="events: TikTok's Test Events code.")
 
     @pydantic.field_validator("advertiser_id", mode="before")
     @classmethod
-    def _check_advertiser(cls, value: Any) -> Any:
+    def _check_advertiser(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        if value is None:
+            if info.data.get("service") == "audiences":
+                raise ValueError("found nothing; allowed: the advertiser's numeric id, such as 7012345678901234567")
+            return None
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         if not (isinstance(value, str) and _DIGITS.fullmatch(value.strip())):
             raise ValueError(f"found {value!r}; allowed: the advertiser's numeric id, such as 7012345678901234567")
         return value.strip()
+
+    @pydantic.model_validator(mode="after")
+    def _keys_of_the_service(self) -> TikTokAdsSettings:
+        if self.service == "audiences":
+            unused = [k for k in ("event_source", "event_source_id", "event", "test_event_code") if getattr(self, k)]
+            if unused:
+                raise ValueError(f"{', '.join(unused)}: not used by service audiences; allowed: service events")
+            return self
+        problems = []
+        if self.audience is not None:
+            problems.append("audience: not used by service events; allowed: service audiences")
+        if self.event_source is None:
+            problems.append("event_source: found nothing; allowed: web, offline")
+        if not (self.event_source_id or "").strip():
+            problems.append("event_source_id: found nothing; allowed: the pixel code (web) or offline event set id")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class TikTokAds(AudiencePlatform):
@@ -165,7 +247,9 @@ class TikTokAds(AudiencePlatform):
 
     name = "tiktok_ads"
     settings_model: ClassVar[type[PlatformSettings]] = TikTokAdsSettings
-    services: ClassVar[Mapping[str, tuple[str, ...]]] = {"audiences": ("add", "remove", "replace")}
+    services: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "audiences": ("add", "remove", "replace"), "events": ("track",)
+    }
     default_base_url = "https://business-api.tiktok.com"
     limits = LIMITS
     audience_label = "TikTok audience"
@@ -176,6 +260,7 @@ class TikTokAds(AudiencePlatform):
 
     def __init__(self, settings: PlatformSettings, *, destination: str = "") -> None:
         super().__init__(settings, destination=destination)
+        self.limits = EVENT_LIMITS if self.settings.service == "events" else LIMITS
         self._looked_up = self._audience_id is not None
         # transport (one per delivery) -> its replace already sent REPLACE
         self._replaced: weakref.WeakKeyDictionary[Transport, bool] = weakref.WeakKeyDictionary()
@@ -186,14 +271,82 @@ class TikTokAds(AudiencePlatform):
 
     # -- identifiers --------------------------------------------------------------------------------
 
+    def target_label(self) -> str:
+        """``TikTok audience 'VIP'`` or ``TikTok web events of pixel C123``."""
+        if self.settings.service == "events":
+            what = "pixel" if self.settings.event_source == "web" else "offline event set"
+            return f"TikTok {self.settings.event_source} events of {what} {self.settings.event_source_id}"
+        return super().target_label()
+
+    def identifier_spec(self, name: str) -> IdentifierSpec | None:
+        """The audience identifiers, or the event ``user`` keys (module docstring)."""
+        if self.settings.service == "events":
+            return _USER.get(name.lower())
+        return super().identifier_spec(name)
+
     def validate_activation(self, match: Mapping[str, str], mapping: Mapping[str, str]) -> list[str]:
-        """Known identifiers; no mapping; an audience."""
+        """Known identifiers; no mapping; an audience. Events: known user keys, an event time and name."""
+        if self.settings.service == "events":
+            return self._validate_events(match, mapping)
         return check_audience_activation(
             match, mapping, kind_of=lambda name: name if name.lower() in _TYPES else None,  # each its own kind
             allowed=", ".join(_TYPES), takes="TikTok audiences", has_audience=self.settings.audience is not None,
         )  # fmt: skip
 
+    def _validate_events(self, match: Mapping[str, str], mapping: Mapping[str, str]) -> list[str]:
+        problems = []
+        if not match:
+            problems.append(f"identifiers: found nothing; allowed: at least one of {', '.join(_USER)}")
+        problems += [f"identifiers.{name}: found {name!r}; allowed for events: {', '.join(_USER)}"
+                     for name in match if name.lower() not in _USER]  # fmt: skip
+        targets = set(mapping.values())
+        if "event_time" not in targets:
+            problems.append("mapping: no column is mapped to event_time; allowed: the fact model's time column")
+        if "event" not in targets and not self.settings.event:
+            problems.append("event: found nothing; allowed: the event setting or a column mapped to event")
+        return problems
+
     # -- requests -----------------------------------------------------------------------------------
+
+    def record_input(self, operation: str, record: Record) -> Any:
+        """Audiences: identifier digests by calculate type. Events: one Events API 2.0 event."""
+        if self.settings.service == "events":
+            return self._event(record)
+        return super().record_input(operation, record)
+
+    def _event(self, record: Record) -> dict[str, Any]:
+        fields = record.fields
+        event: dict[str, Any] = {
+            "event": str(fields.get("event") or self.settings.event or ""),
+            "event_time": _unix_seconds(fields.get("event_time")),
+            "event_id": str(fields.get("event_id") or record.key),
+            "user": {name.lower(): value for name, value in record.identifiers.items()},
+        }
+        if fields.get("url"):
+            event["page"] = {"url": str(fields["url"])}
+        properties = {name.removeprefix("properties."): _property(name, value)
+                      for name, value in fields.items() if name not in _EVENT_FIELDS and value is not None}  # fmt: skip
+        if properties:
+            event["properties"] = properties
+        return event
+
+    def _track_request(self, inputs: Sequence[Any]) -> PreparedRequest:
+        body: dict[str, Any] = {"event_source": self.settings.event_source,
+                                "event_source_id": self.settings.event_source_id, "data": list(inputs)}  # fmt: skip
+        if self.settings.test_event_code:
+            body["test_event_code"] = self.settings.test_event_code
+        return PreparedRequest("POST", f"{API}/event/track/", json=body)
+
+    def _track_outcome(self, records: Sequence[Record], response: HttpResponse) -> BatchOutcome:
+        """Code 0 accepts the events; a refusal splits the batch down to the refused event."""
+        code = _code(response)
+        if response.status == 200 and code == 0:
+            return BatchOutcome.accept_all(records)
+        if response.status == 200 and code is not None and 40000 <= code < 50000:
+            if len(records) > 1:
+                return BatchOutcome(split=True)
+            return BatchOutcome.reject_all(records, f"TikTok: {self.error_message(response)}", f"TikTok code {code}")
+        raise self.request_error(response, f"sending events to {self.target_label()}")
 
     def _files(self, inputs: Sequence[Mapping[str, str]]) -> list[tuple[str, list[int]]]:
         """(calculate_type, indexes of the inputs that have it), in TikTok's order."""
@@ -224,25 +377,34 @@ class TikTokAds(AudiencePlatform):
         return PreparedRequest("POST", f"{API}/dmp/custom_audience/update/", json=body)
 
     def build_request(self, operation: str, inputs: Sequence[Any], records: Sequence[Record]) -> PreparedRequest:
-        """The first upload of the batch (see :meth:`deliver_batch` for the whole sequence)."""
+        """Events: the track request. Audiences: the first upload of the batch (see :meth:`deliver_batch`)."""
+        if self.settings.service == "events":
+            return self._track_request(inputs)
         calculate_type, indexes = self._files(inputs)[0]
         return self._upload_request(calculate_type, [inputs[i][calculate_type] for i in indexes])
 
     def preview_request(self, operation: str, inputs: Sequence[Any], records: Sequence[Record]) -> PreparedRequest:
-        """The first upload, and the update that follows it."""
+        """The first upload, and the update that follows it (events: the track request)."""
+        if self.settings.service == "events":
+            return self._track_request(inputs)
         request = self.build_request(operation, inputs, records)
         then = self._update_request(_ACTIONS[operation], "<file_path of the upload>")
         return PreparedRequest(request.method, request.path,
                                json={**request.json, "then": f"POST {then.path} {json.dumps(then.json)}"})
 
     def parse_response(self, operation: str, records: Sequence[Record], response: HttpResponse) -> BatchOutcome:
-        """Not used: :meth:`deliver_batch` sends and reads every request of a batch."""
-        raise NotImplementedError("tiktok_ads delivers batches with deliver_batch")
+        """Events: TikTok's answer to a track request (audiences use :meth:`deliver_batch`)."""
+        if self.settings.service == "events":
+            return self._track_outcome(records, response)
+        raise NotImplementedError("tiktok_ads delivers audience batches with deliver_batch")
 
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
-        """Per identifier type: upload the file, then create, replace, append or delete with it."""
+        """Per identifier type: upload the file, then create, replace, append or delete with it.
+        Events: one track request."""
+        if self.settings.service == "events":
+            return self._track_outcome(records, transport.send(self._track_request(inputs)))
         failed: dict[int, RecordResult] = {}
         for calculate_type, indexes in self._files(inputs):
             refused = self._send_file(operation, calculate_type, [inputs[i][calculate_type] for i in indexes],
@@ -366,8 +528,10 @@ class TikTokAds(AudiencePlatform):
     # -- validate --connect -------------------------------------------------------------------------
 
     def check_connection(self, transport: Transport) -> None:
-        """The token and the advertiser, and an audience given by id."""
+        """The token and the advertiser, and an audience given by id (events: when an advertiser is given)."""
         advertiser = self.settings.advertiser_id
+        if advertiser is None:
+            return  # an events destination without advertiser: the Events API has no read-only check
         response = transport.send(PreparedRequest("GET", f"{API}/advertiser/info/",
                                                   params={"advertiser_ids": json.dumps([advertiser])}))
         if response.status != 200 or _code(response) != 0:
@@ -379,6 +543,16 @@ class TikTokAds(AudiencePlatform):
             "advertiser_id": advertiser, "custom_audience_ids": json.dumps([target.id])}))  # fmt: skip
         if response.status != 200 or _code(response) != 0:
             raise self.request_error(response, f"reading custom audience {target.id}")
+
+
+def _property(name: str, value: Any) -> Any:
+    """TikTok's ``value`` is a number; other properties keep their JSON form (decimals as text)."""
+    if name.removeprefix("properties.") == "value" and isinstance(value, (int, float, decimal.Decimal, str)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _code(response: HttpResponse) -> int | None:

@@ -23,6 +23,15 @@ Contract (TikTok's pages under https://business-api.tiktok.com/portal/docs, see 
   {list: [{custom_audience_id, name}], page_info: {page, page_size, total_number, total_page}}``),
   ``GET .../dmp/custom_audience/get/`` (``custom_audience_ids`` a JSON list; unknown: ``code`` 40001),
   ``GET .../advertiser/info/`` (``advertiser_ids`` a JSON list).
+* **Events** (Events API 2.0) -- ``POST /open_api/v1.3/event/track/`` with ``event_source`` (web,
+  app, offline, crm), ``event_source_id`` (one of the fake's pixels / event sets, else ``code`` 40001),
+  ``data`` (1 to 1,000 events, else 40002) and optional ``test_event_code``. Each event needs ``event``
+  and a numeric ``event_time``; ``user.email``, ``user.phone`` and ``user.external_id`` must be
+  SHA-256 digests; an event the test made TikTok refuse (:meth:`TikTokAdsFake.refuse_event`) too. One
+  refused event refuses the request (``code`` 40002, the message naming ``data[i]``; nothing kept).
+  Every event received is kept (:attr:`TikTokAdsFake.events`); :meth:`TikTokAdsFake.counted_events`
+  is what TikTok counts: the first of the events with the same source, ``event`` and ``event_id``
+  within 48 hours.
 * **Rate limits** -- :meth:`TikTokAdsFake.throttle` answers the next calls with ``code`` 40100 in an
   HTTP 200.
 """
@@ -37,6 +46,7 @@ import json
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +58,8 @@ TYPES = ("EMAIL_SHA256", "PHONE_SHA256", "IDFA_SHA256", "GAID_SHA256")
 MAX_LINES = 50_000
 API = "/open_api/v1.3"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_EVENTS = 1_000
+DEDUP_SECONDS = 48 * 3600
 
 
 @dataclass
@@ -58,6 +70,16 @@ class Audience:
     name: str
     calculate_type: str = "EMAIL_SHA256"
     members: dict[str, set[str]] = field(default_factory=lambda: {t: set() for t in TYPES})
+
+
+@dataclass
+class ReceivedEvent:
+    """One event as TikTok received it."""
+
+    event_source_id: str
+    event: dict[str, Any]
+    test_event_code: str | None
+    received: float
 
 
 def answer(code: int = 0, message: str = "OK", data: Any = None) -> FakeResponse:
@@ -78,8 +100,13 @@ def parse_form(request: FakeRequest) -> dict[str, bytes]:
 class TikTokAdsFake:
     """TikTok's custom audience API, in memory (a context manager)."""
 
-    def __init__(self, *, access_token: str, advertiser_id: str, page_size: int = 100) -> None:
+    def __init__(self, *, access_token: str, advertiser_id: str, page_size: int = 100,
+                 event_sources: tuple[str, ...] = (), latency: float = 0.0) -> None:
         self.access_token = access_token
+        self.event_sources = set(event_sources)
+        self.latency = latency
+        self.events: list[ReceivedEvent] = []
+        self._refused_events: dict[str, str] = {}
         self.advertiser_id = advertiser_id
         self.page_size = page_size
         self.audiences: dict[str, Audience] = {}
@@ -125,11 +152,32 @@ class TikTokAdsFake:
         """Answer the next call whose path ends with ``path_suffix`` with ``response``."""
         self._failures.append((path_suffix, response))
 
+    def refuse_event(self, event_id: str, message: str) -> None:
+        """TikTok refuses the event ``event_id`` (its request answers ``code`` 40002) until accepted."""
+        self._refused_events[event_id] = message
+
+    def accept_event(self, event_id: str) -> None:
+        self._refused_events.pop(event_id, None)
+
+    def counted_events(self) -> list[dict[str, Any]]:
+        """The events TikTok counts: duplicates (same source, event and event_id within 48 h) dropped."""
+        first: dict[tuple[str, str, str], float] = {}
+        counted = []
+        for e in self.events:
+            key = (e.event_source_id, str(e.event.get("event")), str(e.event.get("event_id")))
+            if key in first and e.received - first[key] < DEDUP_SECONDS:
+                continue
+            first[key] = e.received
+            counted.append(e.event)
+        return counted
+
     def revoke_token(self) -> None:
         """The advertiser revoked the app's access token."""
         self.access_token = "revoked-" + self.access_token
 
     def _app(self, request: FakeRequest) -> FakeResponse:
+        if self.latency:
+            time.sleep(self.latency)
         with self._lock:
             response = self._api(request)
             self.answers.append((request.method, request.path, response.body["code"]))
@@ -149,6 +197,8 @@ class TikTokAdsFake:
                 del self._failures[i]
                 return response
         route = request.path.removeprefix(API)
+        if route == "/event/track/" and request.method == "POST":
+            return self._track(request.json)
         body = request.json if request.method == "POST" and route != "/file/custom_audience/upload/" else None
         advertiser = (body or request.query).get("advertiser_id")
         if route == "/advertiser/info/" and request.method == "GET":
@@ -192,6 +242,38 @@ class TikTokAdsFake:
         path = f"tos-fake/audience/{next(self._file_ids)}.txt"
         self.files[path] = (calculate_type, set(lines))
         return answer(data={"file_path": path, "size": len(content)})
+
+    def _track(self, body: Any) -> FakeResponse:
+        if not isinstance(body, dict):
+            return answer(40002, "The request body must be a JSON object.")
+        if body.get("event_source") not in ("web", "app", "offline", "crm"):
+            return answer(40002, f"event_source: {body.get('event_source')!r} is not one of web, app, offline, crm.")
+        source = body.get("event_source_id")
+        if source not in self.event_sources:
+            return answer(40001, f"event_source_id {source} does not exist or has no permission.")
+        data = body.get("data")
+        if not isinstance(data, list) or not 1 <= len(data) <= MAX_EVENTS:
+            return answer(40002, f"data: between 1 and {MAX_EVENTS} events are allowed.")
+        for i, event in enumerate(data):
+            problem = self._event_problem(event)
+            if problem:
+                return answer(40002, f"data[{i}].{problem}")
+        now = time.time()
+        self.events += [ReceivedEvent(source, e, body.get("test_event_code"), now) for e in data]
+        return answer()
+
+    def _event_problem(self, event: Any) -> str | None:
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str) or not event["event"]:
+            return "event: required."
+        if not isinstance(event.get("event_time"), int) or isinstance(event.get("event_time"), bool):
+            return "event_time: must be a Unix timestamp in seconds."
+        user = event.get("user") or {}
+        for key in ("email", "phone", "external_id"):
+            value = user.get(key)
+            if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+                return f"user.{key}: must be hashed with SHA-256."
+        refused = self._refused_events.get(str(event.get("event_id")))
+        return refused
 
     def _files(self, body: dict[str, Any]) -> list[tuple[str, set[str]]] | FakeResponse:
         paths = body.get("file_paths")
