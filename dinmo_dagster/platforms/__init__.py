@@ -137,6 +137,8 @@ _BUILTIN_MODULES = (
     "klaviyo",
     "brevo",
     "google_ads",
+    "mailchimp",
+    "sendgrid",
 )
 
 
