@@ -100,6 +100,31 @@ class DatabricksWarehouse(Warehouse):
             cur.execute("SELECT 1")
             cur.fetchall()
 
+    def table_columns(self, table: str) -> list[tuple[str, str]] | None:
+        """``DESCRIBE TABLE``'s columns (name, type such as ``int``, ``decimal(10,2)``); None when the table
+        does not exist (the warehouse's error class ``TABLE_OR_VIEW_NOT_FOUND``).
+
+        Not ``information_schema.columns``: only Unity Catalog catalogs have one; a workspace's
+        ``hive_metastore`` and Apache Spark have none, and ``DESCRIBE TABLE`` answers on all of them.
+        """
+        catalog, db, name = self._parse_table(table)
+        relation = exp.Table(
+            this=name, db=db if db is not None else self._default_schema_ident(), catalog=catalog
+        )
+        describe = exp.Describe(this=relation, kind="TABLE")
+        try:
+            rows = self.query(self._render(describe))
+        except WarehouseError as exc:
+            if "TABLE_OR_VIEW_NOT_FOUND" in str(exc):
+                return None
+            raise
+        columns = []
+        for column, data_type, *_ in rows:
+            if not column or column.startswith("#"):  # partitioning and details follow the columns
+                break
+            columns.append((column, data_type))
+        return columns
+
     def _information_schema_columns(self, catalog: exp.Identifier | None) -> exp.Table:
         name = catalog.name if catalog is not None else self._value("catalog")
         return exp.Table(
