@@ -139,6 +139,8 @@ _BUILTIN_MODULES = (
     "google_ads",
     "mailchimp",
     "sendgrid",
+    "iterable",
+    "intercom",
 )
 
 
