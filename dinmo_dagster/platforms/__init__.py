@@ -141,6 +141,12 @@ _BUILTIN_MODULES = (
     "sendgrid",
     "iterable",
     "intercom",
+    "zendesk",
+    "salesforce_marketing_cloud",
+    "selligent",
+    "dialog_insight",
+    "june",
+    "all_my_sms",
 )
 
 

@@ -142,6 +142,8 @@ class OAuthToken:
         *,
         default_token_url: str,
         client_auth: Literal["body", "basic"] = "body",
+        body: Literal["form", "json"] = "form",
+        extra: Mapping[str, str] | None = None,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -153,6 +155,10 @@ class OAuthToken:
         self._settings = settings
         self.token_url = settings.token_url or default_token_url
         self.client_auth = client_auth
+        # A JSON token request (Salesforce Marketing Cloud's v2/token) and fields of the platform's own
+        # (its account_id) for the platforms that document them; form-encoded otherwise (RFC 6749).
+        self.body = body
+        self.extra = dict(extra or {})
         self._session = session or requests.Session()
         self._clock = clock
         self._sleep = sleep
@@ -221,6 +227,8 @@ class OAuthToken:
             form["refresh_token"] = self._refresh_token
         if settings.scope:
             form["scope"] = settings.scope
+        form.update(self.extra)
+        payload = {"json": form} if self.body == "json" else {"data": form}
         label = self._platform.label
 
         def attempt() -> None:
@@ -229,7 +237,7 @@ class OAuthToken:
             try:
                 raw = self._session.post(
                     self.token_url,
-                    data=form,
+                    **payload,
                     auth=auth,
                     headers={"Accept": "application/json"},
                     timeout=settings.timeout_seconds,
