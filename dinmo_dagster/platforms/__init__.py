@@ -147,6 +147,8 @@ _BUILTIN_MODULES = (
     "dialog_insight",
     "june",
     "all_my_sms",
+    "batch",
+    "splio",
 )
 
 
