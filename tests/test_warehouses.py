@@ -7,6 +7,7 @@ environment (`test_bigquery_live`, `test_databricks_live`; skipped otherwise, sa
 
 import datetime as dt
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -262,16 +263,52 @@ def _default_duckdb_source(tmp_path, settings: str = "") -> DuckDBWarehouse:
     return wh
 
 
-def test_duckdb_default_memory_limit_is_half_the_memory(tmp_path):
-    """With no `memory_limit` in the YAML, DuckDB may use half the machine's memory and spills next to
-    the database file."""
+def test_duckdb_default_memory_limit_is_auto_a_small_working_limit(tmp_path):
+    """With no `memory_limit` in the YAML, DuckDB works within 128 MB and spills next to the database file."""
     wh = _default_duckdb_source(tmp_path)
-    assert wh.config.memory_limit == "50%"
+    assert wh.config.memory_limit == "auto"
     [(limit, temp_directory)] = wh.query(
         "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
     )
-    assert limit == _duckdb_limit_for("50%")
+    assert limit == _duckdb_limit_for("128MB")
     assert temp_directory == str(tmp_path / "wh.duckdb") + ".tmp"
+
+
+# A query that cannot spill: one list of 20M integers (160 MB) is more than the 128 MB working limit.
+UNSPILLABLE = "SELECT list(i)[-1] AS top FROM range(20000000) t(i)"
+# ... and 150M integers (1.2 GB) more than the next step's 1 GB.
+UNSPILLABLE_1GB = "SELECT list(i)[-1] AS top FROM range(150000000) t(i)"
+
+
+def test_auto_memory_limit_runs_a_statement_that_needs_more_again_with_a_raised_limit(tmp_path, caplog):
+    """`auto`: the statement that ran out of the working limit is run again with 1 GB, then with half the
+    machine's memory, which later connections keep; a warning names the source each time."""
+    wh = _default_duckdb_source(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="dinmo_dagster.warehouses.duckdb"):
+        assert wh.query(UNSPILLABLE) == [(19_999_999,)]
+        assert wh.query("SELECT current_setting('memory_limit')") == [(_duckdb_limit_for("1GB"),)]
+        assert wh.query(UNSPILLABLE_1GB) == [(149_999_999,)]
+    assert [r.getMessage() for r in caplog.records] == [
+        ("source 'wh' (duckdb): DuckDB needed more than its 128MB working memory (memory_limit auto); running the "
+         "statement again with 1GB"),
+        ("source 'wh' (duckdb): DuckDB needed more than its 1GB working memory (memory_limit auto); running the "
+         "statement again with 50% of the machine's memory")]
+    assert wh.query("SELECT current_setting('memory_limit')") == [(_duckdb_limit_for("50%"),)]
+    # a statement list (one transaction) and a stream, on a fresh warehouse each time
+    wh = _default_duckdb_source(tmp_path)
+    wh.execute(["CREATE SCHEMA IF NOT EXISTS raw", "CREATE TABLE raw.n AS SELECT 1 AS one",
+                f"CREATE TABLE raw.top AS {UNSPILLABLE}", "INSERT INTO raw.n VALUES (2)"])
+    assert wh.query("SELECT (SELECT list(one ORDER BY one) FROM raw.n), (SELECT top FROM raw.top)") == [([1, 2], 19_999_999)]
+    wh = _default_duckdb_source(tmp_path)
+    with wh.stream(UNSPILLABLE) as reader:
+        assert reader.read_all().to_pylist() == [{"top": 19_999_999}]
+
+
+def test_a_fixed_memory_limit_is_never_raised(tmp_path):
+    wh = _default_duckdb_source(tmp_path, ", memory_limit: 128MB")
+    with pytest.raises(WarehouseError, match=r"^source 'wh' \(duckdb\): query failed: Out of Memory Error"):
+        wh.query(UNSPILLABLE)
+    assert wh.query("SELECT current_setting('memory_limit')") == [(_duckdb_limit_for("128MB"),)]
 
 
 def test_duckdb_memory_limit_null_in_the_yaml_is_duckdbs_own_default(tmp_path):
@@ -348,7 +385,7 @@ def test_duckdb_memory_limit_setting(tmp_path):
         with pytest.raises(WarehouseError) as info:
             wh.query("SELECT 1")
         assert str(info.value) == (
-            f"source 'local' (duckdb): memory_limit: found {bad!r}; allowed: a size such as '512MB' or '4GB',"
+            f"source 'local' (duckdb): memory_limit: found {bad!r}; allowed: 'auto', a size such as '512MB' or '4GB',"
             " or a share of the machine's memory from 1% to 100% such as '50%'"
         )
 
