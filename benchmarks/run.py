@@ -874,7 +874,25 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"metric": "4. whole `dinmo sync` process / `drt run` (drt-core)", "value": p["drt_ratio"],
                          "detail": f"{p['dinmo_s']:.2f} s / {p['drt_s']:.2f} s",
                          "target": f"<= {TARGETS['drt_ratio']}", "pass": p["drt_ratio"] <= TARGETS["drt_ratio"]})
+    for case in res.get("api", {}).get("cases", []):
+        rows.append({"metric": f"5. API {case['case']} ({case['operation']}, {case['records']:,}): wall / rate-limit floor",
+                     "value": case["ratio_to_floor"],
+                     "detail": f"{case['wall_s']:.2f} s / {case['floor_s']:.2f} s; CPU {case['cpu_s']:.2f} s "
+                               f"({100 * case['cpu_share_of_wall']:.0f}% of wall)",
+                     "target": f"<= {case['target']}", "pass": case["result"] == "PASS"})
     return rows
+
+
+def figure_api(scratch: Path) -> dict[str, Any]:
+    """Figure 5: benchmarks/platforms.py (API destinations against their rate-limited fakes, the sync state's
+    journal on DuckDB, as a sync uses it) in a child process; its JSON report."""
+    out = scratch / "platforms.json"
+    proc = subprocess.run([PY, str(HERE / "platforms.py"), "--journal", "warehouse", "--out", str(out)],
+                          cwd=str(REPO), check=False, capture_output=True, text=True)
+    print("\n".join("  " + line for line in proc.stdout.strip().splitlines()), flush=True)
+    if not out.exists():
+        raise RuntimeError(f"figure 5 failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -909,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drt-venv", type=Path, default=None,
                     help="virtualenv for drt-core in figure 4, installed there if missing and reused "
                          "(default: a new one in the work directory)")
-    ap.add_argument("--skip", default="", help="comma-separated figures to skip: full,delta,memory,process,probes; "
+    ap.add_argument("--skip", default="", help="comma-separated figures to skip: full,delta,memory,process,probes,api; "
                          "drt skips figure 4's drt baseline only (about 10,000 rows/s here)")
     ap.add_argument("--fixed-cost", action="store_true",
                     help="only the fixed cost of `dinmo --help`, `validate` and a 10-row `sync` (7 runs each)")
@@ -991,6 +1009,9 @@ def main(argv: list[str] | None = None) -> int:
                 res["delta"] = figure_delta(big, db, args.rows, full_csv_s, max(1, args.delta_rounds))
             finally:
                 big.close()
+        if "api" not in skip:
+            print("\n[5] API destinations: 100,000 records against rate-limited fakes", flush=True)
+            res["api"] = figure_api(scratch)
     finally:
         res["elapsed_s"] = round(time.perf_counter() - started, 1)
         res["load_average_at_end"] = os.getloadavg()
