@@ -37,6 +37,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from typing_extensions import Self
 
+from dinmo_dagster.platform_names import BUILTIN_PLATFORMS
+
 __all__ = [
     "Connector",
     "ConnectorConfig",
@@ -110,7 +112,7 @@ _BUILTIN_MODULES: dict[ConnectorKind, dict[str, str]] = {
     ConnectorKind.FILE_DESTINATION: {name: f"dinmo_dagster.destinations.{name}" for name in ("gcs", "local")},
     # one call registers every platform of dinmo_dagster.platforms
     ConnectorKind.PLATFORM: {name: "dinmo_dagster.platform_connectors:register_platforms"
-                             for name in ("hubspot", "braze", "meta_ads", "firestore", "pinterest_ads", "snapchat_ads", "tiktok_ads", "reddit_ads", "linkedin_ads", "criteo", "microsoft_ads", "x_ads", "google_dv360", "google_sa360", "klaviyo", "brevo", "google_ads", "mailchimp", "sendgrid", "iterable", "intercom", "zendesk", "salesforce_marketing_cloud", "selligent", "dialog_insight", "june", "all_my_sms", "batch", "splio")},
+                             for name in BUILTIN_PLATFORMS},
 }
 
 _registry: dict[ConnectorKind, dict[str, Connector]] = {kind: {} for kind in ConnectorKind}

@@ -2,7 +2,7 @@
 
 Adding a platform is one module plus one registration: the module defines its settings model (a
 :class:`PlatformSettings` subclass) and its adapter (a :class:`Platform` subclass) and ends with
-``register_platform("name", Settings, Adapter)``; its name goes in ``_BUILTIN_MODULES`` below so
+``register_platform("name", Settings, Adapter)``; its name goes in ``dinmo_dagster/platform_names.py`` so
 the registry imports it on first lookup (projects that use no platform import none of them).
 Ad-platform audience adapters build on ``audiences.py`` (the ``{name:}``/``{id:}`` audience model,
 find-or-create by name, bearer auth from ``oauth.py``, the identifier-only activation checks).
@@ -22,6 +22,7 @@ from typing import Any
 
 import pydantic
 
+from dinmo_dagster.platform_names import BUILTIN_PLATFORMS
 from dinmo_dagster.platforms.base import (
     ATTRIBUTE_OPERATIONS,
     AUDIENCE_OPERATIONS,
@@ -119,37 +120,7 @@ __all__ = [
 ]
 
 # Modules of the platforms shipped with the package (each registers itself when imported).
-_BUILTIN_MODULES = (
-    "hubspot",
-    "braze",
-    "meta_ads",
-    "firestore",
-    "pinterest_ads",
-    "snapchat_ads",
-    "tiktok_ads",
-    "reddit_ads",
-    "linkedin_ads",
-    "criteo",
-    "microsoft_ads",
-    "x_ads",
-    "google_dv360",
-    "google_sa360",
-    "klaviyo",
-    "brevo",
-    "google_ads",
-    "mailchimp",
-    "sendgrid",
-    "iterable",
-    "intercom",
-    "zendesk",
-    "salesforce_marketing_cloud",
-    "selligent",
-    "dialog_insight",
-    "june",
-    "all_my_sms",
-    "batch",
-    "splio",
-)
+_BUILTIN_MODULES = BUILTIN_PLATFORMS
 
 
 @dataclass(frozen=True)
