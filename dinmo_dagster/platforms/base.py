@@ -16,10 +16,11 @@ import decimal
 import difflib
 import json
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Literal, Protocol
@@ -418,6 +419,11 @@ class DeliveryResult:
 # --------------------------------------------------------------------------------------------------
 
 
+_batch_progress = threading.local()
+"""Per worker thread: ``report(keys)``, set by the delivery engine while the thread runs a batch
+(:meth:`Platform.acknowledge_early`)."""
+
+
 class Platform(ABC):
     """Base class of platform adapters.
 
@@ -575,6 +581,19 @@ class Platform(ABC):
         """Send one batch and read the answer. Override for operations that need several requests."""
         response = transport.send(self.build_request(operation, inputs, records))
         return self.parse_response(operation, records, response)
+
+    def acknowledge_early(self, results: Iterable[RecordResult]) -> None:
+        """Hand the engine the verdicts a :meth:`deliver_batch` still running already got (a batch sent as
+        one request per record, or a bulk call followed by per-record calls): the accepted records are
+        journalled within ``JOURNAL_INTERVAL_SECONDS``, not when the whole batch is answered, so a sync
+        killed while the batch runs does not send them again. The batch's outcome must still give every
+        record's verdict (they are counted there, and not journalled twice). Outside a delivery (a
+        preview, a test calling :meth:`deliver_batch` itself) it does nothing."""
+        report: Callable[[list[str]], None] | None = getattr(_batch_progress, "report", None)
+        if report is not None:
+            keys = [r.key for r in results if r.status == "accepted"]
+            if keys:
+                report(keys)
 
     def deduplicates(self, operation: str) -> bool:
         """Whether a batch of ``operation`` sent twice leaves the platform as if it were sent once (upserts

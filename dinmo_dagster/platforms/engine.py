@@ -33,9 +33,13 @@ rate of 1,000 requests per second, about 50 batches). A commit per batch would c
 the requests themselves (2-3 ms of DuckDB per transaction against under 1 ms per request). A
 process killed in that window re-sends those batches on its retry, which idempotent keys make
 harmless. Every verdict is written before an operation ends, before :func:`deliver` returns, and
-before it raises. An operation the platform does not de-duplicate (``Platform.deduplicates`` is False:
-Braze's track events) goes one batch at a time, each journalled before the next is sent: a killed
-sync re-sends at most the batch in flight, the least any client can promise without an event id.
+before it raises. A batch whose records go in one request each (Splio's contact edits: up to 1,000
+calls, 100 s at Splio's pace) would otherwise have none of them journalled until its last call is
+answered, and a sync killed meanwhile would send them all again: such an adapter hands each verdict
+over as it comes (``Platform.acknowledge_early``), journalled with the next write like a batch's.
+An operation the platform does not de-duplicate (``Platform.deduplicates`` is False: Braze's track
+events) goes one batch at a time, each journalled before the next is sent: a killed sync re-sends at
+most the batch in flight, the least any client can promise without an event id.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from dinmo_dagster.platforms.base import (
     QuotaExhausted,
     Record,
     RecordResult,
+    _batch_progress,
     json_size,
 )
 from dinmo_dagster.platforms.errors import (
@@ -327,6 +332,10 @@ class _Delivery:
         self._writer: ThreadPoolExecutor | None = None  # the journal thread (group commits)
         self._writing: Future[None] | None = None  # the write in progress
         self._noted = 0  # batches whose verdicts were noted since the last write started
+        # Acknowledgements a batch still running handed over (Platform.acknowledge_early), from the workers,
+        # and the keys journalled that way whose batch was not applied yet (not journalled twice).
+        self._early: queue.SimpleQueue[tuple[str, list[str]]] = queue.SimpleQueue()
+        self._journalled_early: dict[str, set[str]] = {}
         self._last_write = 0.0  # time.monotonic() when the last write started
 
     def write_journal(self, max_unwritten: int) -> None:
@@ -351,8 +360,20 @@ class _Delivery:
         self._noted = 0
         self._writing = self._writer.submit(self._flush)
 
+    def note_early(self) -> None:
+        """Journal the acknowledgements the workers handed over from batches still running (main thread)."""
+        while True:
+            try:
+                operation, keys = self._early.get_nowait()
+            except queue.Empty:
+                return
+            self.journal.acknowledged(operation, keys)
+            self._journalled_early.setdefault(operation, set()).update(keys)
+            self._noted += 1
+
     def flush_journal(self) -> None:
         """Write every verdict noted, and wait for it (at the end of an operation, before an error)."""
+        self.note_early()
         if self._flush is None:
             return
         writing, self._writing = self._writing, None
@@ -375,18 +396,22 @@ class _Delivery:
         if self._stop.is_set():
             raise _Cancelled()
         assert self.transport is not None  # only previews run without one, and they send nothing
-        outcome = self.platform.deliver_batch(work.operation, work.records, work.inputs, self.transport)
-        deadline = time.monotonic() + self.retry.job_timeout_seconds
-        while outcome.job is not None:
-            job = outcome.job
-            if time.monotonic() > deadline:
-                raise PlatformRequestError(
-                    f"{self.platform.label}: job {job.id} did not finish within "
-                    f"{self.retry.job_timeout_seconds:.0f}s"
-                )
-            time.sleep(self.platform.poll_interval_seconds)
-            outcome = self.platform.poll_job(work.operation, work.records, job, self.transport)
-        return outcome
+        _batch_progress.report = lambda keys: self._early.put((work.operation, keys))
+        try:
+            outcome = self.platform.deliver_batch(work.operation, work.records, work.inputs, self.transport)
+            deadline = time.monotonic() + self.retry.job_timeout_seconds
+            while outcome.job is not None:
+                job = outcome.job
+                if time.monotonic() > deadline:
+                    raise PlatformRequestError(
+                        f"{self.platform.label}: job {job.id} did not finish within "
+                        f"{self.retry.job_timeout_seconds:.0f}s"
+                    )
+                time.sleep(self.platform.poll_interval_seconds)
+                outcome = self.platform.poll_job(work.operation, work.records, job, self.transport)
+            return outcome
+        finally:
+            _batch_progress.report = None
 
     # -- main thread side -------------------------------------------------------------------------------
 
@@ -446,7 +471,14 @@ class _Delivery:
         verdicts = [by_key.get(r.key) for r in work.records]
         accepted = [r.key for r, v in zip(work.records, verdicts) if v is not None and v.status == "accepted"]
         if accepted:
-            self.journal.acknowledged(operation, accepted)
+            early = self._journalled_early.get(operation)
+            if early:  # journalled while the batch ran (note_early ran before this batch was applied)
+                fresh = [k for k in accepted if k not in early]
+                early.difference_update(accepted)
+            else:
+                fresh = accepted
+            if fresh:
+                self.journal.acknowledged(operation, fresh)
             counts.accepted += len(accepted)
         self.reject(operation, [v for v in verdicts if v is not None and v.status == "rejected"])
         pending = [r.key for r, v in zip(work.records, verdicts) if v is not None and v.status == "pending"]
@@ -617,6 +649,9 @@ def _run(state: _Delivery, operations: list[tuple[str, Iterable[pa.RecordBatch]]
                     break
                 # Woken at least every JOURNAL_INTERVAL_SECONDS: answered batches never wait on a pause.
                 done = _answered(answered, JOURNAL_INTERVAL_SECONDS)
+                # A worker hands over its early acknowledgements before its batch is answered: all of them are
+                # queued by now for the batches in ``done``, so apply() sees which ones are journalled.
+                state.note_early()
                 for future in done:
                     work = in_flight.pop(future)
                     try:
