@@ -501,7 +501,9 @@ class Actito(AudiencePlatform):
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
-        """Attributes: start the import (polled). Segmentations and deletions: one request per profile."""
+        """Attributes: start the import (polled). Segmentations and deletions: one request per profile, each
+        verdict handed to the engine as it comes (``acknowledge_early``): a sync killed mid-batch does not
+        send again what Actito already answered."""
         if self.settings.service == "attributes" and operation != "delete":
             response = transport.send(self.build_request(operation, inputs, records))
             return self.parse_response(operation, records, response)
@@ -509,6 +511,7 @@ class Actito(AudiencePlatform):
         for record, value in zip(records, inputs, strict=True):
             response = transport.send(self._profile_request(operation, str(value)))
             results.append(self._profile_verdict(operation, record, response))
+            self.acknowledge_early(results[-1:])
         return BatchOutcome(results)
 
     def _profile_verdict(self, operation: str, record: Record, response: HttpResponse) -> RecordResult:

@@ -619,7 +619,8 @@ class Braze(Platform):
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
-        """Reject what cannot be sent, send the rest (deletions in requests of at most 50 ids)."""
+        """Reject what cannot be sent, send the rest (deletions in requests of at most 50 ids: when a batch takes
+        two, the first one's verdicts are handed to the engine as it answers, ``acknowledge_early``)."""
         keep, results = self._sendable(operation, records, inputs)
         chunk = MAX_DELETE_IDS if self._endpoint(operation) == "/users/delete" else len(keep) or 1
         for start in range(0, len(keep), chunk):
@@ -631,6 +632,8 @@ class Braze(Platform):
                 # Braze refused the request whole: the engine halves the batch (re-sending is harmless).
                 return outcome
             results.extend(outcome.results)
+            if len(keep) > chunk:
+                self.acknowledge_early(outcome.results)
         return BatchOutcome(results)
 
     # -- responses ------------------------------------------------------------------------------------

@@ -417,13 +417,17 @@ class Emarsys(OAuthBearer, AudiencePlatform):
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
-        """One request per batch (a contact deletion: one per contact)."""
+        """One request per batch (a contact deletion: one per contact, up to 1,000 a batch, each verdict
+        handed to the engine as it comes, ``acknowledge_early``: a sync killed mid-batch does not send
+        them again)."""
         if self.settings.service == "audiences":
             self._resolve_audience(transport)
         if self.settings.service == "attributes" and self.rds is None and operation == "delete":
-            return BatchOutcome(
-                [self._delete_one(r, i, transport) for r, i in zip(records, inputs, strict=True)]
-            )
+            results: list[RecordResult] = []
+            for record, item in zip(records, inputs, strict=True):
+                results.append(self._delete_one(record, item, transport))
+                self.acknowledge_early(results[-1:])
+            return BatchOutcome(results)
         ids = None
         if self.settings.service == "attributes" and self.rds is None:
             names = sorted({n for i in inputs for n in i["fields"]})

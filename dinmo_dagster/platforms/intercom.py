@@ -339,19 +339,27 @@ class Intercom(AudiencePlatform):
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
-        """Companies one by one; contacts: one search, then one request per record."""
+        """Companies one by one; contacts: one search, then one request per record.
+
+        A batch is up to 50 requests (one per company, contact or tagging): each verdict is handed to the
+        engine as it comes (``acknowledge_early``), so a sync killed mid-batch does not send again what
+        Intercom already answered."""
+        results: list[RecordResult] = []
         if self._companies:
-            return BatchOutcome([self._company(operation, r, i, transport) for r, i in zip(records, inputs)])
+            for record, body in zip(records, inputs):
+                results.append(self._company(operation, record, body, transport))
+                self.acknowledge_early(results[-1:])
+            return BatchOutcome(results)
         tag = self._resolve_audience(transport) if self.settings.service == "audiences" else None
         name = self._ident(records[0])[0]
         ids = self._find_contacts(name, [i[name] for i in inputs], transport)
-        results = []
         for record, body in zip(records, inputs):
             found = ids.get(body[name].lower() if name == "email" else body[name], [])
             if tag is not None:
                 results.append(self._tag(operation, record, found, tag, transport))
             else:
                 results.append(self._contact(operation, record, body, found, transport))
+            self.acknowledge_early(results[-1:])
         return BatchOutcome(results)
 
     def _find_contacts(self, name: str, values: Sequence[str], transport: Transport) -> dict[str, list[str]]:

@@ -344,7 +344,8 @@ class Iterable(AudiencePlatform):
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
-        """One bulk request; a delete is one request per user."""
+        """One bulk request; a delete is one request per user (up to 1,000 a batch), each verdict handed to
+        the engine as it comes (``acknowledge_early``): a sync killed mid-batch does not delete them again."""
         if self.settings.service == "audiences":
             self._resolve_audience(transport)
         if operation != "delete":
@@ -364,6 +365,7 @@ class Iterable(AudiencePlatform):
                 )
             else:
                 raise self.request_error(response, "deleting a user")
+            self.acknowledge_early(results[-1:])
         return BatchOutcome(results)
 
     def parse_response(

@@ -156,10 +156,13 @@ class June(AudiencePlatform):
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
-        """One identify call per user, each verdict its own."""
-        results = []
+        """One identify call per user (up to 100 a batch), each verdict its own, handed to the engine as it
+        comes (``acknowledge_early``): a sync killed mid-batch does not send it again."""
+        results: list[RecordResult] = []
         for record, body in zip(records, inputs):
-            results += self.parse_response(operation, [record], transport.send(self._identify(body))).results
+            answered = self.parse_response(operation, [record], transport.send(self._identify(body))).results
+            results += answered
+            self.acknowledge_early(answered)
         return BatchOutcome(results)
 
     def parse_response(

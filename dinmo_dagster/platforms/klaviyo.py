@@ -587,17 +587,22 @@ class Klaviyo(AudiencePlatform):
                 )
             else:
                 groups[state == "subscribed"].append(index)
-        for subscribe, indexes in groups.items():
-            # A subscribe job takes 1,000 profiles, an unsubscribe job 100.
-            size = MAX_SUBSCRIPTION_PROFILES if subscribe else MAX_UNSUBSCRIPTION_PROFILES
-            for start in range(0, len(indexes), size):
-                part = indexes[start : start + size]
-                sent = [records[i] for i in part]
-                response = transport.send(self._subscription_request(subscribe, [inputs[i] for i in part]))
-                outcome = self.parse_response("upsert", sent, response)
-                if outcome.split:
-                    return outcome  # idempotent: the engine halves the batch and sends the halves again
-                results.extend(outcome.results)
+        # A subscribe job takes 1,000 profiles, an unsubscribe job 100: a batch is up to 11 jobs.
+        jobs = [
+            (subscribe, indexes[start : start + size])
+            for subscribe, indexes in groups.items()
+            for size in [MAX_SUBSCRIPTION_PROFILES if subscribe else MAX_UNSUBSCRIPTION_PROFILES]
+            for start in range(0, len(indexes), size)
+        ]
+        for subscribe, part in jobs:
+            sent = [records[i] for i in part]
+            response = transport.send(self._subscription_request(subscribe, [inputs[i] for i in part]))
+            outcome = self.parse_response("upsert", sent, response)
+            if outcome.split:
+                return outcome  # idempotent: the engine halves the batch and sends the halves again
+            results.extend(outcome.results)
+            if len(jobs) > 1:  # each job's profiles journalled as Klaviyo accepts it, not at the batch's end
+                self.acknowledge_early(outcome.results)
         return BatchOutcome(results)
 
     def _deliver_membership(
