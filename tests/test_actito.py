@@ -5,20 +5,21 @@ neither the API key nor an access token shows anywhere but in the Authorization 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 from ad_scenarios import ad_project, change_customers
+from attribute_scenarios import (
+    CliSync,
+    built,
+    crm_project,
+    example_activations,
+    logged,
+    readme_examples,
+)
 from fakes.actito import ActitoFake, _multipart
-from platform_scenarios import project_yaml, run, run_sync_job, sync_steps
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.platforms import (
@@ -55,9 +56,7 @@ def actito():
 def destination(fake: ActitoFake, service: str = "attributes", **settings) -> Actito:
     raw = {"service": service, "api_key": KEY, "entity": "shop", "table": "Customers", "base_url": fake.url,
            "poll_interval_seconds": 0.01, **settings}  # fmt: skip
-    platform = build_platform("actito", raw, destination="crm")
-    assert isinstance(platform, Actito)
-    return platform
+    return built("actito", Actito, raw)
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -260,9 +259,7 @@ def test_the_readme_actito_examples_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ACTITO_API_KEY", KEY)
     examples = readme_examples("**Actito (`type: actito`).**")
     assert len(examples) == 2
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == ("attributes", "audiences")[n]
 
 
@@ -302,9 +299,8 @@ def test_profiles_follow_the_segment_through_the_dagster_job(request, tmp_path: 
         run(env.wh, "update raw.customers set first_name = 'Bobby' where customer_id = 2")
         assert run_sync_job(env.defs, env.instance, "to_ac").success
         assert fake.by_email()["bob@example.com"] == {"firstName": "Bobby"}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry) and not any(t in repr(entry) for t in fake.tokens)
+        for entry in logged(env.instance):
+            assert KEY not in entry and not any(t in entry for t in fake.tokens)
         assert key_only_in_auth(fake)
 
 
@@ -337,55 +333,35 @@ def test_a_segmentation_follows_the_segment_through_the_dagster_job(
         vip.discard("cle@example.com")
         sync_steps(env, "to_ac", full_refresh=True)
         assert vip == {f"{n}@example.com" for n in ("robert", "cle", "ann")}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry) and "@example.com" not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry and "@example.com" not in entry
         assert key_only_in_auth(env.actito)
 
 
 def test_a_killed_sync_to_a_segmentation_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 40) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_ac", {"ACTITO_KEY": KEY})
+    cli.seed(40)
     with ActitoFake(KEY, latency=0.02) as fake:
         for i in range(1, 41):
             fake.add_profile(emailAddress=f"c{i}@example.com")
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"ac:\n  type: actito\n  service: audiences\n  max_concurrency: 1\n  entity: shop\n"
                           f"  table: Customers\n  api_key: {{env: ACTITO_KEY}}\n  base_url: {fake.url}\n"
                           "  rate_limit: 8\n")],
             activations='to_ac:\n  segment: big\n  destination: ac\n  audience: {name: "VIP Europe"}\n'
-                        "  identifiers: {email: email}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "ACTITO_KEY": KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_ac"]
+                        "  identifiers: {email: email}\n")  # fmt: skip
         # Batches of 25 and 15 profiles, one request each, one at a time: killed in the second one.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while (
-            sum(1 for m, _, s in list(fake.answers) if m == "PUT" and s == 200) < 30
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.3)  # the request in flight at the kill is answered
+        # settle: the request in flight at the kill is answered
+        cli.kill_when(
+            lambda: sum(1 for m, _, s in list(fake.answers) if m == "PUT" and s == 200) >= 30, settle=0.3
+        )
         assert 25 <= len(fake.members["VIP Europe"]) < 40
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert fake.members["VIP Europe"] == {f"c{i}@example.com" for i in range(1, 41)}
         puts = [p for m, p, status in fake.answers if m == "PUT" and status == 200]  # 429s are sent again
         assert max(puts.count(p) for p in puts) <= 2
         assert len(puts) - 40 <= 15  # the journalled batch of 25 is not sent again
         assert key_only_in_auth(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(KEY)

@@ -5,19 +5,21 @@ shows anywhere but in its header."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
+from attribute_scenarios import (
+    CliSync,
+    built,
+    crm_project,
+    example_activations,
+    load_example,
+    logged,
+    readme_examples,
+)
 from fakes.batch import BatchFake
-from platform_scenarios import project_yaml, run, run_sync_job
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job
 
 from dinmo_dagster.config import ProjectError
 from dinmo_dagster.platforms import (
@@ -62,9 +64,7 @@ def destination(fake: BatchFake, service: str = "attributes", **settings) -> Bat
     else:
         raw.setdefault("project_key", fake.project_key)
         raw["base_url"] = f"{fake.url}/2.11"
-    platform = build_platform("batch", raw, destination="bt")
-    assert isinstance(platform, Batch)
-    return platform
+    return built("batch", Batch, raw, "bt")
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -329,51 +329,32 @@ def test_profiles_follow_the_segment_through_the_dagster_job(request, tmp_path: 
             "3": {},
             "4": {"firstname": "Dan", "$email_address": "dan@example.com"},
         }
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert key_only_in_header(fake)
 
 
 def test_a_killed_sync_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' || i as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 800) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_bt", {"BATCH_KEY": KEY})
+    cli.seed(800, "'n' || i")
     with BatchFake(KEY, latency=0.1) as fake:
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"bt:\n  type: batch\n  service: attributes\n  max_concurrency: 1\n"
                            f"  rest_api_key: {{env: BATCH_KEY}}\n  project_key: project_shop\n"
                            f"  base_url: {fake.url}/2.11\n")],
             activations="to_bt:\n  segment: big\n  destination: bt\n  match: {custom_id: customer_id}\n"
-                        "  mapping: {first_name: firstname}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "BATCH_KEY": KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_bt"]
+                        "  mapping: {first_name: firstname}\n")  # fmt: skip
         # 4 calls of at most 200 operations, one at a time: killed when the second arrives.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while len(fake.requests) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.5)  # the call in flight at the kill is answered
+        # settle: the call in flight at the kill is answered
+        cli.kill_when(lambda: len(fake.requests) >= 2, settle=0.5)
         assert 0 < len(fake.profiles) < 800
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert fake.attributes() == {str(i): {"firstname": f"n{i}"} for i in range(1, 801)}
         assert all(len(r.json) <= 200 for r in fake.requests)
         assert key_only_in_header(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(KEY)
 
 
 def test_sync_modes_batch_cannot_honour_are_refused_when_the_project_loads(
@@ -397,7 +378,5 @@ def test_the_readme_batch_examples_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("BATCH_REST_API_KEY", KEY)
     examples = readme_examples("**Batch (`type: batch`).**")
     assert len(examples) == 3
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == ("attributes", "attributes", "events")[n]

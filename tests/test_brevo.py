@@ -5,20 +5,22 @@ reports, and that the API key never shows anywhere but in the api-key header."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 from ad_scenarios import ad_project, change_customers
+from attribute_scenarios import (
+    CliSync,
+    built,
+    crm_project,
+    example_activations,
+    load_example,
+    logged,
+    readme_examples,
+)
 from fakes.brevo import BrevoFake
-from platform_scenarios import project_yaml, run, run_sync_job, sync_steps
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import ProjectError
@@ -60,9 +62,7 @@ def destination(fake: BrevoFake, service: str = "attributes", **settings) -> Bre
         "poll_interval_seconds": 0.01,
         **settings,
     }
-    platform = build_platform("brevo", raw, destination="crm")
-    assert isinstance(platform, Brevo)
-    return platform
+    return built("brevo", Brevo, raw)
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -270,9 +270,8 @@ def test_a_brevo_list_follows_the_segment_through_the_dagster_job(
         blist.members.discard("cle@example.com")
         sync_steps(env, "to_brevo", full_refresh=True)
         assert blist.members == {f"{n}@example.com" for n in ("robert", "cle", "ann")}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert key_only_in_header(env.brevo)
         assert "example.com" not in json.dumps([r.path for r in env.brevo.requests])
 
@@ -281,9 +280,7 @@ def test_the_readme_brevo_examples_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("BREVO_API_KEY", KEY)
     examples = readme_examples("**Brevo (`type: brevo`).**")
     assert len(examples) == 2
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == ("attributes", "audiences")[n]
 
 
@@ -321,54 +318,35 @@ def test_contacts_follow_the_segment_through_the_dagster_job_a_reported_one_goin
         assert {c.email: c.attributes for c in fake.contacts.values()} == {
             "dan@example.com": {"FIRSTNAME": "Daniel"}, "bob@example.com": {"FIRSTNAME": "Bob"},
             "cle@example.com": {"FIRSTNAME": "Cle"}, "ann@example.com": {"FIRSTNAME": "Ann"}}  # fmt: skip
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert key_only_in_header(fake)
 
 
 def test_a_killed_sync_to_a_list_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 600) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_bv", {"BREVO_KEY": KEY})
+    cli.seed(600)
     with BrevoFake(KEY, latency=0.2) as fake:
         for i in range(1, 601):
             fake.add_contact(f"c{i}@example.com")
         blist = fake.create_list("VIP Europe")
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"bv:\n  type: brevo\n  service: audiences\n  max_concurrency: 1\n  folder_id: 1\n"
                           f"  api_key: {{env: BREVO_KEY}}\n  base_url: {fake.url}\n")],
             activations='to_bv:\n  segment: big\n  destination: bv\n  audience: {name: "VIP Europe"}\n'
-                        "  identifiers: {email: email}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "BREVO_KEY": KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_bv"]
+                        "  identifiers: {email: email}\n")  # fmt: skip
         # 4 requests of at most 150 e-mails, one at a time: killed when the second arrives.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
         add = f"/contacts/lists/{blist.id}/contacts/add"
-        while sum(1 for r in fake.requests if r.path == add) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.5)  # the request in flight at the kill is answered
+        # settle: the request in flight at the kill is answered
+        cli.kill_when(lambda: sum(1 for r in fake.requests if r.path == add) >= 2, settle=0.5)
         assert 0 < len(blist.members) < 600
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert blist.members == {f"c{i}@example.com" for i in range(1, 601)}
         assert all(len(r.json["emails"]) <= 150 for r in fake.requests if r.path == add)
         assert key_only_in_header(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(KEY)
 
 
 def test_sync_modes_the_import_cannot_honour_are_refused_when_the_project_loads(

@@ -5,20 +5,21 @@ received, and that neither the client secret nor an access token shows anywhere 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 from ad_scenarios import ad_project, change_customers
+from attribute_scenarios import (
+    CliSync,
+    built,
+    crm_project,
+    example_activations,
+    logged,
+    readme_examples,
+)
 from fakes.emarsys import EmarsysFake, reply
-from platform_scenarios import project_yaml, run, run_sync_job, sync_steps
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.platforms import (
@@ -52,9 +53,7 @@ def emarsys():
 def destination(fake: EmarsysFake, service: str = "attributes", **settings) -> Emarsys:
     raw = {"service": service, "client_id": CLIENT_ID, "client_secret": SECRET, "base_url": fake.url,
            "token_url": fake.token_url, **settings}  # fmt: skip
-    platform = build_platform("emarsys", raw, destination="crm")
-    assert isinstance(platform, Emarsys)
-    return platform
+    return built("emarsys", Emarsys, raw)
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -282,9 +281,7 @@ def test_the_readme_emarsys_examples_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("EMARSYS_CLIENT_SECRET", SECRET)
     examples = readme_examples("**Emarsys (`type: emarsys`).**")
     assert len(examples) == 3
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == ("attributes", "audiences", "attributes")[n]
 
 
@@ -324,9 +321,8 @@ def test_contacts_mirror_the_segment_through_the_dagster_job(request, tmp_path: 
         assert run_sync_job(env.defs, env.instance, "to_em").success
         assert fake.by_email() == {"bob@example.com": {"1": "Bob"}, "cle@example.com": {"1": "Cle"},
                                    "robert@example.com": {"1": "Bobby"}}  # fmt: skip
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert SECRET not in repr(entry) and not any(t in repr(entry) for t in fake.tokens)
+        for entry in logged(env.instance):
+            assert SECRET not in entry and not any(t in entry for t in fake.tokens)
         assert secrets_only_in_auth(fake)
 
 
@@ -359,52 +355,33 @@ def test_an_emarsys_list_follows_the_segment_through_the_dagster_job(
         vip.members.discard("cle@example.com")
         sync_steps(env, "to_em", full_refresh=True)
         assert vip.members == {f"{n}@example.com" for n in ("robert", "cle", "ann")}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert SECRET not in repr(entry)
+        for entry in logged(env.instance):
+            assert SECRET not in entry
         assert secrets_only_in_auth(env.emarsys)
 
 
 def test_a_killed_sync_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' || i as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 3000) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_em", {"EMARSYS_SECRET": SECRET})
+    cli.seed(3000, "'n' || i")
     with EmarsysFake(CLIENT_ID, SECRET, latency=0.3) as fake:
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"em:\n  type: emarsys\n  service: attributes\n  max_concurrency: 1\n"
                           f"  client_id: {CLIENT_ID}\n  client_secret: {{env: EMARSYS_SECRET}}\n"
                           f"  base_url: {fake.url}\n  token_url: {fake.token_url}\n")],
             activations="to_em:\n  segment: big\n  destination: em\n  match: {email: email}\n"
-                        "  mapping: {first_name: '1'}\n  sync_mode: upsert\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "EMARSYS_SECRET": SECRET}
-        argv = [dinmo, "--project", str(project), "sync", "to_em"]
+                        "  mapping: {first_name: '1'}\n  sync_mode: upsert\n")  # fmt: skip
         # 3 requests of 1,000 contacts, one at a time: killed when the second arrives.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while sum(1 for r in fake.requests if r.path == "/contact/") < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.6)  # the request in flight at the kill is answered
+        # settle: the request in flight at the kill is answered
+        cli.kill_when(lambda: sum(1 for r in fake.requests if r.path == "/contact/") >= 2, settle=0.6)
         assert 0 < len(fake.contacts) < 3000
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert fake.by_email() == {f"c{i}@example.com": {"1": f"n{i}"} for i in range(1, 3001)}
         sent = [c["3"] for r in fake.requests if r.path == "/contact/" for c in r.json["contacts"]]
         assert len(sent) < 2 * 3000 and max(sent.count(e) for e in set(sent)) <= 2
         assert secrets_only_in_auth(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(SECRET.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(SECRET)
 
 
 def test_a_whole_request_refusal_without_per_contact_errors_splits_down_to_the_bad_contact(emarsys):

@@ -13,11 +13,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,8 +23,12 @@ import pyarrow as pa
 import pytest
 import requests
 from ad_scenarios import ad_project, calls, change_customers, sha
+from attribute_scenarios import (
+    CliSync,
+    logged,
+)
 from fakes.google_ads import GoogleAdsFake
-from platform_scenarios import project_yaml, run_sync_job, sync_steps
+from platform_scenarios import run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import load_project
@@ -609,29 +608,20 @@ def test_a_user_list_follows_the_segment_through_the_dagster_job(
         }
 
         assert "example.com" not in sent_text(env.google)
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert not any(s in repr(entry) for s in SECRETS)
+        for entry in logged(env.instance):
+            assert not any(s in entry for s in SECRETS)
 
 
 def test_conversions_killed_mid_sync_are_counted_once_after_the_next_sync(tmp_path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute("create table raw.customers (customer_id integer, email varchar, first_name varchar, "
-                    "ltv decimal(10, 2))")  # fmt: skip
-        con.execute(
-            "create table raw.orders (order_id integer, gclid varchar, ordered_at timestamp, amount double)"
-        )
-        con.execute("insert into raw.orders select i, 'Cj0KCQ-click-' || i, timestamp '2026-11-30 12:00:00' - "
-                    "i * interval '1 second', i from generate_series(1, 8000) t(i)")  # fmt: skip
+    cli = CliSync(tmp_path, "conversions",
+                  {"G_SECRET": CLIENT_SECRET, "G_REFRESH": REFRESH_TOKEN, "G_DEV": DEVELOPER_TOKEN})  # fmt: skip
+    cli.seed(0)
+    cli.sql("create table raw.orders (order_id integer, gclid varchar, ordered_at timestamp, amount double)",
+            "insert into raw.orders select i, 'Cj0KCQ-click-' || i, timestamp '2026-11-30 12:00:00' - "
+            "i * interval '1 second', i from generate_series(1, 8000) t(i)")  # fmt: skip
     with new_fake(latency=0.5) as fake:
         action = fake.create_conversion_action("Purchase")
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             models="orders: {source: wh, kind: fact, time_column: ordered_at, table: raw.orders, "
                    "primary_key: order_id}\n",
             segments='all_orders: {model: orders, sql: "select * from {{ model }}"}\n',
@@ -642,24 +632,11 @@ def test_conversions_killed_mid_sync_are_counted_once_after_the_next_sync(tmp_pa
                           f"  max_concurrency: 1\n  base_url: {fake.url}\n  token_url: {fake.token_url}\n")],
             activations="conversions:\n  segment: all_orders\n  destination: google_conv\n"
                         "  identifiers: {gclid: gclid}\n"
-                        "  mapping: {ordered_at: conversion_date_time, amount: conversion_value}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "G_SECRET": CLIENT_SECRET,
-               "G_REFRESH": REFRESH_TOKEN, "G_DEV": DEVELOPER_TOKEN}  # fmt: skip
-        argv = [dinmo, "--project", str(project), "sync", "conversions"]
+                        "  mapping: {ordered_at: conversion_date_time, amount: conversion_value}\n")  # fmt: skip
         # 1. 8,000 conversions go in 4 uploads of 2,000, one at a time: killed after the second arrives.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
         uploads = f"{V}/customers/{CUSTOMER}:uploadClickConversions"
-        while (
-            sum(r.path == uploads for r in fake.requests) < 2
-            and time.monotonic() < deadline
-            and proc.poll() is None
-        ):
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(1.0)  # the upload in flight at the kill is answered
+        # settle: the upload in flight at the kill is answered
+        cli.kill_when(lambda: sum(r.path == uploads for r in fake.requests) >= 2, settle=1.0)
         received_before = len(fake.received)
         assert 0 < received_before < 8000
         with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
@@ -668,8 +645,7 @@ def test_conversions_killed_mid_sync_are_counted_once_after_the_next_sync(tmp_pa
 
         # 2. The next sync recovers: Google holds every conversion once; only those that reached it before
         # the kill without their acknowledgement journalled are sent twice (CLICK_CONVERSION_ALREADY_EXISTS).
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        done = cli.recover()
         assert sorted(int(c["orderId"]) for c in fake.conversions.values()) == list(range(1, 8001))
         first = {c["orderId"] for c in fake.received[:received_before]}
         resent = [c["orderId"] for c in fake.received[received_before:] if c["orderId"] in first]
@@ -677,5 +653,5 @@ def test_conversions_killed_mid_sync_are_counted_once_after_the_next_sync(tmp_pa
         assert journalled.isdisjoint(resent)
         assert "rejected" not in done.stdout.lower() or "0 rejected" in done.stdout.lower()
         assert not any(s in sent_text(fake) for s in (CLIENT_SECRET, REFRESH_TOKEN))
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(s.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file() for s in SECRETS[:3])
+    assert cli.leftovers() == []
+    assert not cli.in_home(*SECRETS[:3])

@@ -11,23 +11,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pytest
 import requests
 from ad_scenarios import ad_project, audiences_platform, calls, change_customers, sha
+from attribute_scenarios import (
+    CliSync,
+)
 from fakes.google_dv360 import DEVICE_ID, DV360Fake, google_error
-from platform_scenarios import project_yaml, run_sync_job, sync_steps
+from platform_scenarios import run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import load_project
@@ -463,21 +460,10 @@ def test_a_dv360_audience_follows_the_segment_through_the_dagster_job(
 
 
 def test_a_sync_killed_with_its_upload_in_flight_recovers_with_every_member_and_one_audience(tmp_path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
-    con.execute("create schema raw")
-    con.execute(
-        "create table raw.customers (customer_id integer, email varchar, first_name varchar, "
-        "ltv decimal(10, 2))"
+    cli = CliSync(
+        tmp_path, "to_dv360", {"DV360_CLIENT_SECRET": CLIENT_SECRET, "DV360_REFRESH_TOKEN": REFRESH_TOKEN}
     )
-    con.execute(
-        "insert into raw.customers select i, 'c' || i || '@example.com', 'C', 900 "
-        "from generate_series(1, 500) t(i)"
-    )
-    con.close()
+    cli.seed(500, "'C'")
     with DV360Fake(
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
@@ -485,52 +471,30 @@ def test_a_sync_killed_with_its_upload_in_flight_recovers_with_every_member_and_
         advertiser_id=ADVERTISER,
         latency=0.5,
     ) as fake:
-        (project / "dinmo.yaml").write_text(
-            project_yaml(
-                f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
-                destinations=[
-                    (
-                        f"dv360_vip:\n  type: google_dv360\n  service: audiences\n  advertiser_id: '{ADVERTISER}'\n"
-                        f"  client_id: {CLIENT_ID}\n  client_secret: {{env: DV360_CLIENT_SECRET}}\n"
-                        f"  refresh_token: {{env: DV360_REFRESH_TOKEN}}\n  base_url: {fake.url}\n"
-                        f"  token_url: {fake.token_url}\n"
-                    )
-                ],
-                activations='to_dv360:\n  segment: big\n  destination: dv360_vip\n  audience: {name: "VIP Europe"}\n'
-                "  identifiers: {email: email}\n",
-            )
+        cli.write(
+            destinations=[
+                (
+                    f"dv360_vip:\n  type: google_dv360\n  service: audiences\n  advertiser_id: '{ADVERTISER}'\n"
+                    f"  client_id: {CLIENT_ID}\n  client_secret: {{env: DV360_CLIENT_SECRET}}\n"
+                    f"  refresh_token: {{env: DV360_REFRESH_TOKEN}}\n  base_url: {fake.url}\n"
+                    f"  token_url: {fake.token_url}\n"
+                )
+            ],
+            activations='to_dv360:\n  segment: big\n  destination: dv360_vip\n  audience: {name: "VIP Europe"}\n'
+            "  identifiers: {email: email}\n",
         )
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "TMPDIR": str(tmp),
-            "DV360_CLIENT_SECRET": CLIENT_SECRET,
-            "DV360_REFRESH_TOKEN": REFRESH_TOKEN,
-        }
-        argv = [dinmo, "--project", str(project), "sync", "to_dv360"]
         # 1. Killed once the audience's creation (with its 500 members) reached Display & Video 360.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while (
-            not any(r.method == "POST" for r in fake.requests)
-            and time.monotonic() < deadline
-            and proc.poll() is None
-        ):
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(1.0)  # the request in flight at the kill is answered
+        # settle: the request in flight at the kill is answered
+        cli.kill_when(lambda: any(r.method == "POST" for r in fake.requests), settle=1.0)
         fake.latency = 0.0
 
         # 2. The next sync finds the audience by name and adds every member again (adds are idempotent).
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert len(fake.audiences) == 1
         assert fake.audience_named("VIP Europe").emails == {sha(f"c{i}@example.com") for i in range(1, 501)}
         assert all(b"example.com" not in r.raw_body for r in fake.requests)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(REFRESH_TOKEN.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(REFRESH_TOKEN)
 
 
 def readme_example(heading: str) -> str | None:

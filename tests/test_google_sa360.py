@@ -10,21 +10,19 @@ import datetime as dt
 import decimal
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import pyarrow as pa
 import pytest
 import requests
+from attribute_scenarios import (
+    CliSync,
+    logged,
+)
 from fakes.google_sa360 import PATH, SA360Fake, classic_error
 from platform_scenarios import SEED, create_customers, open_project, project_yaml, run, run_sync_job
 
@@ -389,30 +387,20 @@ def test_orders_synced_through_dagster_are_counted_once(tmp_path, monkeypatch):
             assert run_sync_job(defs, instance, "conversions").success
             assert held(fake) == ["10", "11"] and len(fake.inserted) == 2
             assert [c["revenueMicros"] for c in fake.inserted] == ["25500000", "10000000"]
-            for dagster_run in instance.get_runs():
-                for entry in instance.all_logs(dagster_run.run_id):
-                    assert CLIENT_SECRET not in repr(entry) and "ya29." not in repr(entry)
+            for entry in logged(instance):
+                assert CLIENT_SECRET not in entry and "ya29." not in entry
 
 
 def test_a_sync_killed_mid_delivery_recovers_with_nothing_lost_and_nothing_counted_twice(tmp_path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
-    con.execute("create schema raw")
-    con.execute(
-        "create table raw.customers (customer_id integer, email varchar, first_name varchar, "
-        "ltv decimal(10, 2))"
+    cli = CliSync(
+        tmp_path, "conversions", {"SA360_CLIENT_SECRET": CLIENT_SECRET, "SA360_REFRESH_TOKEN": REFRESH_TOKEN}
     )
-    con.execute(
-        "create table raw.orders (order_id integer, gclid varchar, amount decimal(10, 2), ordered_at timestamp)"
-    )
-    con.execute(
+    cli.seed(0)
+    cli.sql(
+        "create table raw.orders (order_id integer, gclid varchar, amount decimal(10, 2), ordered_at timestamp)",
         "insert into raw.orders select i, 'Cj0KCQiA' || i, i / 100, "
-        "current_timestamp::timestamp - i * interval '1 second' from generate_series(1, 100) t(i)"
+        "current_timestamp::timestamp - i * interval '1 second' from generate_series(1, 100) t(i)",
     )
-    con.close()
     with SA360Fake(
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
@@ -421,47 +409,29 @@ def test_a_sync_killed_mid_delivery_recovers_with_nothing_lost_and_nothing_count
         advertiser_id=ADVERTISER,
         latency=0.4,
     ) as fake:
-        (project / "dinmo.yaml").write_text(
-            project_yaml(
-                f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
-                models=ORDERS_MODEL,
-                segments='all_orders: {model: orders, sql: "select * from {{ model }}"}\n',
-                destinations=[destination_yaml(fake, "  max_concurrency: 1\n  batch_size: 10\n")],
-                activations=textwrap.dedent(ACTIVATION),
-            )
+        cli.write(
+            models=ORDERS_MODEL,
+            segments='all_orders: {model: orders, sql: "select * from {{ model }}"}\n',
+            destinations=[destination_yaml(fake, "  max_concurrency: 1\n  batch_size: 10\n")],
+            activations=textwrap.dedent(ACTIVATION),
         )
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "TMPDIR": str(tmp),
-            "SA360_CLIENT_SECRET": CLIENT_SECRET,
-            "SA360_REFRESH_TOKEN": REFRESH_TOKEN,
-        }
-        argv = [dinmo, "--project", str(project), "sync", "conversions"]
         # 1. 100 conversions go in 10 requests of 10, one at a time: killed after the third arrived.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while len(fake.requests) < 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(1.0)  # the request in flight at the kill is answered
+        # settle: the request in flight at the kill is answered
+        cli.kill_when(lambda: len(fake.requests) >= 3, settle=1.0)
         held_before = len(fake.conversions)
         assert 0 < held_before < 100
         fake.latency = 0.0  # the recovery bisects the re-sent batch: 19 requests for 10 conversions
 
         # 2. The next sync recovers: every order held once; conversions already held are refused as
         # "already exists" and counted delivered, never inserted twice.
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert sorted(int(k) for k in held(fake)) == list(range(1, 101))
         assert len(fake.inserted) == 100
         assert len(fake.sent_conversions()) > 100  # the batch in flight at the kill went again, held once
         sent = json.dumps([r.json for r in fake.requests])
         assert CLIENT_SECRET not in sent and REFRESH_TOKEN not in sent
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(REFRESH_TOKEN.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(REFRESH_TOKEN)
 
 
 def test_the_fake_answers_google_classic_errors(sa360):

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 from ad_scenarios import ad_project, change_customers
+from attribute_scenarios import (
+    CliSync,
+    built,
+    crm_project,
+    example_activations,
+    logged,
+    readme_examples,
+)
 from fakes.intercom import IntercomFake
-from platform_scenarios import project_yaml, run, run_sync_job, sync_steps
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.platforms import (
@@ -51,9 +52,7 @@ def intercom():
 
 def destination(fake: IntercomFake, service: str = "attributes", **settings) -> Intercom:
     raw = {"service": service, "access_token": TOKEN, "base_url": fake.url, **settings}
-    platform = build_platform("intercom", raw, destination="crm")
-    assert isinstance(platform, Intercom)
-    return platform
+    return built("intercom", Intercom, raw)
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -306,9 +305,8 @@ def test_an_intercom_tag_follows_the_segment_through_the_dagster_job(
         env.intercom.by_email("cle@example.com").tags.discard(tag)
         sync_steps(env, "to_intercom", full_refresh=True)
         assert env.intercom.tagged(tag) == {f"{n}@example.com" for n in ("robert", "cle", "ann")}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert TOKEN not in repr(entry)
+        for entry in logged(env.instance):
+            assert TOKEN not in entry
         assert token_only_in_header(env.intercom)
 
 
@@ -340,9 +338,8 @@ def test_contacts_follow_the_segment_under_mirror_through_the_dagster_job(
         searched = [v for r in fake.requests[before:] if r.path == "/contacts/search"
                     for v in r.json["query"]["value"][0]["value"]]  # fmt: skip
         assert sorted(searched) == ["ann@example.com", "cle@example.com", "dan@example.com"]
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert TOKEN not in repr(entry)
+        for entry in logged(env.instance):
+            assert TOKEN not in entry
         assert token_only_in_header(fake)
 
 
@@ -350,49 +347,28 @@ def test_the_readme_intercom_examples_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("INTERCOM_TOKEN", TOKEN)
     examples = readme_examples("**Intercom (`type: intercom`).**")
     assert len(examples) == 3
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == ("attributes", "attributes", "audiences")[n]
 
 
 def test_a_killed_sync_to_a_tag_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 100) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_ic", {"INTERCOM_TOKEN": TOKEN})
+    cli.seed(100)
     with IntercomFake(TOKEN, latency=0.01) as fake:
         for i in range(1, 101):
             fake.add_contact(f"c{i}@example.com")
         tag = fake.create_tag("VIP Europe")
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"ic:\n  type: intercom\n  service: audiences\n  max_concurrency: 1\n"
                           f"  access_token: {{env: INTERCOM_TOKEN}}\n  base_url: {fake.url}\n")],
             activations='to_ic:\n  segment: big\n  destination: ic\n  audience: {name: "VIP Europe"}\n'
-                        "  identifiers: {email: email}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "INTERCOM_TOKEN": TOKEN}
-        argv = [dinmo, "--project", str(project), "sync", "to_ic"]
+                        "  identifiers: {email: email}\n")  # fmt: skip
         # 2 batches of 50 contacts (a search, then 50 tag requests each): killed after the 60th tag request.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while sum(1 for r in fake.requests if r.path.endswith("/tags")) < 60 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.3)
+        cli.kill_when(lambda: sum(1 for r in fake.requests if r.path.endswith("/tags")) >= 60, settle=0.3)
         assert 0 < len(fake.tagged(tag)) < 100
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert fake.tagged(tag) == {f"c{i}@example.com" for i in range(1, 101)}
         assert token_only_in_header(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(TOKEN.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(TOKEN)

@@ -7,20 +7,20 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 from ad_scenarios import ad_project, change_customers
+from attribute_scenarios import (
+    CliSync,
+    crm_project,
+    example_activations,
+    logged,
+    readme_examples,
+)
 from fakes.iterable import IterableFake
-from platform_scenarios import project_yaml, run, run_sync_job, sync_steps
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.platforms import (
@@ -300,9 +300,8 @@ def test_an_iterable_list_follows_the_segment_through_the_dagster_job(
         ilist.members.discard("cle@example.com")
         sync_steps(env, "to_iterable", full_refresh=True)
         assert ilist.members == {f"{n}@example.com" for n in ("robert", "cle", "ann")}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert key_only_in_header(env.iterable)
 
 
@@ -338,9 +337,8 @@ def test_users_follow_the_segment_under_mirror_a_failed_one_going_with_the_next_
             "bob@example.com": {"firstName": "Bob"}, "cle@example.com": {"firstName": "Cle"},
             "ann@example.com": {"firstName": "Ann"}}  # fmt: skip
         assert ("DELETE", "/api/users/dan@example.com") in [(r.method, r.path) for r in fake.requests]
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert key_only_in_header(fake)
 
 
@@ -348,54 +346,33 @@ def test_the_readme_iterable_examples_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ITERABLE_API_KEY", KEY)
     examples = readme_examples("**Iterable (`type: iterable`).**")
     assert len(examples) == 2
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == ("attributes", "audiences")[n]
 
 
 def test_a_killed_sync_of_users_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' || i as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 4000) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_it", {"ITERABLE_KEY": KEY})
+    cli.seed(4000, "'n' || i")
     with IterableFake(KEY, latency=0.3) as fake:
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"it:\n  type: iterable\n  service: attributes\n  max_concurrency: 1\n"
                           f"  api_key: {{env: ITERABLE_KEY}}\n  base_url: {fake.url}\n")],
             activations="to_it:\n  segment: big\n  destination: it\n  match: {email: email}\n"
-                        "  mapping: {first_name: firstName}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "ITERABLE_KEY": KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_it"]
+                        "  mapping: {first_name: firstName}\n")  # fmt: skip
         # 4 requests of 1,000 users, one at a time: killed when the third arrives (the first is journalled).
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while (
-            sum(1 for r in fake.requests if r.path == "/api/users/bulkUpdate") < 3
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.5)  # the request in flight at the kill is answered
+        # settle: the request in flight at the kill is answered
+        cli.kill_when(
+            lambda: sum(1 for r in fake.requests if r.path == "/api/users/bulkUpdate") >= 3, settle=0.5
+        )
         assert 0 < len(fake.users) < 4000
         before = sum(1 for r in fake.requests if r.path == "/api/users/bulkUpdate")
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert fake.profiles() == {f"c{i}@example.com": {"firstName": f"n{i}"} for i in range(1, 4001)}
         again = [r.json["users"] for r in fake.requests if r.path == "/api/users/bulkUpdate"][before:]
         resent = [u["email"] for batch in again for u in batch]
         assert len(resent) == len(set(resent)) <= 4000  # the recovery sends each user at most once
         assert key_only_in_header(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(KEY)
     assert "c1@example.com" not in json.dumps([r.path for r in fake.requests])

@@ -4,40 +4,33 @@ answered, and that the private key never shows anywhere but in the Authorization
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-import dagster as dg
-import duckdb
 import pyarrow as pa
 import pytest
 import requests
 from ad_scenarios import ad_project, change_customers
+from attribute_scenarios import (
+    CliSync,
+    built,
+    crm_project,
+    example_activations,
+    load_example,
+    logged,
+    readme_examples,
+)
 from fakes.klaviyo import KlaviyoFake
 from platform_scenarios import (
-    SEED,
-    create_customers,
-    open_project,
-    project_yaml,
     run,
     run_sync_job,
     sync_steps,
-    warehouse_source,
 )
 
 from dinmo_dagster.cli import main
-from dinmo_dagster.config import ProjectError, load_project
-from dinmo_dagster.definitions import build_definitions
+from dinmo_dagster.config import ProjectError
 from dinmo_dagster.platforms import (
     ActivationSpec,
     InMemoryJournal,
@@ -79,9 +72,7 @@ def destination(fake: KlaviyoFake, service: str = "attributes", **settings) -> K
         "poll_interval_seconds": 0.01,
         **settings,
     }
-    platform = build_platform("klaviyo", raw, destination="crm")
-    assert isinstance(platform, Klaviyo)
-    return platform
+    return built("klaviyo", Klaviyo, raw)
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -425,63 +416,17 @@ def test_a_klaviyo_list_follows_the_segment_through_the_dagster_job(
         klist.members.discard(env.klaviyo.by_email("cle@example.com").id)
         sync_steps(env, "to_klaviyo", full_refresh=True)
         assert env.klaviyo.members("VIP Europe") == {f"{n}@example.com" for n in ("robert", "cle", "ann")}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert no_raw_key(env.klaviyo)
-
-
-def readme_examples(marker: str) -> list[str]:
-    """The YAML examples that follow the README paragraph starting with ``marker``."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    if marker not in readme:
-        pytest.skip(f"the README has no {marker} paragraph yet")
-    section = readme.split(marker, 1)[1].split("\n**", 1)[0]
-    return [part.split("```", 1)[0] for part in section.split("```yaml\n")[1:]]
-
-
-def load_example(tmp_path: Path, example: str) -> Any:
-    """The project of one README example, with a source, a model and the ``vip_europe`` segment."""
-    (tmp_path / "dinmo.yaml").write_text(
-        "sources:\n  warehouse: {type: duckdb, path: data/warehouse.duckdb}\n"
-        "models:\n  customers: {source: warehouse, table: raw.customers, primary_key: customer_id}\n"
-        'segments:\n  vip_europe: {model: customers, sql: "select * from {{ model }}"}\n' + example
-    )
-    return load_project(tmp_path)
 
 
 def test_the_readme_klaviyo_examples_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KLAVIYO_API_KEY", KEY)
     examples = readme_examples("**Klaviyo (`type: klaviyo`).**")
     assert len(examples) == 3
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == ("attributes", "audiences", "subscriptions")[n]
-
-
-@contextlib.contextmanager
-def crm_project(
-    request,
-    tmp_path: Path,
-    monkeypatch,
-    fake: Any,
-    secret: tuple[str, str],
-    destination: str,
-    activations: str,
-) -> Iterator[SimpleNamespace]:
-    """A DuckDB project in ``tmp_path`` (raw.customers seeded with Ann, Bob, Cle and Dan, the ``big`` segment)
-    with one ``destination`` (YAML) and its ``activations``, served by ``fake``; ``secret``: (variable, value)."""
-    monkeypatch.setenv(*secret)
-    with warehouse_source("duckdb", request, tmp_path, monkeypatch) as source, fake, \
-            dg.DagsterInstance.ephemeral() as instance:  # fmt: skip
-        (tmp_path / "dinmo.yaml").write_text(
-            project_yaml(source, destinations=[destination], activations=activations)
-        )
-        with open_project(tmp_path) as (project, resources, wh):
-            create_customers(wh, SEED)
-            yield SimpleNamespace(project=project, resources=resources, wh=wh, instance=instance,
-                                  defs=build_definitions(project), fake=fake)  # fmt: skip
 
 
 def import_jobs(fake: KlaviyoFake) -> list[set[str]]:
@@ -530,58 +475,37 @@ def test_profiles_follow_the_segment_through_the_dagster_job_a_failed_one_going_
         run(env.wh, "update raw.customers set ltv = 10 where customer_id = 4")
         assert run_sync_job(env.defs, env.instance, "to_kl").success
         assert len(fake.requests) == sent
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert no_raw_key(fake)
 
 
 def test_a_killed_sync_to_a_list_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 600) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_kl", {"KLAVIYO_KEY": KEY})
+    cli.seed(600)
     with KlaviyoFake(KEY, latency=0.2) as fake:
         for i in range(1, 601):
             fake.add_profile(email=f"c{i}@example.com")
         klist = fake.create_list("VIP Europe")
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"kl:\n  type: klaviyo\n  service: audiences\n  max_concurrency: 1\n"
                           f"  api_key: {{env: KLAVIYO_KEY}}\n  base_url: {fake.url}\n")],
             activations='to_kl:\n  segment: big\n  destination: kl\n  audience: {name: "VIP Europe"}\n'
-                        "  identifiers: {email: email}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "KLAVIYO_KEY": KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_kl"]
+                        "  identifiers: {email: email}\n")  # fmt: skip
         # 6 batches of 100, each a lookup then a POST of relationships: killed after the second POST.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
         posts = [("POST", f"/api/lists/{klist.id}/relationships/profiles")]
-        while (
-            sum(1 for r in fake.requests if (r.method, r.path) in posts) < 2 and time.monotonic() < deadline
-        ):
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.5)  # the request in flight at the kill is answered
+        # settle: the request in flight at the kill is answered
+        cli.kill_when(lambda: sum(1 for r in fake.requests if (r.method, r.path) in posts) >= 2, settle=0.5)
         assert 0 < len(klist.members) < 600
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert fake.members("VIP Europe") == {f"c{i}@example.com" for i in range(1, 601)}
         # adds are idempotent: a membership sent again (the dead sync's full add) changes nothing
         assert all(len(r.json["data"]) <= 1000 for r in fake.requests if (r.method, r.path) in posts)
         assert 429 not in [s for _, _, s in fake.answers]
         assert no_raw_key(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(KEY)
 
 
 def test_sync_modes_the_import_cannot_honour_are_refused_when_the_project_loads(

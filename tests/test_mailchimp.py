@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 from ad_scenarios import ad_project, change_customers
+from attribute_scenarios import (
+    CliSync,
+    built,
+    load_example,
+    logged,
+    readme_examples,
+)
 from fakes.mailchimp import MailchimpFake
-from platform_scenarios import project_yaml, run_sync_job, sync_steps
-from test_klaviyo import load_example, readme_examples
+from platform_scenarios import run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.platforms import (
@@ -55,9 +55,7 @@ def mailchimp():
 def destination(fake: MailchimpFake, **settings) -> Mailchimp:
     raw = {"service": "audiences", "api_key": KEY, "list_id": LIST, "base_url": fake.url,
            "audience": {"name": "VIP Europe"}, **settings}  # fmt: skip
-    platform = build_platform("mailchimp", raw, destination="mc")
-    assert isinstance(platform, Mailchimp)
-    return platform
+    return built("mailchimp", Mailchimp, raw, "mc")
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -289,9 +287,8 @@ def test_a_segment_follows_the_segment_through_the_dagster_job(request, tmp_path
         sync_steps(env, "to_mc", full_refresh=True)
         assert segment.members == {f"{n}@example.com" for n in ("robert", "cle", "ann")}
         assert {m.status for m in env.mailchimp.list.members.values()} == {"transactional", "unsubscribed"}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry) and BASIC not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry and BASIC not in entry
         assert key_only_in_header(env.mailchimp)
 
 
@@ -304,43 +301,25 @@ def test_the_readme_mailchimp_example_loads(tmp_path: Path, monkeypatch) -> None
 
 
 def test_a_killed_sync_to_a_segment_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "900.0::decimal(10, 2) as ltv from generate_series(1, 1500) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_mc", {"MAILCHIMP_KEY": KEY})
+    cli.seed(1500, None)
     with MailchimpFake(KEY, list_id=LIST, latency=0.2) as fake:
         segment = fake.create_segment("VIP Europe")
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"mc:\n  type: mailchimp\n  service: audiences\n  max_concurrency: 1\n  list_id: '{LIST}'\n"
                            f"  api_key: {{env: MAILCHIMP_KEY}}\n  base_url: {fake.url}\n")],
             activations='to_mc:\n  segment: big\n  destination: mc\n  audience: {name: "VIP Europe"}\n'
-                        "  identifiers: {email: email}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "MAILCHIMP_KEY": KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_mc"]
+                        "  identifiers: {email: email}\n")  # fmt: skip
         # 3 batches of 500, each a batch subscribe then a segment call: killed when the second segment call arrives.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
         path = f"/lists/{LIST}/segments/{segment.id}"
-        while sum(1 for r in fake.requests if r.path == path) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.5)  # the request in flight at the kill is answered
+        # settle: the request in flight at the kill is answered
+        cli.kill_when(lambda: sum(1 for r in fake.requests if r.path == path) >= 2, settle=0.5)
         assert 0 < len(segment.members) < 1500
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert segment.members == {f"c{i}@example.com" for i in range(1, 1501)}
         assert len(fake.list.members) == 1500
         assert all(len(r.json["members_to_add"]) <= 500 for r in fake.requests if r.path == path)
         assert key_only_in_header(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(KEY)

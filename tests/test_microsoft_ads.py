@@ -10,10 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +21,13 @@ import pyarrow as pa
 import pytest
 import requests
 from ad_scenarios import ad_project, audiences_platform, calls, change_customers, sha
+from attribute_scenarios import (
+    CliSync,
+    logged,
+)
 from fakes.microsoft_ads import MicrosoftAdsFake
 from fakes.server import FakeResponse
-from platform_scenarios import project_yaml, run_sync_job, sync_steps
+from platform_scenarios import run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import load_project
@@ -625,65 +625,46 @@ def test_a_customer_list_follows_the_segment_through_the_dagster_job(
 
         sent = json.dumps([r.json for r in env.bing.requests])
         assert "example.com" not in sent
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert no_secret_in(repr(entry))
+        for entry in logged(env.instance):
+            assert no_secret_in(entry)
 
 
 def test_a_sync_killed_mid_delivery_recovers_with_every_member_and_nothing_journalled_sent_again(tmp_path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'C' as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 6000) t(i)"
-        )
-    with new_fake(latency=0.5) as fake:
-        audience = fake.create_list("VIP Europe")
-        (project / "dinmo.yaml").write_text(
-            project_yaml(
-                f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
-                destinations=[
-                    (
-                        f"bing_vip:\n  type: microsoft_ads\n  service: audiences\n  client_id: {CLIENT_ID}\n"
-                        "  client_secret: {env: MSADS_CLIENT_SECRET}\n"
-                        "  refresh_token: {env: MSADS_REFRESH_TOKEN}\n"
-                        f"  developer_token: {{env: MSADS_DEVELOPER_TOKEN}}\n  customer_id: '{CUSTOMER}'\n"
-                        f"  account_id: '{ACCOUNT}'\n  max_concurrency: 1\n  base_url: {fake.url}\n"
-                        f"  token_url: {fake.token_url}\n"
-                    )
-                ],
-                activations=(
-                    "to_bing:\n  segment: big\n  destination: bing_vip\n"
-                    f"  audience: {{id: '{audience.id}'}}\n  identifiers: {{email: email}}\n"
-                ),
-            )
-        )
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "TMPDIR": str(tmp),
+    cli = CliSync(
+        tmp_path,
+        "to_bing",
+        {
             "MSADS_CLIENT_SECRET": CLIENT_SECRET,
             "MSADS_REFRESH_TOKEN": REFRESH_TOKEN,
             "MSADS_DEVELOPER_TOKEN": DEVELOPER_TOKEN,
-        }
-        argv = [dinmo, "--project", str(project), "sync", "to_bing"]
+        },
+    )
+    cli.seed(6000, "'C'")
+    with new_fake(latency=0.5) as fake:
+        audience = fake.create_list("VIP Europe")
+        cli.write(
+            destinations=[
+                (
+                    f"bing_vip:\n  type: microsoft_ads\n  service: audiences\n  client_id: {CLIENT_ID}\n"
+                    "  client_secret: {env: MSADS_CLIENT_SECRET}\n"
+                    "  refresh_token: {env: MSADS_REFRESH_TOKEN}\n"
+                    f"  developer_token: {{env: MSADS_DEVELOPER_TOKEN}}\n  customer_id: '{CUSTOMER}'\n"
+                    f"  account_id: '{ACCOUNT}'\n  max_concurrency: 1\n  base_url: {fake.url}\n"
+                    f"  token_url: {fake.token_url}\n"
+                )
+            ],
+            activations=(
+                "to_bing:\n  segment: big\n  destination: bing_vip\n"
+                f"  audience: {{id: '{audience.id}'}}\n  identifiers: {{email: email}}\n"
+            ),
+        )
 
         def answered() -> int:
             return sum(1 for _, path, status in fake.answers if path == APPLY and status == 200)
 
         # 1. 6,000 members go in 6 calls of 1,000, one at a time (the first replaces): killed once four were
         # answered (the first ones journalled by then, unless the machine is very slow).
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while answered() < 4 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
+        cli.kill_when(lambda: answered() >= 4)
         deadline = time.monotonic() + 10
         while fake.in_flight and time.monotonic() < deadline:  # the call in flight at the kill is answered
             time.sleep(0.01)
@@ -700,8 +681,7 @@ def test_a_sync_killed_mid_delivery_recovers_with_every_member_and_nothing_journ
 
         # 2. The next sync resumes the full sync: every member is there, and none the dead sync journalled is
         # sent again (the list was replaced already: the rest is added).
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert audience.members == {sha(f"c{i}@example.com") for i in range(1, 6001)}
         resent = {i for d in fake.applied()[before:] for i in d["CustomerListItems"]}
         assert resent.isdisjoint({sha(f"c{i}@example.com") for i in journalled})
@@ -709,5 +689,5 @@ def test_a_sync_killed_mid_delivery_recovers_with_every_member_and_nothing_journ
             assert {d["ActionType"] for d in fake.applied()[before:]} == {"Add"}
             assert len(resent) == 6000 - len(journalled)
         assert "example.com" not in json.dumps([r.json for r in fake.requests])
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(s.encode() in p.read_bytes() for s in SECRETS[:3] for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(*SECRETS[:3])

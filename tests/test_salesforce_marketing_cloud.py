@@ -6,17 +6,16 @@ token (renewed when it expires), and that the client secret and the access token
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pyarrow as pa
 import pytest
+from attribute_scenarios import (
+    CliSync,
+    built,
+    logged,
+)
 from fakes.salesforce_marketing_cloud import Column, MarketingCloudFake
 from platform_scenarios import (
     SEED,
@@ -80,9 +79,7 @@ def destination(fake: MarketingCloudFake, **settings) -> MarketingCloud:
         "poll_interval_seconds": 0.01,
         **settings,
     }
-    platform = build_platform("salesforce_marketing_cloud", raw, destination="mc")
-    assert isinstance(platform, MarketingCloud)
-    return platform
+    return built("salesforce_marketing_cloud", MarketingCloud, raw, "mc")
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -312,61 +309,40 @@ def test_rows_follow_the_segment_through_the_dagster_job(request, tmp_path: Path
                 "3": "Cle",
                 "4": "Dan",
             }
-            for dagster_run in instance.get_runs():
-                for entry in instance.all_logs(dagster_run.run_id):
-                    assert SECRET not in repr(entry) and not any(t in repr(entry) for t in fake.tokens)
+            for entry in logged(instance):
+                assert SECRET not in entry and not any(t in entry for t in fake.tokens)
         assert main(["--project", str(tmp_path), "validate", "--connect"]) == 0
     assert no_secret(fake)
 
 
 def test_a_killed_sync_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' || i as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 1500) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_mc", {"MC_SECRET": SECRET})
+    cli.seed(1500, "'n' || i")
     with MarketingCloudFake(client_id=CLIENT_ID, client_secret=SECRET) as fake:
         fake.add_data_extension(
             "Customers", Column("CustomerId", "Number", primary_key=True), Column("FirstName")
         )
-        (project / "dinmo.yaml").write_text(
-            project_yaml(
-                f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
-                destinations=[
-                    (
-                        f"mc:\n  type: salesforce_marketing_cloud\n  subdomain: mc563885gzs27c5t9\n"
-                        f"  client_id: {CLIENT_ID}\n  client_secret: {{env: MC_SECRET}}\n  max_concurrency: 1\n"
-                        f"  data_extension_key: Customers\n  poll_interval_seconds: 0.2\n"
-                        f"  base_url: {fake.url}\n  token_url: {fake.token_url}\n"
-                    )
-                ],
-                activations="to_mc:\n  segment: big\n  destination: mc\n  match: {CustomerId: customer_id}\n"
-                "  mapping: {first_name: FirstName}\n",
-            )
+        cli.write(
+            destinations=[
+                (
+                    f"mc:\n  type: salesforce_marketing_cloud\n  subdomain: mc563885gzs27c5t9\n"
+                    f"  client_id: {CLIENT_ID}\n  client_secret: {{env: MC_SECRET}}\n  max_concurrency: 1\n"
+                    f"  data_extension_key: Customers\n  poll_interval_seconds: 0.2\n"
+                    f"  base_url: {fake.url}\n  token_url: {fake.token_url}\n"
+                )
+            ],
+            activations="to_mc:\n  segment: big\n  destination: mc\n  match: {CustomerId: customer_id}\n"
+            "  mapping: {first_name: FirstName}\n",
         )
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "MC_SECRET": SECRET}
-        argv = [dinmo, "--project", str(project), "sync", "to_mc"]
         # 3 requests of 500 rows: killed once the first one was applied.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while not fake.data_extensions["Customers"].rows and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
+        cli.kill_when(lambda: fake.data_extensions["Customers"].rows)
         assert 0 < len(fake.rows("Customers")) < 1500
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert set(fake.rows("Customers")) == {str(i) for i in range(1, 1501)}
         assert all(len(r.json["items"]) <= 500 for r in fake.requests if r.method == "PUT")
         assert no_secret(fake)
-    assert not any(SECRET.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert not cli.in_home(SECRET)
 
 
 def test_the_readme_marketing_cloud_example_loads(tmp_path: Path, monkeypatch) -> None:

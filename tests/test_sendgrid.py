@@ -5,20 +5,21 @@ delete jobs and their error files, and that the API key never shows anywhere but
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 from ad_scenarios import ad_project, change_customers
+from attribute_scenarios import (
+    CliSync,
+    built,
+    crm_project,
+    example_activations,
+    logged,
+    readme_examples,
+)
 from fakes.sendgrid import SendGridFake
-from platform_scenarios import project_yaml, run, run_sync_job, sync_steps
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.platforms import (
@@ -59,9 +60,7 @@ def destination(fake: SendGridFake, service: str = "attributes", **settings) -> 
         "poll_interval_seconds": 0.01,
         **settings,
     }
-    platform = build_platform("sendgrid", raw, destination="sg")
-    assert isinstance(platform, SendGrid)
-    return platform
+    return built("sendgrid", SendGrid, raw, "sg")
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -259,9 +258,8 @@ def test_contacts_follow_the_segment_through_the_dagster_job_under_mirror(
         assert run_sync_job(env.defs, env.instance, "to_sg").success
         assert {e: fake.custom(e) for e in fake.contacts} == {
             "dan@example.com": {"ltv": 650}, "cle@example.com": {"ltv": 600.1}, "ann@example.com": {"ltv": 800}}  # fmt: skip
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert key_only_in_header(fake)
 
 
@@ -286,9 +284,8 @@ def test_a_list_follows_the_segment_through_the_dagster_job(request, tmp_path: P
         env.sendgrid.contacts["cle@example.com"].list_ids.clear()
         sync_steps(env, "to_sg", full_refresh=True)
         assert env.sendgrid.members(list_id) == {f"{n}@example.com" for n in ("robert", "cle", "ann")}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert KEY not in entry
         assert key_only_in_header(env.sendgrid)
 
 
@@ -296,49 +293,28 @@ def test_the_readme_sendgrid_examples_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SENDGRID_API_KEY", KEY)
     examples = readme_examples("**SendGrid (`type: sendgrid`).**")
     assert len(examples) == 2
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == ("attributes", "audiences")[n]
 
 
 def test_a_sync_killed_while_its_job_runs_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "900.0::decimal(10, 2) as ltv from generate_series(1, 1500) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_sg", {"SENDGRID_KEY": KEY})
+    cli.seed(1500, None)
     with SendGridFake(KEY, latency=0.1) as fake:
         list_id = fake.create_list("VIP Europe")
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"sg:\n  type: sendgrid\n  service: audiences\n  poll_interval_seconds: 0.5\n"
                            f"  api_key: {{env: SENDGRID_KEY}}\n  base_url: {fake.url}\n")],
             activations='to_sg:\n  segment: big\n  destination: sg\n  audience: {name: "VIP Europe"}\n'
-                        "  identifiers: {email: email}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "SENDGRID_KEY": KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_sg"]
+                        "  identifiers: {email: email}\n")  # fmt: skip
         # One upsert job of 1,500 contacts: killed after its first poll, while the job is still pending.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while not any(j.polls for j in fake.jobs.values()) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.3)
+        cli.kill_when(lambda: any(j.polls for j in fake.jobs.values()), settle=0.3)
         (killed,) = fake.jobs.values()
         assert killed.status == "pending" and fake.members(list_id) == set()
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert fake.members(list_id) == {f"c{i}@example.com" for i in range(1, 1501)}
         assert len(fake.contacts) == 1500
         assert key_only_in_header(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(KEY)

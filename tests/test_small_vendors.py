@@ -5,22 +5,22 @@ failures retried by the next sync, 429 storms, and that no secret shows anywhere
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
+from attribute_scenarios import (
+    CliSync,
+    crm_project,
+    example_activations,
+    logged,
+    readme_examples,
+)
 from fakes.all_my_sms import AllMySmsFake
 from fakes.dialog_insight import DialogInsightFake
 from fakes.june import JuneFake
 from fakes.selligent import SelligentFake
-from platform_scenarios import project_yaml, run, run_sync_job, sync_steps
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.platforms import (
@@ -197,9 +197,8 @@ def test_selligent_records_follow_the_segment_through_the_dagster_job(request, t
         assert sorted(row["MAIL"] for row in loads[-1]["data"]) == ["cle@example.com", "dan@example.com"]
         assert {r["MAIL"]: r["FIRSTNAME"] for r in fake.records} == {
             "bob@example.com": "Bob", "dan@example.com": "Daniel", "cle@example.com": "Cle"}  # fmt: skip
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert SL_KEY not in repr(entry) and SL_SECRET not in repr(entry)
+        for entry in logged(env.instance):
+            assert SL_KEY not in entry and SL_SECRET not in entry
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,40 +343,21 @@ def test_june_audience_is_a_boolean_trait_set_and_unset_by_identify_calls():
 
 
 def test_a_killed_june_sync_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 300) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_jn", {"JUNE_KEY": JUNE_KEY})
+    cli.seed(300)
     with JuneFake(JUNE_KEY, latency=0.01) as fake:
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"jn:\n  type: june\n  service: audiences\n  max_concurrency: 1\n"
                            f"  write_key: {{env: JUNE_KEY}}\n  base_url: {fake.url}\n")],
             activations='to_jn:\n  segment: big\n  destination: jn\n  audience: {name: "VIP Europe"}\n'
-                        "  identifiers: {user_id: customer_id}\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "JUNE_KEY": JUNE_KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_jn"]
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while len(fake.requests) < 120 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.3)
+                        "  identifiers: {user_id: customer_id}\n")  # fmt: skip
+        cli.kill_when(lambda: len(fake.requests) >= 120, settle=0.3)
         assert 0 < len(fake.members("VIP Europe")) < 300
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        done = cli.recover()
         assert fake.members("VIP Europe") == {str(i) for i in range(1, 301)}
         assert JUNE_KEY not in done.stdout + done.stderr
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(JUNE_KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(JUNE_KEY)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,9 +441,8 @@ def test_all_my_sms_list_follows_the_segment_through_the_dagster_job(
         fake.members("VIP Europe").discard("33612345603")
         sync_steps(env, "to_sms", full_refresh=True)
         assert fake.members("VIP Europe") == {"33698765432", "33612345603", "33612345601"}
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert AMS_KEY not in repr(entry)
+        for entry in logged(env.instance):
+            assert AMS_KEY not in entry
 
 
 def test_settings_errors_name_the_key_and_what_is_allowed():
@@ -501,7 +480,5 @@ def test_the_readme_examples_load(tmp_path: Path, monkeypatch, marker, services,
         monkeypatch.setenv(name, "secret-value")
     examples = readme_examples(marker)
     assert len(examples) == len(services)
-    for n, example in enumerate(examples):
-        (tmp_path / str(n)).mkdir()
-        (activation,) = load_example(tmp_path / str(n), example).activations.values()
+    for n, activation in enumerate(example_activations(tmp_path, examples)):
         assert activation.platform_service == services[n]

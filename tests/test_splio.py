@@ -4,19 +4,22 @@ API key nor the JWT shows anywhere but where Splio asks for them."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import duckdb
 import pyarrow as pa
 import pytest
+from attribute_scenarios import (
+    CliSync,
+    crm_project,
+    load_example,
+    logged,
+    readme_examples,
+)
 from fakes.splio import SplioFake
-from platform_scenarios import project_yaml, run, run_sync_job
-from test_klaviyo import crm_project, load_example, readme_examples
+from platform_scenarios import run, run_sync_job
 
 from dinmo_dagster.platforms import (
     ActivationSpec,
@@ -169,6 +172,20 @@ def test_an_expired_jwt_is_renewed_once_and_the_call_sent_again(splio):
     assert secrets_only_where_splio_asks(splio)
 
 
+def test_edits_handed_over_while_the_batch_runs_are_journalled_and_counted_once(splio):
+    """The upsert's created contacts and its edits are journalled as Splio answers them (the kill test below
+    shows it); the batch's outcome, applied afterwards, neither journals nor counts them a second time."""
+    for i in (2, 4):
+        splio.add_contact(f"c{i}@example.com")
+    journal = InMemoryJournal()
+    result = deliver(destination(splio), CONTACTS, {"upsert": [customers([1, 2, 3, 4])]}, journal)
+    assert journal.acknowledged_keys == {"upsert": ["1", "3", "2", "4"]}  # created, then each edit
+    assert (result.accepted, result.batches, result.requests) == (4, 1, 3)  # one bulk create, two edits
+    journal = InMemoryJournal()
+    updated = deliver(destination(splio), CONTACTS, {"update": [customers([1, 9])]}, journal)
+    assert journal.acknowledged_keys == {"update": ["1", "9"]} and updated.accepted == 2
+
+
 def test_a_wrong_api_key_stops_at_once(splio):
     platform = build_platform(
         "splio", {"service": "attributes", "api_key": "wrong", "base_url": splio.url}, destination="sp"
@@ -254,50 +271,66 @@ def test_contacts_follow_the_segment_through_the_dagster_job(request, tmp_path: 
             "daniel@example.com": {"firstname": "Dan", "custom_fields.7": 700},
         }
         assert [r.json for r in fake.requests if r.method == "DELETE"] == [{"contacts": ["cle@example.com"]}]
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert KEY not in repr(entry) and not any(t in repr(entry) for t in fake.tokens)
+        for entry in logged(env.instance):
+            assert KEY not in entry and not any(t in entry for t in fake.tokens)
         assert secrets_only_where_splio_asks(fake)
 
 
-def test_a_killed_sync_is_recovered_by_the_next_with_nothing_lost(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' || i as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 2500) t(i)"
-        )
-    with SplioFake(KEY, latency=0.1) as fake:
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+def test_a_killed_sync_is_recovered_by_the_next_without_sending_what_splio_acknowledged(tmp_path: Path):
+    """`dinmo sync` (upsert) killed with SIGKILL while its first batch edits the contacts Splio already
+    holds, one call each: the contacts the bulk create made and the edits Splio answered are journalled as
+    they come, not when the batch of 1,000 ends, so the next sync sends none of them again."""
+    cli = CliSync(tmp_path, "to_sp", {"SPLIO_KEY": KEY})
+    cli.seed(2500, "'n' || i")
+    with SplioFake(KEY, latency=0.05) as fake:
+        held = {f"c{i}@example.com" for i in range(1, 41)}  # in the universe before the first sync
+        for email in held:
+            fake.add_contact(email, firstname="Old", lastname="Kept")
+        cli.write(
             destinations=[(f"sp:\n  type: splio\n  service: attributes\n  max_concurrency: 1\n"
                            f"  api_key: {{env: SPLIO_KEY}}\n  base_url: {fake.url}\n")],
             activations="to_sp:\n  segment: big\n  destination: sp\n  match: {email: email}\n"
-                        "  mapping: {first_name: firstname}\n  sync_mode: insert\n"))  # fmt: skip
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "SPLIO_KEY": KEY}
-        argv = [dinmo, "--project", str(project), "sync", "to_sp"]
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
+                        "  mapping: {first_name: firstname}\n  sync_mode: upsert\n")  # fmt: skip
         bulk = "/data/contacts/bulk"
-        while sum(1 for r in fake.requests if r.path == bulk) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.5)
-        assert 0 < len(fake.contacts) < 2500
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert fake.view() == {f"c{i}@example.com": {"firstname": f"n{i}"} for i in range(1, 2501)}
+        def edited() -> set[str]:  # the contacts whose edit Splio answered (200)
+            return {p.rsplit("/", 1)[1] for m, p, s in list(fake.answers) if m == "PATCH" and s == 200}
+
+        cli.start()
+        cli.wait_for(lambda: len(edited()) >= 15)
+        answered = edited() | (set(fake.contacts) - held)  # edited, or made by a bulk create Splio answered
+        time.sleep(0.5)  # the answers above are journalled meanwhile (within about 0.05 s)
+        cli.kill(settle=0.5)  # the request in flight at the kill is answered
+        killed_at, universe = len(fake.requests), set(fake.contacts)
+        assert len(edited()) < 40 and len(fake.contacts) < 2500  # killed mid-delivery
+        with duckdb.connect(str(cli.warehouse)) as con:
+            journalled = {f"c{k}@example.com" for (k,) in con.execute(
+                "select record_key from dinmo_delta_storage.dinmo_acknowledgements where activation = 'to_sp' "
+                "and operation = 'upsert'").fetchall()}  # fmt: skip
+        # what Splio answered before the pause is journalled, the created contacts of the unfinished batch too
+        assert answered <= journalled <= edited() | (set(fake.contacts) - held)
+        assert len(journalled) >= 15 + 900
+
+        done = cli.recover()
+        assert done.stdout.splitlines()[1].startswith(
+            f"sync to_sp: delta sync to splio (attributes, upsert): {2500 - len(journalled)} added, 0 updated, "
+            f"0 removed, {len(journalled)} unchanged; "
+        )
+        again = [r for r in fake.requests[killed_at:] if r.json is not None]
+        created = [c["email"] for r in again if r.path == bulk for c in r.json["contacts"]]
+        edits = [unquote(r.path.rsplit("/", 1)[1]) for r in again if r.method == "PATCH"]
+        # the retry sends each contact Splio did not acknowledge once (and edits the ones it holds), none it did
+        assert sorted(created) == sorted(f"c{i}@example.com" for i in range(1, 2501)
+                                         if f"c{i}@example.com" not in journalled)  # fmt: skip
+        assert sorted(edits) == sorted(set(created) & universe) and held - journalled <= set(edits)
+        assert fake.view() == {
+            f"c{i}@example.com": {"firstname": f"n{i}", **({"lastname": "Kept"} if i <= 40 else {})}
+            for i in range(1, 2501)
+        }
         assert all(len(r.json["contacts"]) <= 1000 for r in fake.requests if r.path == bulk)
         assert secrets_only_where_splio_asks(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(KEY.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert cli.leftovers() == []
+    assert not cli.in_home(KEY)
 
 
 def test_the_readme_splio_example_loads(tmp_path: Path, monkeypatch) -> None:

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pytest
 from ad_scenarios import ad_project, audiences_platform, calls, change_customers, sha
+from attribute_scenarios import (
+    CliSync,
+    logged,
+)
 from fakes.x_ads import XAdsFake
-from platform_scenarios import project_yaml, run_sync_job, sync_steps
+from platform_scenarios import run_sync_job, sync_steps
 
 from dinmo_dagster.cli import main
 from dinmo_dagster.config import load_project
@@ -332,52 +331,32 @@ def test_an_x_audience_follows_the_segment_through_the_dagster_job(request, tmp_
         assert audience.members["email"] == {sha(f"{n}@example.com") for n in ("robert", "cle", "ann", "manual")}
 
         assert nothing_secret_or_raw(env.x)
-        for dagster_run in env.instance.get_runs():
-            for entry in env.instance.all_logs(dagster_run.run_id):
-                assert not any(s in repr(entry) for s in SECRETS)
+        for entry in logged(env.instance):
+            assert not any(s in entry for s in SECRETS)
 
 
 def test_a_sync_killed_mid_delivery_is_completed_by_the_next_one(tmp_path: Path) -> None:
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute("create table raw.customers (customer_id integer, email varchar, first_name varchar, "
-                    "ltv decimal(10, 2))")
-        con.execute("insert into raw.customers select i, 'c' || i || '@example.com', 'C', 900 "
-                    "from generate_series(1, 8000) t(i)")
+    cli = CliSync(tmp_path, "to_x", {f"X_{key.upper()}": value for key, value in CREDENTIALS.items()})
+    cli.seed(8000, "'C'")
     with XAdsFake(account_id=ACCOUNT, latency=0.4, **CREDENTIALS) as fake:
         secrets = "".join(f"  {key}: {{env: X_{key.upper()}}}\n" for key in CREDENTIALS)
-        (project / "dinmo.yaml").write_text(project_yaml(
-            f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
+        cli.write(
             destinations=[(f"x_vip:\n  type: x_ads\n  service: audiences\n  account_id: {ACCOUNT}\n"
                           f"  max_concurrency: 1\n{secrets}  base_url: {fake.url}\n")],
             activations="to_x:\n  segment: big\n  destination: x_vip\n  audience: {name: VIP Europe}\n"
-                        "  identifiers: {email: email}\n"))
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp),
-               **{f"X_{key.upper()}": value for key, value in CREDENTIALS.items()}}
-        argv = [dinmo, "--project", str(project), "sync", "to_x"]
+                        "  identifiers: {email: email}\n")
         # 8,000 members go in 4 requests of at most 2,500, one at a time: killed after the first answer.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while fake.users_received == 0 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(1.0)  # a request in flight at the kill is answered
+        # settle: a request in flight at the kill is answered
+        cli.kill_when(lambda: fake.users_received > 0, settle=1.0)
         audience = fake.audience_named("VIP Europe")
         assert audience is not None and 0 < len(audience.members["email"]) < 8000
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         assert audience.members["email"] == {sha(f"c{i}@example.com") for i in range(1, 8001)}
         assert len(fake.audiences) == 1  # found again by name, not created twice
         assert nothing_secret_or_raw(fake)
-    assert sorted(p.name for p in tmp.glob("dinmo-sync-*")) == []
-    assert not any(s.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file() for s in SECRETS)
+    assert cli.leftovers() == []
+    assert not cli.in_home(*SECRETS)
 
 
 def test_the_readme_x_example_loads(tmp_path: Path) -> None:

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pyarrow as pa
 import pytest
+from attribute_scenarios import (
+    CliSync,
+    built,
+    logged,
+)
 from fakes.zendesk import ZendeskFake
 from platform_scenarios import (
     SEED,
@@ -78,9 +77,7 @@ def destination(fake: ZendeskFake, **settings) -> Zendesk:
         "poll_interval_seconds": 0.01,
         **settings,
     }
-    platform = build_platform("zendesk", raw, destination="zd")
-    assert isinstance(platform, Zendesk)
-    return platform
+    return built("zendesk", Zendesk, raw, "zd")
 
 
 def customers(ids: list[int], **overrides) -> pa.RecordBatch:
@@ -388,59 +385,37 @@ def test_users_follow_the_segment_through_the_dagster_job(request, tmp_path: Pat
                 "cle@example.com": "Cle",
                 "dan@example.com": "Dan",
             }
-            for dagster_run in instance.get_runs():
-                for entry in instance.all_logs(dagster_run.run_id):
-                    assert TOKEN not in repr(entry) and BASIC not in repr(entry)
+            for entry in logged(instance):
+                assert TOKEN not in entry and BASIC not in entry
         assert main(["--project", str(tmp_path), "validate", "--connect"]) == 0
     assert no_token(fake)
 
 
 def test_a_killed_sync_is_recovered_by_the_next_with_nothing_lost_or_duplicated(tmp_path: Path):
-    dinmo = str(Path(sys.executable).with_name("dinmo"))
-    project, home, tmp = tmp_path / "project", tmp_path / "dagster_home", tmp_path / "tmp"
-    for d in (project, home, tmp):
-        d.mkdir()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
-        con.execute("create schema raw")
-        con.execute(
-            "create table raw.customers as select i as customer_id, 'c' || i || '@example.com' as email, "
-            "'n' || i as first_name, 900.0::decimal(10, 2) as ltv from generate_series(1, 600) t(i)"
-        )
+    cli = CliSync(tmp_path, "to_zd", {"ZENDESK_TOKEN": TOKEN})
+    cli.seed(600, "'n' || i")
     with ZendeskFake(EMAIL, TOKEN, latency=0.05) as fake:
-        (project / "dinmo.yaml").write_text(
-            project_yaml(
-                f"{{type: duckdb, path: {tmp_path / 'wh.duckdb'}}}",
-                destinations=[
-                    (
-                        f"zd:\n  type: zendesk\n  subdomain: acme\n  email: {EMAIL}\n  max_concurrency: 1\n"
-                        f"  api_token: {{env: ZENDESK_TOKEN}}\n  poll_interval_seconds: 0.01\n  base_url: {fake.url}\n"
-                    )
-                ],
-                activations="to_zd:\n  segment: big\n  destination: zd\n  match: {email: email}\n"
-                "  mapping: {first_name: name}\n",
-            )
+        cli.write(
+            destinations=[
+                (
+                    f"zd:\n  type: zendesk\n  subdomain: acme\n  email: {EMAIL}\n  max_concurrency: 1\n"
+                    f"  api_token: {{env: ZENDESK_TOKEN}}\n  poll_interval_seconds: 0.01\n  base_url: {fake.url}\n"
+                )
+            ],
+            activations="to_zd:\n  segment: big\n  destination: zd\n  match: {email: email}\n"
+            "  mapping: {first_name: name}\n",
         )
-        env = {**os.environ, "DAGSTER_HOME": str(home), "TMPDIR": str(tmp), "ZENDESK_TOKEN": TOKEN}
-        argv = [dinmo, "--project", str(project), "sync", "to_zd"]
         # 6 jobs of 100 users: killed once two of them completed.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while fake.completed_jobs() < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.3)
+        cli.kill_when(lambda: fake.completed_jobs() >= 2, settle=0.3)
         assert 0 < len(fake.users) < 600
 
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        cli.recover()
         # every user once: the upsert matched the users the dead sync had created
         assert len(fake.users) == 600
         assert {u.email for u in fake.users.values()} == {f"c{i}@example.com" for i in range(1, 601)}
         assert all(len(r.json["users"]) <= 100 for r in fake.requests if r.method == "POST")
         assert no_token(fake)
-    assert not any(TOKEN.encode() in p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert not cli.in_home(TOKEN)
 
 
 def test_the_readme_zendesk_examples_load(tmp_path: Path, monkeypatch) -> None:

@@ -39,16 +39,14 @@ import io
 import itertools
 import json
 import re
-import threading
 import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_FILE = 100 * 1024 * 1024
 RATE = 10
@@ -86,7 +84,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return FakeResponse(status, {"status": status, "message": message}, headers=headers or {})
 
 
-class ActitoFake:
+class ActitoFake(RecordingFake):
     """Actito's Integration API for one entity and profile table, in memory, on loopback."""
 
     def __init__(
@@ -102,27 +100,15 @@ class ActitoFake:
         )
         self.token_lifetime = token_lifetime
         self.retry_after = retry_after
-        self.latency = latency
         self.profiles: list[dict[str, str]] = []
         self.members: dict[str, set[str]] = {name: set() for name in self.segmentations}  # by e-mail
         self.executions: dict[int, Execution] = {}
         self.tokens: dict[str, float] = {}
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._expire_after: int | None = None
         self._failing: dict[str, tuple[str, str]] = {}
         self._window: deque[float] = deque()
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
+        super().__init__(latency)
 
     @property
     def requests(self) -> list[FakeRequest]:
@@ -151,11 +137,6 @@ class ActitoFake:
         """Every profile's attributes but the e-mail and profileId, by e-mail."""
         return {p["emailAddress"]: {k: v for k, v in p.items() if k not in ("emailAddress", "profileId")}
                 for p in self.profiles}  # fmt: skip
-
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
 
     def expire_tokens_after(self, calls: int) -> None:
         """Every token issued so far expires once ``calls`` more API calls were answered."""

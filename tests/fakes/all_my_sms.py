@@ -20,43 +20,24 @@ from __future__ import annotations
 import base64
 import itertools
 import re
-import threading
-import time
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_NUMBERS = 500
 _NUMBER = re.compile(r"[1-9]\d{7,14}")
 
 
-class AllMySmsFake:
+class AllMySmsFake(RecordingFake):
     """One All My SMS account's contact lists, served on loopback (a context manager)."""
 
     def __init__(self, login: str, api_key: str, *, latency: float = 0.0) -> None:
         self.auth = "Basic " + base64.b64encode(f"{login}:{api_key}".encode()).decode()
-        self.latency = latency
         self.lists: dict[int, dict[str, Any]] = {}  # id -> {"name", "members": set}
         self._ids = itertools.count(501)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._refused: set[str] = set()
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     def create_list(self, name: str) -> dict[str, Any]:
         """A list already in the account."""
@@ -67,26 +48,17 @@ class AllMySmsFake:
         """The numbers of the list of that name."""
         return next(v["members"] for v in self.lists.values() if v["name"] == name)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` calls with HTTP 429."""
-        self._throttled += count
-
     def refuse(self, *mobiles: str) -> None:
         """Report these numbers as invalid (once each)."""
         self._refused.update(mobiles)
 
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)
-        with self._lock:
-            if request.headers.get("authorization") != self.auth:
-                return FakeResponse(401, {"code": 401, "description": "Authentication failed"})
-            if self._throttled:
-                self._throttled -= 1
-                return FakeResponse(
-                    429, {"code": 429, "description": "Too many requests"}, {"Retry-After": "0"}
-                )
-            return self._route(request)
+    def _answer(self, request: FakeRequest) -> FakeResponse:
+        if request.headers.get("authorization") != self.auth:
+            return FakeResponse(401, {"code": 401, "description": "Authentication failed"})
+        if self._throttled:
+            self._throttled -= 1
+            return FakeResponse(429, {"code": 429, "description": "Too many requests"}, {"Retry-After": "0"})
+        return self._route(request)
 
     def _route(self, request: FakeRequest) -> FakeResponse:
         method, path, body = request.method, request.path, request.json or {}

@@ -27,14 +27,11 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_OPERATIONS = 200
 MAX_MEP = 10_000
@@ -55,7 +52,7 @@ def _error(status: int, code: str, message: str) -> FakeResponse:
     return FakeResponse(status, {"error_code": code, "error_message": message})
 
 
-class BatchFake:
+class BatchFake(RecordingFake):
     """Batch's CEP Profile API and MEP Custom Data API in memory, on loopback (a context manager)."""
 
     def __init__(
@@ -69,46 +66,16 @@ class BatchFake:
         self.rest_key = rest_key
         self.project_key = project_key
         self.app_key = app_key
-        self.latency = latency
         self.profiles: dict[str, Profile] = {}
         self.mep_users: dict[str, Profile] = {}
-        self.answers: list[tuple[str, str, int]] = []
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._tokens = itertools.count(1)
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
-
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
+        super().__init__(latency)
 
     def attributes(self) -> dict[str, dict[str, Any]]:
         """Every CEP profile's attributes, by Custom ID."""
         return {p.custom_id: dict(p.attributes) for p in self.profiles.values()}
 
     # -- serving ------------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)
-        with self._lock:
-            response = self._answer(request)
-            self.answers.append((request.method, request.path, response.status))
-            return response
 
     def _answer(self, request: FakeRequest) -> FakeResponse:
         mep = re.fullmatch(r"/1\.0/([^/]+)/data/users", request.path)

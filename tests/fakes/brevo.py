@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_BODY = 10 * 1024 * 1024
 MAX_LIST_EMAILS = 150
@@ -82,7 +80,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return FakeResponse(status, {"code": code, "message": message}, headers=headers or {})
 
 
-class BrevoFake:
+class BrevoFake(RecordingFake):
     """Brevo's API v3 in memory, served on loopback (a context manager)."""
 
     def __init__(
@@ -100,31 +98,14 @@ class BrevoFake:
         )
         self.folders = set(folders)
         self.reset_seconds = reset_seconds
-        self.latency = latency
         self.contacts: dict[str, Contact] = {}
         self.lists: dict[int, BList] = {}
         self.processes: dict[int, Process] = {}
         self.reports: dict[str, str] = {}
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(11)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._failing: dict[str, str] = {}
         self._window: deque[float] = deque()
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     # -- what tests arrange and read --------------------------------------------------------------------
 
@@ -145,25 +126,12 @@ class BrevoFake:
         """The list of that name, if any."""
         return next((b for b in self.lists.values() if b.name == name), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
-
     def fail_emails(self, reason: str, *emails: str) -> None:
         """The next import of these e-mails reports them as problematic with ``reason`` (once)."""
         with self._lock:
             self._failing.update(dict.fromkeys(emails, reason))
 
     # -- serving ------------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)  # outside the lock: requests overlap as they would at the platform
-        with self._lock:
-            response = self._answer(request)
-            self.answers.append((request.method, request.path, response.status))
-            return response
 
     def _answer(self, request: FakeRequest) -> FakeResponse:
         if request.headers.get("api-key") != self.api_key:

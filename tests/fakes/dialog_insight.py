@@ -18,17 +18,15 @@ Contract (cited, and stated as assumed where the method reference could not be r
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_RECORDS = 500
 
 
-class DialogInsightFake:
+class DialogInsightFake(RecordingFake):
     """One Dialog Insight project in memory, served on loopback (a context manager)."""
 
     def __init__(
@@ -43,78 +41,56 @@ class DialogInsightFake:
         self.key_id, self.key, self.project = key_id, key, project
         self.fields, self.optins = fields, optins
         self.contacts: dict[str, dict[str, Any]] = {}  # key_f_EMail -> Data
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._failing: dict[str, str] = {}
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
-
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` calls with HTTP 429."""
-        self._throttled += count
+        super().__init__()
 
     def fail(self, message: str, *emails: str) -> None:
         """The next merge of these e-mails fails with ``message`` (once)."""
         self._failing.update(dict.fromkeys(emails, message))
 
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        with self._lock:
-            if self._throttled:
-                self._throttled -= 1
-                return FakeResponse(
-                    429,
-                    {"Success": False, "ErrorCode": "TooManyRequests", "ErrorMessage": "Too many requests"},
-                    {"Retry-After": "0"},
-                )
-            body = request.json if isinstance(request.json, dict) else {}
-            auth = body.get("AuthKey") or {}
-            if auth.get("idKey") != self.key_id or auth.get("Key") != self.key:
-                return FakeResponse(
-                    200,
-                    {
-                        "Success": False,
-                        "ErrorCode": "InvalidAuthKey",
-                        "ErrorMessage": "Invalid authentication key",
-                    },
-                )
-            if body.get("idProject") != self.project:
-                return FakeResponse(
-                    200,
-                    {
-                        "Success": False,
-                        "ErrorCode": "AccessDenied",
-                        "ErrorMessage": "No access to this project",
-                    },
-                )
-            method = request.query.get("method")
-            if request.path == "/projects.ashx" and method == "GetFields":
-                return FakeResponse(
-                    200,
-                    {
-                        "Success": True,
-                        "Fields": [
-                            *({"Code": f, "DataType": "Text", "IsOptin": False} for f in self.fields),
-                            *({"Code": o, "DataType": "Boolean", "IsOptin": True} for o in self.optins),
-                        ],
-                    },
-                )
-            if request.path == "/contacts.ashx" and method == "Merge":
-                return self._merge(body)
+    def _answer(self, request: FakeRequest) -> FakeResponse:
+        if self._throttled:
+            self._throttled -= 1
             return FakeResponse(
-                404, {"Success": False, "ErrorCode": "UnknownMethod", "ErrorMessage": "Unknown"}
+                429,
+                {"Success": False, "ErrorCode": "TooManyRequests", "ErrorMessage": "Too many requests"},
+                {"Retry-After": "0"},
             )
+        body = request.json if isinstance(request.json, dict) else {}
+        auth = body.get("AuthKey") or {}
+        if auth.get("idKey") != self.key_id or auth.get("Key") != self.key:
+            return FakeResponse(
+                200,
+                {
+                    "Success": False,
+                    "ErrorCode": "InvalidAuthKey",
+                    "ErrorMessage": "Invalid authentication key",
+                },
+            )
+        if body.get("idProject") != self.project:
+            return FakeResponse(
+                200,
+                {
+                    "Success": False,
+                    "ErrorCode": "AccessDenied",
+                    "ErrorMessage": "No access to this project",
+                },
+            )
+        method = request.query.get("method")
+        if request.path == "/projects.ashx" and method == "GetFields":
+            return FakeResponse(
+                200,
+                {
+                    "Success": True,
+                    "Fields": [
+                        *({"Code": f, "DataType": "Text", "IsOptin": False} for f in self.fields),
+                        *({"Code": o, "DataType": "Boolean", "IsOptin": True} for o in self.optins),
+                    ],
+                },
+            )
+        if request.path == "/contacts.ashx" and method == "Merge":
+            return self._merge(body)
+        return FakeResponse(404, {"Success": False, "ErrorCode": "UnknownMethod", "ErrorMessage": "Unknown"})
 
     def _merge(self, body: dict[str, Any]) -> FakeResponse:
         records = body.get("Records") or []

@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 VERSIONS = {"1.0", "1.1", "1.2", "1.3", "1.4", "2.0", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "2.7", "2.8", "2.9",
             "2.10", "2.11", "2.12", "2.13", "2.14"}  # fmt: skip
@@ -94,7 +92,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return FakeResponse(status, body, headers=headers or {})
 
 
-class IntercomFake:
+class IntercomFake(RecordingFake):
     """An Intercom workspace in memory, served on loopback (a context manager)."""
 
     def __init__(
@@ -109,32 +107,15 @@ class IntercomFake:
         self.token = token
         self.contact_attributes = list(contact_attributes)
         self.company_attributes = list(company_attributes)
-        self.latency = latency
         self.search_delay = search_delay
         self.contacts: dict[str, Contact] = {}
         self.tags: dict[str, str] = {}  # id -> name
         self.companies: dict[str, Company] = {}
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(0x6762F0CD1BB69F9F2193BB00)
         self._tag_ids = itertools.count(81)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._window_end = time.time() + 10
         self._used = 0
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     # -- what tests arrange and read ------------------------------------------------------------------
 
@@ -171,20 +152,7 @@ class IntercomFake:
         """The id of the tag of that name, if any."""
         return next((i for i, n in self.tags.items() if n.lower() == name.lower()), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
-
     # -- serving ------------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)  # outside the lock: requests overlap as they would at the platform
-        with self._lock:
-            response = self._answer(request)
-            self.answers.append((request.method, request.path, response.status))
-            return response
 
     def _answer(self, request: FakeRequest) -> FakeResponse:
         if request.headers.get("authorization") != f"Bearer {self.token}":

@@ -37,16 +37,14 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_BODY = 4 * 1024 * 1024
 BULK_RATE = 5
@@ -91,7 +89,7 @@ def _type_of(value: Any) -> str:
     return "string"
 
 
-class IterableFake:
+class IterableFake(RecordingFake):
     """An Iterable project in memory, served on loopback (a context manager)."""
 
     def __init__(
@@ -105,30 +103,13 @@ class IterableFake:
         self.api_key = api_key
         self.fields = dict(fields if fields is not None else {"email": "string", "firstName": "string"})
         self.allow_new_fields = allow_new_fields
-        self.latency = latency
         self.users: list[User] = []
         self.lists: dict[int, IList] = {}
         self.forgotten: set[str] = set()
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(1001)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self.channel_unsubscribes = 0  # unsubscribe calls that asked for a global channel unsubscribe
         self._window: deque[float] = deque()
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     # -- what tests arrange and read ------------------------------------------------------------------
 
@@ -158,25 +139,12 @@ class IterableFake:
         """The list of that name, if any."""
         return next((b for b in self.lists.values() if b.name == name), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
-
     def forget(self, *emails: str) -> None:
         """GDPR-forget these users: Iterable refuses to update them."""
         with self._lock:
             self.forgotten.update(emails)
 
     # -- serving ------------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)  # outside the lock: requests overlap as they would at the platform
-        with self._lock:
-            response = self._answer(request)
-            self.answers.append((request.method, request.path, response.status))
-            return response
 
     def _answer(self, request: FakeRequest) -> FakeResponse:
         key = request.headers.get("api-key") or request.headers.get("api_key")

@@ -14,43 +14,20 @@ Contract (cited, and stated as assumed where June's pages are silent, in
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
-from typing_extensions import Self
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
 
-
-class JuneFake:
+class JuneFake(RecordingFake):
     """One June workspace's users and their traits, served on loopback (a context manager)."""
 
     def __init__(self, write_key: str, *, latency: float = 0.0) -> None:
         self.write_key = write_key
-        self.latency = latency
         self.users: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._refused: dict[str, str] = {}
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
-
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` calls with HTTP 429."""
-        self._throttled += count
+        super().__init__(latency)
 
     def refuse(self, message: str, *user_ids: str) -> None:
         """Refuse the next identify of these users (once) with HTTP 400 ``message``."""
@@ -60,25 +37,22 @@ class JuneFake:
         """The users whose ``trait`` is true."""
         return {u for u, traits in self.users.items() if traits.get(trait) is True}
 
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)
-        with self._lock:
-            if request.headers.get("authorization") != f"Basic {self.write_key}":
-                return FakeResponse(401, {"message": "Invalid write key"})
-            if self._throttled:
-                self._throttled -= 1
-                return FakeResponse(429, {"message": "Too many requests"}, {"Retry-After": "0"})
-            if request.method != "POST" or request.path != "/sdk/identify":
-                return FakeResponse(404, {"message": f"No route {request.method} {request.path}"})
-            body = request.json if isinstance(request.json, dict) else {}
-            user = body.get("userId") or body.get("anonymousId")
-            if not user:
-                return FakeResponse(400, {"message": "userId or anonymousId is required"})
-            if user in self._refused:
-                return FakeResponse(400, {"message": self._refused.pop(user)})
-            traits = body.get("traits") or {}
-            if not isinstance(traits, dict):
-                return FakeResponse(400, {"message": "traits must be an object"})
-            self.users.setdefault(str(user), {}).update(traits)
-            return FakeResponse(200, {"status": 200, "success": True})
+    def _answer(self, request: FakeRequest) -> FakeResponse:
+        if request.headers.get("authorization") != f"Basic {self.write_key}":
+            return FakeResponse(401, {"message": "Invalid write key"})
+        if self._throttled:
+            self._throttled -= 1
+            return FakeResponse(429, {"message": "Too many requests"}, {"Retry-After": "0"})
+        if request.method != "POST" or request.path != "/sdk/identify":
+            return FakeResponse(404, {"message": f"No route {request.method} {request.path}"})
+        body = request.json if isinstance(request.json, dict) else {}
+        user = body.get("userId") or body.get("anonymousId")
+        if not user:
+            return FakeResponse(400, {"message": "userId or anonymousId is required"})
+        if user in self._refused:
+            return FakeResponse(400, {"message": self._refused.pop(user)})
+        traits = body.get("traits") or {}
+        if not isinstance(traits, dict):
+            return FakeResponse(400, {"message": "traits must be an object"})
+        self.users.setdefault(str(user), {}).update(traits)
+        return FakeResponse(200, {"status": 200, "success": True})

@@ -43,15 +43,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_IMPORT = 10_000
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
@@ -124,7 +122,7 @@ def _error(
     return FakeResponse(status, {"errors": [error]}, headers=headers or {})
 
 
-class KlaviyoFake:
+class KlaviyoFake(RecordingFake):
     """Klaviyo's REST API in memory, served on loopback (a context manager)."""
 
     def __init__(
@@ -133,30 +131,13 @@ class KlaviyoFake:
         self.api_key = api_key
         self.scopes = scopes
         self.retry_after = retry_after
-        self.latency = latency
         self.profiles: dict[str, Profile] = {}
         self.lists: dict[str, KList] = {}
         self.jobs: dict[str, Job] = {}
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._failing: dict[str, str] = {}  # identifier value -> detail, failed once in an import
         self._windows: dict[tuple[str, int], deque[float]] = {}
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     # -- what tests arrange and read --------------------------------------------------------------------
 
@@ -187,25 +168,12 @@ class KlaviyoFake:
         """The profile of that e-mail address."""
         return next((p for p in self.profiles.values() if p.email == email), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
-
     def fail_profiles(self, detail: str, *values: str) -> None:
         """The next import of a profile named by one of ``values`` fails with ``detail`` (once)."""
         with self._lock:
             self._failing.update(dict.fromkeys(values, detail))
 
     # -- serving ------------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)  # outside the lock: requests overlap as they would at the platform
-        with self._lock:
-            response = self._answer(request)
-            self.answers.append((request.method, request.path, response.status))
-            return response
 
     def _tier(self, request: FakeRequest) -> str:
         if request.path.startswith(("/api/profiles", "/api/profile-subscription")):

@@ -31,14 +31,12 @@ from __future__ import annotations
 import base64
 import itertools
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_MEMBERS = 500
 MAX_CONNECTIONS = 10
@@ -82,34 +80,17 @@ def _problem(status: int, title: str, detail: str) -> FakeResponse:
     )  # fmt: skip
 
 
-class MailchimpFake:
+class MailchimpFake(RecordingFake):
     """Mailchimp's Marketing API in memory, served on loopback (a context manager)."""
 
     def __init__(self, api_key: str, *, list_id: str = "9e67587f52", latency: float = 0.0) -> None:
         self.api_key = api_key
-        self.latency = latency
         self.lists: dict[str, MList] = {list_id: MList(list_id)}
         self.list = self.lists[list_id]
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(4401)
-        self._lock = threading.Lock()
         self._in_flight = 0
-        self._throttled = 0
         self._failing: dict[str, str] = {}
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     # -- what tests arrange and read ----------------------------------------------------------------------
 
@@ -129,11 +110,6 @@ class MailchimpFake:
     def segment_named(self, name: str) -> Segment | None:
         """The list's segment of that name, if any."""
         return next((s for s in self.list.segments.values() if s.name == name), None)
-
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
 
     def fail_emails(self, reason: str, *emails: str) -> None:
         """The next batch subscribe call of these e-mails refuses them with ``reason`` (once)."""

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_ROWS = 1_000
 MODES = ("InsertOrUpdate", "Update", "Insert")
@@ -46,7 +44,7 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
-class SelligentFake:
+class SelligentFake(RecordingFake):
     """One organization of Marigold Engage in memory, served on loopback (a context manager)."""
 
     def __init__(
@@ -64,23 +62,8 @@ class SelligentFake:
         self.segments: dict[str, dict[str, Any]] = {}  # api name -> {"name", "members": set of keys}
         self.jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._failing: dict[str, str] = {}
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__()
 
     # -- what tests arrange and read -----------------------------------------------------------------
 
@@ -93,26 +76,21 @@ class SelligentFake:
         """The list record of that MAIL."""
         return next((r for r in self.records if r.get("MAIL") == mail), None)
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` calls with HTTP 429."""
-        self._throttled += count
-
     def fail(self, message: str, *mails: str) -> None:
         """The next load of these MAIL keys reports them failed (once)."""
         self._failing.update(dict.fromkeys(mails, message))
 
     # -- serving -------------------------------------------------------------------------------------
 
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        with self._lock:
-            if request.headers.get("x-apikey") != self.auth:
-                return FakeResponse(401, {"code": "Unauthorized", "message": "The access key was incorrect"})
-            if self._throttled:
-                self._throttled -= 1
-                return FakeResponse(
-                    429, {"code": "TooManyRequests", "message": "Too many requests"}, {"Retry-After": "0"}
-                )
-            return self._route(request)
+    def _answer(self, request: FakeRequest) -> FakeResponse:
+        if request.headers.get("x-apikey") != self.auth:
+            return FakeResponse(401, {"code": "Unauthorized", "message": "The access key was incorrect"})
+        if self._throttled:
+            self._throttled -= 1
+            return FakeResponse(
+                429, {"code": "TooManyRequests", "message": "Too many requests"}, {"Retry-After": "0"}
+            )
+        return self._route(request)
 
     def _route(self, request: FakeRequest) -> FakeResponse:
         prefix = f"/organizations/{self.org}/lists/{self.list_name}"

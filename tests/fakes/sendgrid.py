@@ -33,16 +33,14 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_CONTACTS = 30_000
 MAX_BYTES = 6 * 1024 * 1024
@@ -89,40 +87,23 @@ def _errors(
     )
 
 
-class SendGridFake:
+class SendGridFake(RecordingFake):
     """SendGrid's Marketing Campaigns API in memory, served on loopback (a context manager)."""
 
     def __init__(self, api_key: str, *, custom_fields: dict[str, str] | None = None, reset_seconds: float = 1.0,
                  latency: float = 0.0) -> None:  # fmt: skip
         self.api_key = api_key
         self.reset_seconds = reset_seconds
-        self.latency = latency
         types = custom_fields if custom_fields is not None else {"loyalty_tier": "Text", "ltv": "Number"}
         self.custom_fields = {f"e{n}_{t[0]}": (name, t) for n, (name, t) in enumerate(types.items(), start=1)}
         self.contacts: dict[str, Contact] = {}
         self.lists: dict[str, str] = {}  # id -> name
         self.jobs: dict[str, Job] = {}
         self.reports: dict[str, str] = {}
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._failing: dict[str, str] = {}
         self._window: deque[float] = deque()
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     # -- what tests arrange and read ------------------------------------------------------------------------
 
@@ -151,25 +132,12 @@ class SendGridFake:
         """A contact's custom fields by name."""
         return {self.custom_fields[k][0]: v for k, v in self.contacts[email].custom_fields.items()}
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
-
     def fail_emails(self, reason: str, *emails: str) -> None:
         """The next upsert job holding these e-mails does not apply them, reporting ``reason`` (once)."""
         with self._lock:
             self._failing.update(dict.fromkeys(emails, reason))
 
     # -- serving ------------------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)
-        with self._lock:
-            response = self._answer(request)
-            self.answers.append((request.method, request.path, response.status))
-            return response
 
     def _answer(self, request: FakeRequest) -> FakeResponse:
         if request.headers.get("authorization") != f"Bearer {self.api_key}":

@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_BULK = 1_000
 NATIVE = ("firstname", "lastname", "cellphone", "language", "date")
@@ -58,7 +55,7 @@ def _error(status: int, key: str | None, error: str, description: str) -> FakeRe
     )
 
 
-class SplioFake:
+class SplioFake(RecordingFake):
     """Splio's Data API in memory, on loopback (a context manager)."""
 
     def __init__(
@@ -67,27 +64,10 @@ class SplioFake:
         self.api_key = api_key
         self.custom_fields = custom_fields if custom_fields is not None else {5: ("loyalty_tier", "string"),
                                                                                7: ("ltv", "double")}  # fmt: skip
-        self.latency = latency
         self.contacts: dict[str, Contact] = {}
         self.tokens: set[str] = set()
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._throttled = 0
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     def add_contact(self, email: str, **fields: Any) -> Contact:
         """A contact the universe already holds."""
@@ -100,11 +80,6 @@ class SplioFake:
         with self._lock:
             self.tokens.clear()
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
-
     def view(self) -> dict[str, dict[str, Any]]:
         """Every contact's native fields and custom fields (``custom_fields.<id>``), by e-mail."""
         return {
@@ -113,14 +88,6 @@ class SplioFake:
         }
 
     # -- serving ------------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)
-        with self._lock:
-            response = self._answer(request)
-            self.answers.append((request.method, request.path, response.status))
-            return response
 
     def _answer(self, request: FakeRequest) -> FakeResponse:
         if request.path == "/authenticate" and request.method == "POST":

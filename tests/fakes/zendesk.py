@@ -35,15 +35,13 @@ from __future__ import annotations
 
 import base64
 import itertools
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from typing_extensions import Self
-
-from dinmo_dagster.fakes.server import FakeRequest, FakeResponse, FakeServer
+from dinmo_dagster.fakes.server import FakeRequest, FakeResponse
+from fakes.common import RecordingFake
 
 MAX_BULK = 100
 MAX_JOBS = 30
@@ -83,7 +81,7 @@ class Job:
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
-class ZendeskFake:
+class ZendeskFake(RecordingFake):
     """Zendesk's API in memory, served on loopback (a context manager)."""
 
     def __init__(
@@ -101,32 +99,15 @@ class ZendeskFake:
         self.bearer = f"Bearer {oauth_token}" if oauth_token else None
         self.per_minute = per_minute
         self.retry_after = retry_after
-        self.latency = latency
         self.imports_enabled = imports_enabled
         self.users: dict[int, User] = {}
         self.user_fields: list[dict[str, Any]] = []
         self.custom_objects: dict[str, dict[str, Any]] = {}  # key -> {"fields": [...], "records": {}}
         self.jobs: dict[str, Job] = {}
-        self.answers: list[tuple[str, str, int]] = []
         self._ids = itertools.count(1001)
-        self._lock = threading.Lock()
-        self._throttled = 0
         self._failing: dict[str, tuple[str, str]] = {}  # identifier -> (error, details), once
         self._window: deque[float] = deque()
-        self.server = FakeServer(self._app)
-        self.url = self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        """Every request received."""
-        return self.server.requests
+        super().__init__(latency)
 
     # -- what tests arrange and read -------------------------------------------------------------------
 
@@ -163,25 +144,12 @@ class ZendeskFake:
         with self._lock:
             return sum(j.status == "completed" for j in self.jobs.values())
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` API calls with HTTP 429."""
-        with self._lock:
-            self._throttled += count
-
     def fail(self, error: str, details: str, *values: str) -> None:
         """The next job item naming one of ``values`` (e-mail or external id) fails with ``error``/``details``."""
         with self._lock:
             self._failing.update(dict.fromkeys(values, (error, details)))
 
     # -- serving ------------------------------------------------------------------------------------------
-
-    def _app(self, request: FakeRequest) -> FakeResponse:
-        if self.latency:
-            time.sleep(self.latency)
-        with self._lock:
-            response = self._answer(request)
-            self.answers.append((request.method, request.path, response.status))
-            return response
 
     def _answer(self, request: FakeRequest) -> FakeResponse:
         auth = request.headers.get("authorization")
