@@ -983,10 +983,10 @@ def _write_and_promote(
                 result.writer = ", ".join(w for w in (result.writer, used) if w)
         uploads.finish()
         _journal(t, partition_key, run_id, JournalState.WRITTEN, uploaded, workdir, _summary(t, result, started_at))
+        timings["write"] = round(time.perf_counter() - write_started, 4)
     except unload.UnloadRefused as exc:
         _failed_write(t, partition_key, run_id, uploads, uploaded, result, a, started_at, exc, on_log)
         raise SyncError(str(exc)) from None
-        timings["write"] = round(time.perf_counter() - write_started, 4)
     except BaseException as exc:
         _failed_write(t, partition_key, run_id, uploads, uploaded, result, a, started_at, exc, on_log)
         raise
