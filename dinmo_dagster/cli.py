@@ -28,7 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dinmo_dagster.config import QUICKSTART_DIR, Project, ProjectError, load_project, project_dir_from_env
+from dinmo_dagster import defaults as activation_defaults
+from dinmo_dagster import init as project_init
+from dinmo_dagster import schema as project_schema
+from dinmo_dagster.config import (
+    FILE_KEYS,
+    PLATFORM_KEYS,
+    QUICKSTART_DIR,
+    Activation,
+    Project,
+    ProjectError,
+    load_project,
+    project_dir_from_env,
+)
 from dinmo_dagster.emulator import STORAGE_EMULATOR_ENV_VAR, emulated_buckets, start_for_buckets
 from dinmo_dagster.fakes.hubspot import FakeHubSpot
 from dinmo_dagster.fakes.local import (
@@ -57,6 +69,7 @@ class _OnFirstUse:
 
 dg: Any = _OnFirstUse("dagster")
 activations: Any = _OnFirstUse("dinmo_dagster.assets.activations")
+sensor_alerts: Any = _OnFirstUse("dinmo_dagster.sensors.alerts")
 compile_sql: Any = _OnFirstUse("dinmo_dagster.compile")
 definitions: Any = _OnFirstUse("dinmo_dagster.definitions")
 demo: Any = _OnFirstUse("dinmo_dagster.demo")
@@ -174,6 +187,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _print(f"{path}: {len(project.sources)} source(s), {len(project.models)} model(s), "
            f"{len(project.segments)} segment(s), {len(project.destinations)} destination(s), "
            f"{len(project.activations)} activation(s){checked}: valid")
+    if args.verbose:  # each activation's effective settings, and where each comes from (defaults.py)
+        for line in activation_defaults.resolved_lines(project, Activation, FILE_KEYS, PLATFORM_KEYS):
+            _print(line)
     return 0
 
 
@@ -192,6 +208,7 @@ class SyncOutcome:
     run_id: str = ""
     failed_step: str = ""  # the asset (or asset check) whose step failed, e.g. "models/customers"
     warnings: list[str] = field(default_factory=list)
+    alerted: list[str] = field(default_factory=list)  # the alert channels that took the failure alert
 
 
 def _step_names(defs: Any) -> dict[str, str]:
@@ -258,6 +275,11 @@ def sync_activation(project: Project, activation: str, full_refresh: bool = Fals
                 break
         if not out.error:
             out.error = "the sync run failed; see the run's log in the Dagster UI"
+    if not result.success:  # no daemon may run: this process alerts the failure of its own run
+        sent = sensor_alerts.alert_failed_run(project, instance, result.run_id, "cli",
+                                              lambda text: out.warnings.append(text))
+        if sent:
+            out.alerted = sent
     return out
 
 
@@ -278,6 +300,8 @@ def _print_sync(args: argparse.Namespace, activation: str, out: SyncOutcome) -> 
         if not args.verbose:
             _print(f"  full log: that run in `{_dinmo(args, 'ui')}`, or `{_dinmo(args, 'sync', activation, verbose=True)}`")
         _print(f"sync {activation}: FAILED: {out.error}")
+        if out.alerted:
+            _print(f"  alerted: {', '.join(out.alerted)}")
         return
     if "platform" in md:
         _print(f"sync {activation}: {md.get('sync_type')} sync to {md.get('platform')} ({md.get('service')}, "
@@ -671,6 +695,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# schema, init
+# ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of dinmo.yaml (the package ships it as dinmo_dagster/dinmo.schema.json)."""
+    sys.stdout.write(project_schema.schema_text())
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Scaffold a project that passes `dinmo validate`; never overwrite a dinmo.yaml."""
+    try:
+        written = project_init.init_project(args.dir, args.source)
+    except project_init.InitError as exc:
+        _print(f"dinmo init: {exc}")
+        return 1
+    for path in written:
+        _print(f"created {path}")
+    where = written[0].parent
+    shown = os.path.relpath(where) if where.is_relative_to(Path.cwd()) else str(where)
+    _print(f"next: `dinmo --project {shown} validate`, then `dinmo --project {shown} sync high_value_files`")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------------
 
@@ -718,6 +768,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="create the quickstart warehouse and run every quickstart activation")
     p.add_argument("--dir", help=f"where the demo project and its data go (default ./{DEMO_DIR_NAME})")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("schema", parents=[common], help="print the JSON Schema of dinmo.yaml (for editors)")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("init", parents=[common], help="create a project (dinmo.yaml) with a source of your choice")
+    p.add_argument("dir", nargs="?", default=".", help="where the project goes (default: the current directory)")
+    p.add_argument("--source", choices=list(project_init.SOURCES), default="duckdb",
+                   help="the warehouse type (default duckdb, with a small sample table)")
+    p.set_defaults(func=cmd_init)
     return parser
 
 

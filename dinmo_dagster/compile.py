@@ -22,6 +22,7 @@ from sqlglot import exp
 
 from dinmo_dagster import delta, filters, naming
 from dinmo_dagster.config import Model, Project, referenced_segments
+from dinmo_dagster.predictions.tables import ensure_score_tables
 from dinmo_dagster.warehouses import Warehouse
 
 __all__ = [
@@ -62,7 +63,8 @@ def table_parts(table: str, dialect: str) -> list[str]:
 def model_relation(wh: Warehouse, project: Project, name: str) -> exp.Table:
     """The view (or table) of model ``name``: ``<segments schema>.model_<name>``."""
     schemas = project.sources[project.models[name].source].helper_schemas
-    return wh.qualify(schemas.segments, naming.warehouse_name("model_", name))
+    # the built-in identity models (identity.people) have a dot: model_identity__people
+    return wh.qualify(schemas.segments, naming.warehouse_name("model_", name.replace(".", "__")))
 
 
 def segment_relation(wh: Warehouse, project: Project, name: str) -> exp.Table:
@@ -183,6 +185,7 @@ def refresh_model(wh: Warehouse, project: Project, name: str) -> exp.Table:
     m = project.models[name]
     wh.ensure_schema(project.sources[m.source].helper_schemas.segments)
     relation = model_relation(wh, project, name)
+    ensure_score_tables(wh, project, name)  # predictions.<set>: its table exists before the first training
     wh.execute(create_statements(relation, model_select(wh, project, name), m.materialized, wh.dialect))
     return relation
 
@@ -208,11 +211,12 @@ def refresh_segment(wh: Warehouse, project: Project, name: str) -> tuple[exp.Tab
 def refresh_views(wh: Warehouse, project: Project, activation: str) -> str:
     """Refresh the views an activation reads (its segment, the segments its filter names, the segment's
     model and related models), in the order they read each other. Returns the segment's compiled SQL."""
-    s = project.segments[project.activations[activation].segment]
-    m = project.models[s.model]
+    s, m = project.model_of(activation)
     for rel in m.relationships:
         refresh_model(wh, project, rel.model)
     refresh_model(wh, project, s.model)
+    if project.activations[activation].segment is None:  # the whole model: its view is what the sync reads
+        return model_select(wh, project, s.model).sql(dialect=wh.dialect)
     for other in referenced_segments(s.filter or {}):
         refresh_segment(wh, project, other)
     return refresh_segment(wh, project, project.activations[activation].segment)[1]

@@ -29,16 +29,21 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from dinmo_dagster import defaults as activation_defaults
 from dinmo_dagster import filters, naming, secrets, unload, writers
+from dinmo_dagster.alerts import AlertsConfig, config_problems
 from dinmo_dagster.connectors import ConnectorConfig, ConnectorKind, connectors, find_connector
 from dinmo_dagster.filters import did_you_mean
+from dinmo_dagster.identity.spec import IdentitySpace, add_identity_models
 from dinmo_dagster.platform_connectors import PlatformDestination, audience_platforms
+from dinmo_dagster.predictions.spec import PredictionSet, add_prediction_models
 from dinmo_dagster.recurrence import Schedule, cron_problem, schedule_problem
 from dinmo_dagster.warehouses import SourceConfig
 
 QUICKSTART_DIR = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-SECTIONS = ("sources", "models", "segments", "destinations", "activations", "settings")
+SECTIONS = ("sources", "models", "segments", "destinations", "activations", "identity", "predictions", "settings",
+            "alerts")
 
 # Limits on one project file: a project's configuration is far below them, and hostile or broken
 # input (alias bombs, 100k nested brackets, megabytes of values) is refused in seconds.
@@ -178,7 +183,10 @@ PLATFORM_SYNC_MODES = {"attributes": ("upsert", "update", "insert", "mirror"), "
 
 
 class Activation(_Strict):
-    segment: str
+    segment: str | None = None
+    """The segment synced; or ``model``: the whole model, without a segment (exactly one of the two)."""
+    model: str | None = None
+    """The model synced as a whole: every row of its view, lineage from the model's asset."""
     destination: str
     description: str | None = None
     folder: str = ""
@@ -215,7 +223,24 @@ class Activation(_Strict):
     """A rejected record is sent again by the following syncs for this many days."""
     default_country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
     """The country (ISO 3166 alpha-2) of phone numbers written without one, for E.164 normalization."""
+    alerts: AlertsConfig | None = None
+    """This activation's alerts: its ``on`` and ``to`` replace the project's ``alerts:`` (``alerts.py``)."""
+    max_size_change_pct: Annotated[float, Field(ge=0)] = 50.0
+    """A sync whose segment size moved more than this since the last sync warns (``size_change``)."""
+    warnings_block: list[Literal["empty_segment", "size_change"]] = []
+    """Warnings that fail the sync before anything is written: empty_segment, size_change."""
     _platform_service: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _segment_or_model(self) -> Activation:
+        if (self.segment is None) == (self.model is None):
+            raise ValueError("give exactly one of 'segment' (a segment of a model) or 'model' (the whole model)")
+        return self
+
+    @property
+    def reads(self) -> str:
+        """What the activation syncs, for messages: ``segment 'vip'`` or ``model 'customers'``."""
+        return f"segment '{self.segment}'" if self.segment is not None else f"model '{self.model}'"
 
     @property
     def platform_service(self) -> str | None:
@@ -263,7 +288,14 @@ class Project:
     destinations: dict[str, ConnectorConfig] = field(default_factory=dict)
     activations: dict[str, Activation] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
+    alerts: AlertsConfig | None = None  # the project's alerts: (alerts.py); activations may override
+    # identity spaces; each adds the models identity.<name> and identity.<name>_graph (identity/spec.py)
+    identity: dict[str, IdentitySpace] = field(default_factory=dict)
+    # prediction sets; each adds the models predictions.<name>[_recommendations] (predictions/spec.py)
+    predictions: dict[str, PredictionSet] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)  # "activations.x" -> file name
+    # activation -> {key it inherits: "destinations.X.defaults"} (defaults.py)
+    inherited: dict[str, dict[str, str]] = field(default_factory=dict)
     # Advice that does not make the project invalid, one line each (file, key path, why, what to do).
     warnings: list[str] = field(default_factory=list)
 
@@ -273,7 +305,12 @@ class Project:
         return p if p.is_absolute() else (self.directory / p)
 
     def model_of(self, activation: str) -> tuple[Segment, Model]:
-        seg = self.segments[self.activations[activation].segment]
+        """The activation's segment and model; an activation of a whole ``model`` gets the segment of all
+        its rows (``select * from {{ model }}``), which no view or asset stands for."""
+        a = self.activations[activation]
+        if a.segment is None:
+            return Segment(model=str(a.model), sql="select * from {{ model }}"), self.models[str(a.model)]
+        seg = self.segments[a.segment]
         return seg, self.models[seg.model]
 
 
@@ -283,6 +320,8 @@ SECTION_MODELS: dict[str, Any] = {
     "models": Model,
     "segments": Segment,
     "activations": Activation,
+    "identity": IdentitySpace,
+    "predictions": PredictionSet,
 }
 
 
@@ -636,13 +675,17 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
     # references to it are not reported a second time.
     defined: dict[str, set[str]] = {section: set() for section in SECTIONS}
     settings_file = ""
+    docs: dict[str, Any] = {}  # file name -> its YAML document: every file is read before any is parsed
     for f in files:
-        fname = f.name
         try:
-            doc = _read_yaml(f)
+            docs[f.name] = _read_yaml(f)
         except _FileProblem as exc:
-            problems.append(f"{fname}: {exc}")
-            continue
+            problems.append(f"{f.name}: {exc}")
+    # destinations.X.defaults (defaults.py), taken out before the destinations' settings models read them
+    dest_defaults, default_problems = activation_defaults.take_defaults(
+        docs.items(), Activation, FILE_KEYS, PLATFORM_KEYS, _format_error)
+    problems.extend(default_problems)
+    for fname, doc in docs.items():
         if doc is None:
             continue
         if not isinstance(doc, dict):
@@ -657,6 +700,13 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
                                 f"allowed: {', '.join(SECTIONS)}")
                 if hint and isinstance(entries, dict):  # a misspelt section still defines its names
                     defined[difflib.get_close_matches(section, SECTIONS, n=1)[0]].update(map(str, entries))
+                continue
+            if section == "alerts":
+                project.origins["alerts"] = fname
+                try:
+                    project.alerts = AlertsConfig.model_validate(entries or {})
+                except ValidationError as exc:
+                    problems.extend(_format_error(fname, "alerts", e, AlertsConfig) for e in exc.errors())
                 continue
             if section == "settings":
                 settings_file = fname
@@ -682,10 +732,15 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
                     problems.append(f"{fname}: {key}: already defined in {project.origins[key]}")
                     continue
                 project.origins[key] = fname
+                if section == "activations":
+                    raw, project.inherited[name] = activation_defaults.apply_defaults(raw, dest_defaults)
                 parsed = _parse_entry(section, name, raw, fname, problems)
                 if parsed is not None:
                     target[name] = parsed
+    problems.extend(add_identity_models(project, Model, defined))  # its models, before references to them
+    problems.extend(add_prediction_models(project, defined))  # score models, related to the customer model
     problems.extend(_check_references(project, defined, settings_file))
+    problems.extend(config_problems(project))
     if problems:
         if len(problems) > MAX_PROBLEMS:
             more = len(problems) - MAX_PROBLEMS
@@ -750,7 +805,10 @@ def _check_references(p: Project, defined: dict[str, set[str]] | None = None,
             check_depth(f"segments.{name}.filter", s.filter)
     for name, a in p.activations.items():
         k = f"activations.{name}"
-        ref(f"{k}.segment", a.segment, "segments", "segment")
+        if a.segment is not None:
+            ref(f"{k}.segment", a.segment, "segments", "segment")
+        else:
+            ref(f"{k}.model", str(a.model), "models", "model")
         ref(f"{k}.destination", a.destination, "destinations", "destination")
         dest = p.destinations.get(a.destination)
         if isinstance(dest, PlatformDestination):
@@ -796,7 +854,8 @@ def _check_references(p: Project, defined: dict[str, set[str]] | None = None,
                 if problem:
                     out.append(f"{where(k)}: {k}.{label}: {problem}")
         if a.unload == "always" and dest is not None and not isinstance(dest, PlatformDestination):
-            model = p.models.get(p.segments[a.segment].model) if a.segment in p.segments else None
+            model = (p.models.get(p.segments[a.segment].model) if a.segment in p.segments
+                     else p.models.get(str(a.model)) if a.segment is None else None)
             source = p.sources.get(model.source) if model is not None else None
             reason = unload.activation_problem(source.type, source, getattr(dest, "type", None), a) if source else None
             if reason:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dagster as dg
 
 from dinmo_dagster import schedules, sensors
-from dinmo_dagster.assets import activations, models
+from dinmo_dagster.assets import activations, identity, models, predictions
 from dinmo_dagster.config import Project, load_project
 from dinmo_dagster.resources import build_resources
+from dinmo_dagster.sensors import alerts as sensor_alerts
 from dinmo_dagster.translator import DinmoTranslator
 
 
@@ -26,9 +27,12 @@ def build_definitions(project: Project, translator: DinmoTranslator | None = Non
     translator = translator or DinmoTranslator()
     return dg.Definitions.merge(
         models.defs(project, translator),
+        identity.defs(project, translator),
+        predictions.defs(project, translator),
         activations.defs(project, translator),
         schedules.defs(project),
         sensors.defs(project, translator),
+        sensor_alerts.defs(project),
         dg.Definitions(resources=build_resources(project)),
     )
 
@@ -44,6 +48,7 @@ def sync_definitions(project: Project, activation: str, translator: DinmoTransla
     translator = translator or DinmoTranslator()
     return dg.Definitions.merge(
         models.defs(project, translator),
+        identity.defs(project, translator),
         activations.defs(project, translator, only=[activation]),
         dg.Definitions(resources=build_resources(project)),
     )

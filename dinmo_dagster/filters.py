@@ -395,6 +395,19 @@ class _FilterCompiler:
         self.check_keys(node, path, ("attribute", "op", "value"))
         name = node["attribute"]
         ok = True
+        related = self.related_attribute(name, model, alias) if isinstance(name, str) else None
+        if related is not None:  # <relationship>.<attribute>: predictions.value.churn_probability
+            return self.operator(node, path, lambda: related.copy(), OPERATORS)
+        via = next((r for r in model.relationships.values() if isinstance(name, str) and name not in model.columns
+                    and name.startswith(r.name + ".") and r.model in self.models), None)
+        if via is not None and isinstance(name, str):
+            child = self.models[via.model]
+            text = (f"relationship {via.name!r} is {via.type}; an attribute path needs one_to_one or many_to_one "
+                    "(use a relation condition)" if via.type == "one_to_many" else
+                    f"unknown attribute {_show(name[len(via.name) + 1:])} of model {child.name!r} (through relationship "
+                    f"{via.name!r}); valid: {_valid(child.columns)}")
+            self.error(f"{path}.attribute", text)
+            return None
         if not isinstance(name, str) or name not in model.columns:
             self.error(
                 f"{path}.attribute",
@@ -403,6 +416,24 @@ class _FilterCompiler:
             ok = False
         condition = self.operator(node, path, lambda: _col(name, alias), OPERATORS)
         return condition if ok else None
+
+    def related_attribute(self, name: str, model: ModelInfo, alias: str) -> exp.Expression | None:
+        """``<relationship>.<attribute>`` of a one_to_one or many_to_one relationship (the relationship's name may
+        hold dots: ``predictions.value.churn_probability``): the related row's value, as a scalar subquery (NULL
+        without a related row). None when ``name`` is a column of the model or names no such attribute."""
+        if name in model.columns or "." not in name:
+            return None
+        for rel in sorted(model.relationships.values(), key=lambda r: -len(r.name)):
+            child = self.models.get(rel.model)
+            attr = name[len(rel.name) + 1:]
+            if (not name.startswith(rel.name + ".") or rel.type == "one_to_many" or child is None
+                    or attr not in child.columns):
+                continue
+            child_alias = self.alias("r")
+            on = [exp.EQ(this=_col(c, child_alias), expression=_col(pc, alias)) for pc, c in rel.on.items()]
+            return exp.Subquery(this=exp.select(_col(attr, child_alias))
+                                .from_(_aliased(child.relation, child_alias)).where(_and(on)).limit(1))
+        return None
 
     def operator(
         self, node: dict, path: str, target: Any, allowed: tuple[str, ...], numbers_only: bool = False

@@ -4,6 +4,8 @@
 |---|---|
 | a model's source table (external asset) | ``sources/<source>/<schema>/<table>``, each part through ``key_part`` |
 | model ``M`` / segment ``S`` | ``models/M`` / ``segments/S`` |
+| prediction set ``V``: training / scores (models ``predictions.V``, ``predictions.V_recommendations``) | ``predictions/V`` / ``predictions/V/scores`` |
+| identity space ``P``: graph / profiles (models ``identity.P_graph`` / ``identity.P``) | ``identity/P/graph`` / ``identity/P/profiles`` |
 | their primary-key check | ``primary_key_unique`` |
 | the op (step) of each asset | its default key as an identifier: ``models__M``, ``activations__A`` ... |
 | activation ``A``: snapshot / delivery | ``snapshots/A`` / ``activations/A`` |
@@ -80,6 +82,16 @@ def snapshot_key(activation: str) -> dg.AssetKey:
 def activation_key(activation: str) -> dg.AssetKey:
     """``activations/A``: step 2 of each sync of activation A, the delivery."""
     return dg.AssetKey(["activations", activation])
+
+
+def prediction_key(name: str, scores: bool = False) -> dg.AssetKey:
+    """``predictions/<set>`` (training) or ``predictions/<set>/scores`` (the published score tables)."""
+    return dg.AssetKey(["predictions", name, "scores"] if scores else ["predictions", name])
+
+
+def identity_key(space: str, table: str) -> dg.AssetKey:
+    """``identity/<space>/graph`` or ``identity/<space>/profiles``: an identity space's tables."""
+    return dg.AssetKey(["identity", space, table])
 
 
 def op_name(default_key: dg.AssetKey) -> str:

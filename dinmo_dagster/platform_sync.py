@@ -554,7 +554,8 @@ def _deliver(
                     f"activation '{t.name}' would remove {p.counts.removed} of {p.baseline_rows} records "
                     f"({pct:.1f}%) from destination '{a.destination}', more than max_removed_pct "
                     f"{a.max_removed_pct:g}%; nothing was sent. If this is expected, raise "
-                    f"activations.{t.name}.max_removed_pct or run `dinmo sync {t.name} --full-refresh`")
+                    f"activations.{t.name}.max_removed_pct or run `dinmo sync {t.name} --full-refresh`",
+                    event="removal_guard")
         platform, spec = build(t)
         spec = dataclasses.replace(spec, key_column=KEY_COL)
         secret_values = sorted(platform.settings.secret_values(), key=len, reverse=True)
@@ -582,7 +583,8 @@ def _deliver(
         sync._history(t, partition_key, run_id, SyncStatus.FAILED, result, a, started_at, message[:500])
         sync._ACTIVE.discard((t.name, partition_key))
         if isinstance(exc, (PlatformError, requests.RequestException)):
-            raise sync.SyncError(message) from None
+            raise sync.SyncError(message, "rejections" if isinstance(exc, platforms.RejectionRateExceeded)
+                                 else "failure") from None
         raise
     if delivered.quota is not None:
         on_log(f"WARNING: {delivered.quota.message}; the sync ends early as a partial success: what the "

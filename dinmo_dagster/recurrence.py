@@ -2,8 +2,12 @@
 
 A ``schedule:`` (of an activation, or of a materialized model) is one of
 
-- an interval: ``every: 15 minutes`` (N divides 60), ``every: 4 hours`` (N divides 24), ``every: 1 day``;
+- an interval: ``every: 15 minutes`` (N divides 60), ``every: 4 hours`` (N divides 24), ``every: 1 day``
+  (at midnight, or at a time of day: ``{every: 1 day, at: "06:30"}``);
 - a custom recurrence: ``at: "09:00"`` or a list of times, with optional ``days: [mon, wed]``;
+- several recurrences: ``recurrences: [{at: "09:00", days: [mon, wed]}, {at: "20:00", days: [sat, sun]}]``,
+  each an interval or a custom recurrence, sharing the schedule's ``timezone`` and ``enabled``: one Dagster
+  schedule ticks at the union of their times (its ``cron_schedule`` is the list of their cron strings);
 - a ``cron`` expression (five fields: minute hour day month weekday).
 
 Times are in ``timezone`` (an IANA name, default UTC); ``enabled: false`` declares the schedule stopped.
@@ -14,37 +18,65 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Schedule", "cron_problem", "describe", "schedule_problem", "to_cron"]
+__all__ = ["Recurrence", "Schedule", "cron_problem", "describe", "schedule_problem", "to_cron"]
 
 _EVERY_RE = re.compile(r"^\s*(\d+)\s*(minute|minutes|hour|hours|day|days)\s*$")
 _AT_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _DAY_NUM = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Recurrence(BaseModel):
+    """One recurrence of a schedule's ``recurrences``: an interval (``every``, with ``at`` for
+    ``every: 1 day``) or times of day (``at``) on some days (``days``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    every: str | None = None
+    at: str | list[str] | None = None
+    days: list[Day] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Recurrence:
+        if self.every is None and self.at is None:
+            raise ValueError("give 'every' or 'at'")
+        if self.days is not None and (self.at is None or self.every is not None):
+            raise ValueError("'days' goes with 'at' (without 'every')")
+        return self
 
 
 class Schedule(BaseModel):
-    """DinMo's schedule options: an interval, a custom recurrence (times and days) or a cron."""
+    """DinMo's schedule options: an interval, a custom recurrence (times and days), several recurrences or a
+    cron."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
     cron: str | None = None
     every: str | None = None
     at: str | list[str] | None = None
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+    days: list[Day] | None = None
+    recurrences: Annotated[list[Recurrence], Field(min_length=1)] | None = None
     timezone: str = "UTC"
     enabled: bool = True
 
     @model_validator(mode="after")
     def _one_kind(self) -> Schedule:
-        kinds = [k for k in ("cron", "every", "at") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError("give exactly one of 'cron', 'every' or 'at'")
-        if self.days is not None and self.at is None:
-            raise ValueError("'days' goes with 'at'")
+        kinds = [k for k in ("cron", "every", "at", "recurrences") if getattr(self, k) is not None]
+        if len(kinds) != 1 and kinds != ["every", "at"]:  # every: 1 day may take its time of day
+            raise ValueError("give exactly one of 'cron', 'every', 'at' or 'recurrences'")
+        if self.days is not None and (self.at is None or self.every is not None):
+            raise ValueError("'days' goes with 'at' (without 'every')")
         return self
+
+    def parts(self) -> list[Recurrence]:
+        """The recurrences of an interval or custom-recurrence schedule (one, or ``recurrences``)."""
+        if self.recurrences is not None:
+            return list(self.recurrences)
+        return [Recurrence(every=self.every, at=self.at, days=self.days)]
 
 
 def schedule_problem(s: Schedule) -> str | None:
@@ -57,17 +89,30 @@ def schedule_problem(s: Schedule) -> str | None:
         problem = cron_problem(s.cron)
         if problem:
             return f"cron: {problem}"
-    if s.every is not None:
-        m = _EVERY_RE.match(s.every)
+    else:
+        for i, r in enumerate(s.parts()):
+            problem = _recurrence_problem(r)
+            if problem:
+                return f"recurrences[{i}].{problem}" if s.recurrences is not None else problem
+    return None
+
+
+def _recurrence_problem(r: Recurrence) -> str | None:
+    """Why one recurrence is invalid (``key: what was found; what is allowed``), or None."""
+    if r.every is not None:
+        m = _EVERY_RE.match(r.every)
         if not m:
-            return (f"every: found '{s.every}'; allowed: 'N minutes' (N divides 60), 'N hours' (N divides 24) "
+            return (f"every: found '{r.every}'; allowed: 'N minutes' (N divides 60), 'N hours' (N divides 24) "
                     "or '1 day'")
         n, unit = int(m.group(1)), m.group(2).rstrip("s")
         limits = {"minute": 60, "hour": 24, "day": 1}
         if n < 1 or (unit == "day" and n != 1) or (unit != "day" and limits[unit] % n):
-            return f"every: '{s.every}' is not a regular interval; N must divide {limits[unit]}"
-    if s.at is not None:
-        for t in [s.at] if isinstance(s.at, str) else s.at:
+            return f"every: '{r.every}' is not a regular interval; N must divide {limits[unit]}"
+        if r.at is not None and unit != "day":
+            return (f"at: a time of day goes with 'every: 1 day' only; found every: '{r.every}'; allowed: "
+                    "'every: 1 day' with 'at', or 'at' alone (with 'days')")
+    if r.at is not None:
+        for t in [r.at] if isinstance(r.at, str) else r.at:
             if not _AT_RE.match(t):
                 return f"at: found '{t}'; allowed: times as 'HH:MM' (24-hour)"
     return None
@@ -75,34 +120,45 @@ def schedule_problem(s: Schedule) -> str | None:
 
 def to_cron(s: Schedule) -> str | list[str]:
     """The cron string(s) of a valid schedule: ``every: 15 minutes`` -> ``*/15 * * * *``,
-    ``at: "09:00", days: [mon, wed]`` -> ``0 9 * * 1,3``; several times give one cron each."""
+    ``at: "09:00", days: [mon, wed]`` -> ``0 9 * * 1,3``, ``{every: 1 day, at: "06:30"}`` -> ``30 6 * * *``;
+    several times or recurrences give one cron each (duplicates once), which Dagster's ``cron_schedule``
+    takes as a list."""
     if s.cron is not None:
         return s.cron
-    if s.every is not None:
-        m = _EVERY_RE.match(s.every)
-        assert m, f"to_cron of an invalid schedule: every: {s.every!r}"
-        n, unit = int(m.group(1)), m.group(2).rstrip("s")
-        if unit == "minute":
-            return f"*/{n} * * * *" if n > 1 else "* * * * *"
-        if unit == "hour":
-            return f"0 */{n} * * *" if n > 1 else "0 * * * *"
-        return "0 0 * * *"
-    times = [s.at] if isinstance(s.at, str) else list(s.at or [])
-    days = ",".join(str(_DAY_NUM[d]) for d in s.days) if s.days else "*"
-    crons = [f"{int(t[3:5])} {int(t[0:2])} * * {days}" for t in times]
+    crons = list(dict.fromkeys(c for r in s.parts() for c in _recurrence_crons(r)))
     return crons[0] if len(crons) == 1 else crons
 
 
+def _recurrence_crons(r: Recurrence) -> list[str]:
+    times = [r.at] if isinstance(r.at, str) else list(r.at or [])
+    if r.every is not None:
+        m = _EVERY_RE.match(r.every)
+        assert m, f"to_cron of an invalid schedule: every: {r.every!r}"
+        n, unit = int(m.group(1)), m.group(2).rstrip("s")
+        if unit == "minute":
+            return [f"*/{n} * * * *" if n > 1 else "* * * * *"]
+        if unit == "hour":
+            return [f"0 */{n} * * *" if n > 1 else "0 * * * *"]
+        times = times or ["00:00"]  # every 1 day: at midnight unless a time is given
+    days = ",".join(str(_DAY_NUM[d]) for d in r.days) if r.days else "*"
+    return [f"{int(t[3:5])} {int(t[0:2])} * * {days}" for t in times]
+
+
 def describe(s: Schedule) -> str:
-    """A readable summary, e.g. 'every 15 minutes, UTC' or 'at 09:00 on mon, wed, Europe/Paris'."""
+    """A readable summary, e.g. 'every 15 minutes, UTC', 'at 09:00 on mon, wed, Europe/Paris' or
+    'at 09:00 on mon, wed; at 20:00 on sat, sun, Europe/Paris'."""
     if s.cron is not None:
         what = f"cron '{s.cron}'"
-    elif s.every is not None:
-        what = f"every {s.every}"
     else:
-        times = ", ".join([s.at] if isinstance(s.at, str) else list(s.at or []))
-        what = f"at {times}" + (f" on {', '.join(s.days)}" if s.days else "")
+        what = "; ".join(_describe_recurrence(r) for r in s.parts())
     return f"{what}, {s.timezone}"
+
+
+def _describe_recurrence(r: Recurrence) -> str:
+    times = ", ".join([r.at] if isinstance(r.at, str) else list(r.at or []))
+    if r.every is not None:
+        return f"every {r.every}" + (f" at {times}" if times else "")
+    return f"at {times}" + (f" on {', '.join(r.days)}" if r.days else "")
 
 
 # (name, lowest, highest, names) of the five cron fields, as Dagster's cron parser reads them.

@@ -69,7 +69,12 @@ log = logging.getLogger("dinmo_dagster.sync")
 
 
 class SyncError(Exception):
-    """A sync refused to run or failed; the message is meant for the user."""
+    """A sync refused to run or failed; the message is meant for the user. ``event``: what alerts call it
+    (``failure``; ``removal_guard``, ``rejections``, ``size_change``, ``empty_segment``: see alerts.py)."""
+
+    def __init__(self, message: str, event: str = "failure") -> None:
+        super().__init__(message)
+        self.event = event
 
 
 def new_partition_key(now: datetime | None = None) -> str:
@@ -110,6 +115,10 @@ class SyncTarget:
         return self.warehouse.dialect
 
     def segment_relation(self) -> exp.Table:
+        """The view the sync reads: the segment's, or the model's for an activation of a whole model."""
+        if self.activation.segment is None:
+            return self.warehouse.qualify(self.schemas.segments,
+                                          naming.warehouse_name("model_", self.model_name.replace(".", "__")))
         return self.warehouse.qualify(self.schemas.segments, naming.warehouse_name("segment_", self.segment_name))
 
     @cached_property
@@ -750,7 +759,45 @@ def _removal_guard(t: SyncTarget, p: _Plan, forced: bool = False) -> None:
             f"activation '{t.name}' would remove {p.counts.removed} of {p.baseline_rows} records "
             f"({pct:.1f}%), more than max_removed_pct {a.max_removed_pct:g}%; nothing was written. "
             f"If this is expected, raise activations.{t.name}.max_removed_pct or run "
-            f"`dinmo sync {t.name} --full-refresh`")
+            f"`dinmo sync {t.name} --full-refresh`", event="removal_guard")
+
+
+def check_warnings(t: SyncTarget, partition_key: str, run_id: str = "") -> list[tuple[str, str]]:
+    """The sync's warnings, ``(event, message)``, known before anything is written: an empty segment
+    (``empty_segment``), a segment whose size moved more than ``max_size_change_pct`` since the last
+    sync (``size_change``, against the baseline's record count; none on a first sync or from an empty
+    baseline). An event sync (a fact model's window of new events) has neither: its size is not the
+    segment's.
+
+    A warning that ``warnings_block`` names fails the sync here (SyncError with its event), before
+    anything is written: the snapshot is dropped and the sync gets a ``failed`` history row.
+    """
+    a = t.activation
+    info = t.store.snapshot_info(partition_key)
+    if info is None or incremental_events(t):
+        return []
+    found: list[tuple[str, str]] = []
+    rows, base = info.row_count, t.store.baseline()
+    if rows == 0:
+        found.append(("empty_segment", f"segment '{t.segment_name}' is empty"))
+    if base is not None and base.row_count > 0:
+        pct = 100.0 * abs(rows - base.row_count) / base.row_count
+        if pct > a.max_size_change_pct:
+            direction = "more" if rows > base.row_count else "fewer"
+            text = (f"segment '{t.segment_name}' has {rows} records, {pct:.1f}% {direction} than the "
+                    f"{base.row_count} of the last sync; more than max_size_change_pct {a.max_size_change_pct:g}%")
+            found.append(("size_change", text))
+    blocked = [(event, text) for event, text in found if event in a.warnings_block]
+    if blocked:
+        event, text = blocked[0]
+        message = (f"activation '{t.name}': {text}; nothing was written (activations.{t.name}.warnings_block "
+                   f"names {event}). If this is expected, remove {event} from warnings_block"
+                   + (" or raise max_size_change_pct" if event == "size_change" else ""))
+        _history(t, partition_key, run_id, SyncStatus.FAILED, SyncResult(sync_type="unknown", counts=ChangeCounts()),
+                 a, datetime.now(timezone.utc).replace(tzinfo=None), message[:500])
+        drop_snapshot(t, partition_key)
+        raise SyncError(message, event=event)
+    return found
 
 
 def process_alive(owner: str) -> bool | None:

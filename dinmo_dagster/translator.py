@@ -26,6 +26,8 @@ import dagster as dg
 from dinmo_dagster import names
 from dinmo_dagster.compile import table_parts
 from dinmo_dagster.config import Project, reads_without_cycles
+from dinmo_dagster.identity.spec import identity_model
+from dinmo_dagster.predictions.spec import prediction_model
 from dinmo_dagster.warehouses import dialect_of
 
 __all__ = ["DinmoEntity", "DinmoTranslator", "EntityKind", "destination_text"]
@@ -39,6 +41,10 @@ class EntityKind(enum.StrEnum):
     SEGMENT = "segment"
     SNAPSHOT = "snapshot"  # step 1 of an activation's sync: its delta storage
     ACTIVATION = "activation"  # step 2: the delivery
+    IDENTITY_GRAPH = "identity_graph"  # an identity space's graph table (``name``: the space)
+    IDENTITY_PROFILES = "identity_profiles"  # an identity space's profiles table
+    PREDICTIONS = "predictions"  # a prediction set's training (``name``: the set)
+    PREDICTION_SCORES = "prediction_scores"  # a prediction set's published score tables
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,17 @@ class DinmoEntity:
         """The delivery step of activation ``name``."""
         return cls(EntityKind.ACTIVATION, name, project)
 
+    @classmethod
+    def identity(cls, project: Project, space: str, table: str) -> DinmoEntity:
+        """The ``graph`` or ``profiles`` table of identity space ``space``."""
+        kind = EntityKind.IDENTITY_GRAPH if table == "graph" else EntityKind.IDENTITY_PROFILES
+        return cls(kind, space, project)
+
+    @classmethod
+    def predictions(cls, project: Project, name: str, scores: bool = False) -> DinmoEntity:
+        """The training (or, with ``scores``, the published score tables) of prediction set ``name``."""
+        return cls(EntityKind.PREDICTION_SCORES if scores else EntityKind.PREDICTIONS, name, project)
+
 
 class DinmoTranslator:
     """The asset spec of each entity. Subclass it and override ``get_asset_spec`` (calling ``super()``
@@ -93,6 +110,10 @@ class DinmoTranslator:
             EntityKind.SEGMENT: self._segment_spec,
             EntityKind.SNAPSHOT: self._snapshot_spec,
             EntityKind.ACTIVATION: self._activation_spec,
+            EntityKind.IDENTITY_GRAPH: self._identity_spec,
+            EntityKind.IDENTITY_PROFILES: self._identity_spec,
+            EntityKind.PREDICTIONS: self._predictions_spec,
+            EntityKind.PREDICTION_SCORES: self._predictions_spec,
         }[entity.kind]
         return build(entity)
 
@@ -116,10 +137,14 @@ class DinmoTranslator:
         m = p.models[name]
         deps = [self.get_asset_key(DinmoEntity.source_table(p, m.source, m.table))] if m.table else []
         deps += [self.get_asset_key(DinmoEntity.model(p, r)) for r in reads_without_cycles(p, "models", name)]
+        builtin = identity_model(p, name)  # identity.<space>: a view on the space's table
+        deps += [self.get_asset_key(DinmoEntity.identity(p, *builtin))] if builtin else []
+        scored = prediction_model(p, name)  # predictions.<set>: a view on the set's published scores
+        deps += [self.get_asset_key(DinmoEntity.predictions(p, scored[0], scores=True))] if scored else []
         over = m.table or "SQL"
         description = m.description or f"Model '{name}' ({m.kind}{', ' + m.class_ if m.class_ else ''}) over {over}"
         return dg.AssetSpec(
-            key=names.model_key(name), deps=deps, group_name=name, description=description,
+            key=names.model_key(name), deps=deps, group_name=name.replace(".", "_"), description=description,
             kinds={p.sources[m.source].type, "table" if m.materialized else "view"},
             tags={"dinmo/model_kind": m.kind},
         )
@@ -133,8 +158,44 @@ class DinmoTranslator:
                     *(DinmoEntity.segment(p, n) for n in reads_without_cycles(p, "segments", name))]
         return dg.AssetSpec(
             key=names.segment_key(name), deps=list(dict.fromkeys(self.get_asset_key(e) for e in upstream)),
-            group_name=s.model, description=s.description or f"Segment '{name}' of model '{s.model}'",
+            group_name=s.model.replace(".", "_"), description=s.description or f"Segment '{name}' of model '{s.model}'",
             kinds={p.sources[m.source].type, "segment"},
+        )
+
+    def _predictions_spec(self, entity: DinmoEntity) -> dg.AssetSpec:
+        p, name = entity.project, entity.name
+        ps = p.predictions[name]
+        scores = entity.kind == EntityKind.PREDICTION_SCORES
+        if scores:
+            deps = [self.get_asset_key(DinmoEntity.predictions(p, name))]
+            what = (f"Scores of predictions '{name}': the tables behind models predictions.{name}"
+                    f"{f' and predictions.{name}_recommendations' if ps.recommendations else ''}")
+        else:
+            deps = [self.get_asset_key(DinmoEntity.model(p, m)) for m in dict.fromkeys((ps.model, ps.events))]
+            what = (f"Predictions '{name}': lifetime value, churn{' and recommendations' if ps.recommendations else ''}"
+                    f" of {ps.model} learned from {ps.events}, back-tested against naive baselines")
+        return dg.AssetSpec(
+            key=names.prediction_key(name, scores), deps=deps, group_name=f"predictions_{name}",
+            description=ps.description or what if not scores else what,
+            kinds={p.sources[p.models[ps.model].source].type, "predictions"},
+            metadata={"dinmo/prediction_set": name}, tags={"dinmo/own_schedule": "predictions"},
+        )
+
+    def _identity_spec(self, entity: DinmoEntity) -> dg.AssetSpec:
+        p, space = entity.project, entity.name
+        sources = [s.model for s in p.identity[space].sources]
+        source = p.models[sources[0]].source
+        if entity.kind == EntityKind.IDENTITY_GRAPH:
+            deps = [self.get_asset_key(DinmoEntity.model(p, m)) for m in dict.fromkeys(sources)]
+            what = f"Identity graph of '{space}': every record of {', '.join(sources)} linked to its profile"
+        else:
+            deps = [self.get_asset_key(DinmoEntity.identity(p, space, "graph"))]
+            what = f"Profiles of '{space}': one golden record per person, by survivorship over the graph"
+        table = "graph" if entity.kind == EntityKind.IDENTITY_GRAPH else "profiles"
+        return dg.AssetSpec(
+            key=names.identity_key(space, table), deps=deps, group_name=f"identity_{space}",
+            description=p.identity[space].description or what, kinds={p.sources[source].type, "identity"},
+            metadata={"dinmo/identity_space": space},
         )
 
     def _snapshot_spec(self, entity: DinmoEntity) -> dg.AssetSpec:
@@ -149,11 +210,13 @@ class DinmoTranslator:
         description = (
             f"{name}: snapshot (delta storage)\n\n"
             f"Step 1 of each sync of activation '{name}': stores in `{schemas.delta_storage}` the key and row hash "
-            f"of every record of segment '{a.segment}' (`snap__{name}__<partition>`){rows}. One partition per "
+            f"of every record of {a.reads} (`snap__{name}__<partition>`){rows}. One partition per "
             "sync; nothing leaves the warehouse."
         )
         return dg.AssetSpec(
-            key=names.snapshot_key(name), deps=[self.get_asset_key(DinmoEntity.segment(p, a.segment))],
+            key=names.snapshot_key(name),
+            deps=[self.get_asset_key(DinmoEntity.segment(p, a.segment) if a.segment is not None
+                                     else DinmoEntity.model(p, str(a.model)))],
             group_name=f"activation_{name}", description=description,
             kinds={p.sources[model.source].type, "snapshot"},
             metadata={"dinmo/activation": name, "dinmo/step": "1 of 2: snapshot (delta storage)"},
@@ -167,7 +230,7 @@ class DinmoTranslator:
         description = "\n\n".join([
             f"{name}: delivery to {a.destination}",
             *([a.description] if a.description else []),
-            (f"Step 2 of each sync: writes segment '{a.segment}' as {a.format} files ({a.sync_mode} mode, "
+            (f"Step 2 of each sync: writes {a.reads} as {a.format} files ({a.sync_mode} mode, "
              f"{a.effective_run_type}) to {destination_text(p, name)}, then promotes the snapshot to the "
              "activation's baseline."),
         ])
@@ -188,7 +251,7 @@ class DinmoTranslator:
         description = "\n\n".join([
             f"{name}: delivery to {a.destination}",
             *([a.description] if a.description else []),
-            (f"Step 2 of each sync: sends the changes of segment '{a.segment}' to {destination_text(p, name)} "
+            (f"Step 2 of each sync: sends the changes of {a.reads} to {destination_text(p, name)} "
              f"({a.platform_service}, {a.platform_mode} mode), then promotes to the activation's baseline what "
              "the platform acknowledged (rejected records are sent again by the next sync)."),
         ])

@@ -101,23 +101,16 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
                 problems.append(Problem(f"segments.{name}", f"does not return the primary key '{m.primary_key}'"))
                 continue
             for aname, a in project.activations.items():
-                if a.segment != name:
-                    continue
-                missing = _missing([*(a.mapping or []), *a.platform_match.values()], cols)
-                if missing:
-                    problems.append(Problem(f"activations.{aname}",
-                                            f"{_where(a, missing[0])}: column '{missing[0]}' is not in segment "
-                                            f"'{name}'; "
-                                            f"available: {', '.join(cols)}"))
-                    continue
-                try:
-                    problem = _activation_problem(wh, project, aname, q, cols)
-                except Exception as exc:  # noqa: BLE001 - the activation's own query failed: it is the culprit
-                    problem = _short(exc)
-                if problem:
-                    problems.append(Problem(f"activations.{aname}", problem))
+                if a.segment == name:
+                    problems += _activation_checks(wh, project, aname, q, cols)
         except Exception as exc:  # noqa: BLE001 - any failure is a validation problem
             problems.append(Problem(f"segments.{name}", _short(exc)))
+    for aname, a in project.activations.items():  # activations of a whole model read the model's view
+        if a.segment is None and a.model in model_columns:
+            m = project.models[str(a.model)]
+            wh = warehouse_of(resources, m.source)
+            problems += _activation_checks(wh, project, aname, inliner(m.source).select("model", str(a.model)),
+                                           model_columns[str(a.model)])
     for name in project.destinations:
         try:
             destination = destination_of(resources, name)
@@ -127,6 +120,21 @@ def check_project(project: Project, resources: Any) -> list[Problem]:
             problems.append(Problem(f"destinations.{name}", _short(exc)))
     problems += _platform_problems(project, resources, problems)
     return problems
+
+
+def _activation_checks(wh: Any, project: Project, aname: str, q: exp.Expression, cols: list[str]) -> list[Problem]:
+    """Activation ``aname``'s columns (mapping, match) in what it reads (``q``, with columns ``cols``), then
+    ``_activation_problem``."""
+    a = project.activations[aname]
+    missing = _missing([*(a.mapping or []), *a.platform_match.values()], cols)
+    if missing:
+        return [Problem(f"activations.{aname}", f"{_where(a, missing[0])}: column '{missing[0]}' is not in "
+                                                f"{a.reads}; available: {', '.join(cols)}")]
+    try:
+        problem = _activation_problem(wh, project, aname, q, cols)
+    except Exception as exc:  # noqa: BLE001 - the activation's own query failed: it is the culprit
+        problem = _short(exc)
+    return [Problem(f"activations.{aname}", problem)] if problem else []
 
 
 def _where(a: Any, column: str) -> str:
@@ -231,8 +239,7 @@ def affected_activations(project: Project, problems: list[Problem]) -> dict[str,
     """activation -> the culprit that breaks it."""
     out: dict[str, str] = {}
     for name, a in project.activations.items():
-        seg = project.segments[a.segment]
-        m = project.models[seg.model]
+        seg, m = project.model_of(name)
         related = {f"models.{r.model}" for r in m.relationships}
         entities = {f"sources.{m.source}", f"models.{seg.model}", f"segments.{a.segment}",
                     f"destinations.{a.destination}", f"activations.{name}", *related}

@@ -83,7 +83,8 @@ def test_unknown_key_is_an_error_listing_allowed_keys(tmp_path: Path) -> None:
 def test_unknown_key_far_from_any_allowed_key_has_no_suggestion(tmp_path: Path) -> None:
     got = problems(tmp_path, BASE.replace("    format: csv\n", "    format: csv\n    zzz: 1\n"))
     assert len(got) == 1
-    assert got[0].startswith("dinmo.yaml: activations.daily_vip: unknown key 'zzz'; allowed: audience, compression, csv, ")
+    assert got[0].startswith("dinmo.yaml: activations.daily_vip: unknown key 'zzz'; allowed: alerts, audience, "
+                             "compression, csv, ")
 
 
 def test_typo_in_a_required_key_is_one_problem_and_references_to_the_model_still_resolve(tmp_path: Path) -> None:
@@ -102,7 +103,7 @@ def test_a_model_that_fails_to_parse_still_counts_as_defined(tmp_path: Path) -> 
 def test_misspelt_section_is_one_problem(tmp_path: Path) -> None:
     got = problems(tmp_path, BASE.replace("segments:", "segmets:"))
     assert got == [("dinmo.yaml: segmets: unknown key 'segmets'; did you mean 'segments'? allowed: sources, models, "
-                   "segments, destinations, activations, settings")]
+                   "segments, destinations, activations, identity, predictions, settings, alerts")]
 
 
 def test_unknown_reference_suggests_the_closest_name(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from dinmo_dagster import platform_sync, sync
+from dinmo_dagster import alerts, platform_sync, sync
 from dinmo_dagster.config import Project
 from dinmo_dagster.names import (
     ACTIVATION_TAG,
@@ -40,10 +40,9 @@ class SyncConfig(dg.Config):
 def sync_target(project: Project, name: str, resources: Any) -> sync.SyncTarget:
     """What ``sync`` needs of activation ``name``, with its warehouse and destination from ``resources``."""
     a = project.activations[name]
-    seg = project.segments[a.segment]
-    model = project.models[seg.model]
+    seg, model = project.model_of(name)  # an activation of a whole model reads the model's view
     return sync.SyncTarget(
-        name=name, activation=a, model_name=seg.model, model=model, segment_name=a.segment,
+        name=name, activation=a, model_name=seg.model, model=model, segment_name=a.segment or seg.model,
         warehouse=warehouse_of(resources, model.source),
         # A snapshot step has no destination resource: it takes snapshots and writes no file.
         destination=destination_of(resources, a.destination),
@@ -184,13 +183,13 @@ def _activation_assets(project: Project, name: str, translator: DinmoTranslator)
         t = sync_target(project, name, context.resources)
         snap = sync.take_snapshot(t, context.partition_key, full=config.full_refresh)
         if snap.null_keys:
-            context.log.warning(f"{snap.null_keys} row(s) of segment '{a.segment}' have a NULL "
+            context.log.warning(f"{snap.null_keys} row(s) of {a.reads} have a NULL "
                                 f"'{model.primary_key}' and are not synced")
         if snap.duplicates_dropped:
             context.log.warning(f"{snap.duplicates_dropped} duplicate row(s) on '{model.primary_key}' dropped "
                                 "(one row kept per key)")
         if snap.rows == 0:
-            context.log.warning(f"segment '{a.segment}' is empty")
+            context.log.warning(f"{a.reads} is empty")
         if snap.window_start is not None:
             context.log.info(f"event sync: events from {snap.window_start.isoformat()} (last delivered event "
                              f"time minus lookback {a.lookback})")
@@ -231,19 +230,34 @@ def _activation_assets(project: Project, name: str, translator: DinmoTranslator)
             (context.log.warning if text.startswith("WARNING: ") else context.log.info)(text.removeprefix("WARNING: "))
 
         deliver = platform_sync.deliver if t.platform is not None else sync.deliver
+        run_id = context.run.run_id
         try:
-            result = deliver(t, context.partition_key, run_id=context.run.run_id, force_full=config.full_refresh,
-                             on_log=on_log, is_alive=run_alive, on_dead=mark_dead)
-        except sync.SyncError as exc:
-            raise dg.Failure(str(exc)) from exc
+            with t.warehouse.session():  # (the warnings and the delivery share the step's one connection)
+                # warnings before anything is written: logged, alerted from this run, or (warnings_block) a failure
+                warned = sync.check_warnings(t, context.partition_key, run_id)
+                for event, text in warned:
+                    if event != "empty_segment":  # (the snapshot step has logged it)
+                        context.log.warning(text)
+                    alerts.send(project, alerts.Alert(name, event, text, run_id), context.log.warning)
+                result = deliver(t, context.partition_key, run_id=run_id, force_full=config.full_refresh,
+                                 on_log=on_log, is_alive=run_alive, on_dead=mark_dead)
+        except sync.SyncError as exc:  # its event (removal_guard, rejections...) is the failure alert's
+            raise dg.Failure(str(exc), metadata={alerts.EVENT_METADATA: exc.event}) from exc
+        rejected = alerts.rejection_warning(a, result.platform) if t.platform is not None else None
+        if rejected:
+            warned.append(("rejections", rejected))
+            context.log.info(rejected)  # (dinmo sync prints the rejections in its summary)
+            alerts.send(project, alerts.Alert(name, "rejections", rejected, run_id), context.log.warning)
+        shown = {alerts.WARNINGS_METADATA: dg.MetadataValue.json([{"event": e, "message": m} for e, m in warned])} \
+            if warned else {}
         for key in result.dropped_partitions:
             if context.instance.has_dynamic_partition(partitions_name(name), key):
                 context.instance.delete_dynamic_partition(partitions_name(name), key)
         if t.platform is not None:
-            return dg.MaterializeResult(metadata=_platform_metadata(a, result))
+            return dg.MaterializeResult(metadata={**_platform_metadata(a, result), **shown})
         if not result.files:
             context.log.info("nothing to write: no file")
-        return dg.MaterializeResult(metadata=_metadata(a, result))
+        return dg.MaterializeResult(metadata={**_metadata(a, result), **shown})
 
     return [_snapshot, _activation]
 
@@ -253,8 +267,10 @@ def sync_job(project: Project, name: str, translator: DinmoTranslator | None = N
     a = project.activations[name]
     key = (translator or DinmoTranslator()).get_asset_key(DinmoEntity.activation(project, name))
     return dg.define_asset_job(
-        job_name(name), selection=dg.AssetSelection.assets(key).upstream().materializable(),
-        description=f"Sync activation '{name}': refresh segment '{a.segment}', snapshot it, deliver the changes",
+        # predictions are trained on their own schedule, not by every sync that reads their scores
+        job_name(name), selection=dg.AssetSelection.assets(key).upstream().materializable()
+        - dg.AssetSelection.tag("dinmo/own_schedule", "predictions"),
+        description=f"Sync activation '{name}': refresh {a.reads}, snapshot it, deliver the changes",
         tags={ACTIVATION_TAG: name},
     )
 

@@ -40,6 +40,7 @@ from dinmo_dagster.names import (
     source_sensor_name,
 )
 from dinmo_dagster.resources import destination_key, source_key, warehouse_of
+from dinmo_dagster.sensors import alerts as sensor_alerts
 from dinmo_dagster.sensors import control
 from dinmo_dagster.sensors.fingerprint import fingerprint
 from dinmo_dagster.translator import DinmoEntity, DinmoTranslator
@@ -175,6 +176,7 @@ def validation_sensor(project: Project, translator: DinmoTranslator) -> dg.Senso
                                                           (FAILURE_SENSOR, VALIDATION_SENSOR))
         paused, lines = reconcile(context.instance, project, problems, memory.get("paused", {}),
                                   origin=origin, log=context.log)
+        sensor_alerts.pause_alerts(project, memory.get("paused", {}), paused, context.log.warning)
         events = [dg.AssetObservation(asset_key=activation_key(a), metadata={
             "dinmo/paused_by": "validation", "dinmo/culprit": v["culprit"]}) for a, v in paused.items()
             if a not in before]
@@ -260,6 +262,7 @@ def failure_sensor(project: Project) -> dg.SensorDefinition:
         if done:
             context.log.warning(done)
             context.instance.add_run_tags(run.run_id, {PAUSED_TAG: done[:1000]})
+            sensor_alerts.alert_pause(project, activation, done, run.run_id, context.log.warning)
 
     return _sensor
 

@@ -72,6 +72,7 @@ class HelperSchemas(BaseModel):
     stats: str = "dinmo_stats"
     delta_storage: str = "dinmo_delta_storage"
     predictions: str = "dinmo_predictions"
+    identity: str = "dinmo_identity"
 
 
 class SourceConfig(ConnectorConfig):
