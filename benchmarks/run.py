@@ -928,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="virtualenv for drt-core in figure 4, installed there if missing and reused "
                          "(default: a new one in the work directory)")
     ap.add_argument("--skip", default="", help="comma-separated figures to skip: full,delta,memory,process,probes,api; "
-                         "drt skips figure 4's drt baseline only (about 10,000 rows/s here)")
+                         "drt skips figure 4's drt baseline only (about 40 s at 5M rows here)")
     ap.add_argument("--fixed-cost", action="store_true",
                     help="only the fixed cost of `dinmo --help`, `validate` and a 10-row `sync` (7 runs each)")
     args = ap.parse_args(argv)
