@@ -10,23 +10,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyarrow as pa
+from ad_scenarios import audiences_platform, sha
 from attribute_scenarios import built
 from fakes.actito import ActitoFake
 from fakes.braze import BrazeFake
+from fakes.criteo import CriteoFake
 from fakes.emarsys import EmarsysFake
 from fakes.intercom import IntercomFake
 from fakes.iterable import IterableFake
 from fakes.june import JuneFake
 from fakes.klaviyo import KlaviyoFake
+from fakes.snapchat_ads import SnapchatAdsFake
+from fakes.tiktok_ads import TikTokAdsFake
 
 from dinmo_dagster.platforms import ActivationSpec, InMemoryJournal, deliver
 from dinmo_dagster.platforms.actito import Actito
 from dinmo_dagster.platforms.braze import Braze
+from dinmo_dagster.platforms.criteo import Criteo
 from dinmo_dagster.platforms.emarsys import Emarsys
 from dinmo_dagster.platforms.intercom import Intercom
 from dinmo_dagster.platforms.iterable import Iterable
 from dinmo_dagster.platforms.june import June
 from dinmo_dagster.platforms.klaviyo import Klaviyo
+from dinmo_dagster.platforms.snapchat_ads import SnapchatAds
+from dinmo_dagster.platforms.tiktok_ads import TikTokAds
 
 MEMBERS = ActivationSpec("crm", "customer_id", match={"email": "email"})
 NAMED = ActivationSpec("crm", "customer_id", match={"email": "email"}, mapping={"first_name": "name"})
@@ -203,3 +210,74 @@ def test_braze_deletions_of_two_requests_are_journalled_as_braze_answers_each():
         assert journal.acknowledged_keys == {"delete": keys}
         assert (result.accepted, result.batches) == (60, 1)
         assert fake.users == [] and sorted(int(u.external_id) for u in fake.deleted) == list(range(1, 61))
+
+
+# One request per identifier kind (Snapchat schemas, Criteo identifier types, TikTok files): a record is
+# journalled once the requests of all its kinds were answered without rejecting it.
+EMAIL_PHONE = ActivationSpec("ads", "customer_id", {"email": "email", "phone": "phone"}, default_country="FR")
+
+
+def contacts(emails: list[str | None], phones: list[str | None]) -> pa.RecordBatch:
+    return pa.record_batch({"customer_id": list(range(1, len(emails) + 1)), "email": emails, "phone": phones})
+
+
+def test_snapchat_members_are_journalled_once_the_request_of_their_last_schema_is_answered():
+    account = "8adc3db7-8148-4fbf-999c-8d2266369d74"
+    fields = {"client_id": "snap-client-4f1c", "client_secret": "snap-secret-9d8c7b6a5f4e3d2c1b0a",
+              "refresh_token": "snap-refresh-0a1b2c3d4e5f6a7b8c9d", "ad_account_id": account}  # fmt: skip
+    with SnapchatAdsFake(**fields) as fake:
+        platform = audiences_platform("snapchat_ads", "snap_vip", SnapchatAds, fake, fields, {})
+        batch = contacts(["a@example.com", None, "c@example.com", "d@example.com"],
+                         ["06 12 34 56 01", "06 12 34 56 02", None, "06 12 34 56 04"])  # fmt: skip
+        journal = EntryJournal()
+        result = deliver(platform, EMAIL_PHONE, {"add": [batch]}, journal)
+        # The e-mail request completes 3 (no phone), the phone request 1, 2 and 4.
+        assert journal.entries == [("add", ["3"]), ("add", ["1", "2", "4"])]
+        assert journal.acknowledged_keys == {"add": ["3", "1", "2", "4"]}
+        assert (result.accepted, result.batches) == (4, 1)
+        segment = fake.segment_named("VIP Europe")
+        assert segment is not None
+        assert [r.json["users"][0]["schema"] for r in fake.requests if r.path.endswith("/users")] == [
+            ["EMAIL_SHA256"], ["PHONE_SHA256"]]  # fmt: skip
+        assert segment.members["EMAIL_SHA256"] == {sha(f"{c}@example.com") for c in "acd"}
+
+
+def test_criteo_members_are_journalled_once_the_request_of_their_last_identifier_type_is_answered():
+    fields = {"client_id": "criteo-client-7e2a", "client_secret": "criteo-secret-1a2b3c4d5e6f7a8b9c0d",
+              "advertiser_id": "48213"}  # fmt: skip
+    with CriteoFake(**fields) as fake:
+        fake.invalid.add(sha("c@example.com"))  # well-formed, but Criteo answers it invalid
+        platform = audiences_platform("criteo", "criteo_vip", Criteo, fake, fields, {})
+        spec = ActivationSpec("ads", "customer_id", {"email": "email", "madid": "device"})
+        device = ["6d92078a-8246-4ba4-ae5b-76104861e7d1", None, "6d92078a-8246-4ba4-ae5b-76104861e7d3",
+                  "6d92078a-8246-4ba4-ae5b-76104861e7d4"]  # fmt: skip
+        batch = pa.record_batch({"customer_id": [1, 2, 3, 4], "device": device,
+                                 "email": ["a@example.com", "b@example.com", "c@example.com", None]})  # fmt: skip
+        journal = EntryJournal()
+        result = deliver(platform, spec, {"add": [batch]}, journal)
+        # The e-mail request completes 2 (no madid) and rejects 3; the madid request completes 1 and 4.
+        assert journal.entries == [("add", ["2"]), ("add", ["1", "4"])]
+        assert journal.acknowledged_keys == {"add": ["2", "1", "4"]}
+        assert journal.rejections == [("3", "add", "Criteo found the email identifier invalid")]
+        assert (result.accepted, result.rejected, result.batches) == (3, 1, 1)
+        patches = [r.json["data"]["attributes"] for r in fake.requests if r.method == "PATCH"]
+        assert [p["identifierType"] for p in patches] == ["email", "madid"]
+
+
+def test_tiktok_members_are_journalled_once_the_file_of_their_last_identifier_type_is_applied():
+    token, advertiser = "tiktok-long-term-token-5f4e3d2c1b0a9f8e", "7012345678901234567"
+    with TikTokAdsFake(access_token=token, advertiser_id=advertiser) as fake:
+        audience = fake.create_audience("VIP Europe")
+        fields = {"advertiser_id": advertiser, "access_token": token}
+        platform = audiences_platform(
+            "tiktok_ads", "tiktok_vip", TikTokAds, fake, fields, {"audience": {"id": audience.id}}
+        )
+        batch = contacts(["a@example.com", "b@example.com", None], ["06 12 34 56 01", None, "06 12 34 56 03"])
+        journal = EntryJournal()
+        result = deliver(platform, EMAIL_PHONE, {"add": [batch]}, journal)
+        # The e-mail file completes 2 (no phone), the phone file 1 and 3.
+        assert journal.entries == [("add", ["2"]), ("add", ["1", "3"])]
+        assert journal.acknowledged_keys == {"add": ["2", "1", "3"]}
+        assert (result.accepted, result.batches) == (3, 1)
+        assert audience.members["EMAIL_SHA256"] == {sha("a@example.com"), sha("b@example.com")}
+        assert audience.members["PHONE_SHA256"] == {sha("+33612345601"), sha("+33612345603")}

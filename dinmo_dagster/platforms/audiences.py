@@ -57,6 +57,7 @@ __all__ = [
     "AudiencePlatform",
     "AudienceTarget",
     "IdentifierTable",
+    "KindProgress",
     "OAuthBearer",
     "OneRequestPerKind",
     "advertising_id",
@@ -309,6 +310,35 @@ class AudiencePlatform(Platform):
         return found[0] if found else None
 
 
+class KindProgress:
+    """Which records of a batch sent as one request per identifier kind are done, as the requests are
+    answered: a record is done once the requests of all its kinds were answered without rejecting it.
+    :meth:`answered` hands the records it completes to the engine (``Platform.acknowledge_early``), so a
+    sync killed while a batch's later kinds are sent does not send the finished records again; a batch of
+    one request is journalled when it ends, like any other."""
+
+    def __init__(
+        self, platform: Platform, records: Sequence[Record], plan: Sequence[tuple[str, list[int]]]
+    ) -> None:
+        self._platform = platform
+        self._records = records
+        self._early = len(plan) > 1
+        self._left = [0] * len(records)  # requests still to answer, per record
+        for _, indexes in plan:
+            for i in indexes:
+                self._left[i] += 1
+
+    def answered(self, indexes: Sequence[int], failed: Mapping[int, RecordResult]) -> None:
+        """The request for the records at ``indexes`` was answered; ``failed``: the batch's rejections so far."""
+        done = []
+        for i in indexes:
+            self._left[i] -= 1
+            if self._left[i] == 0 and i not in failed:
+                done.append(RecordResult(self._records[i].key, "accepted"))
+        if self._early:
+            self._platform.acknowledge_early(done)
+
+
 class OneRequestPerKind(AudiencePlatform):
     """An audience platform that takes one identifier kind per request (Snapchat schemas, Criteo
     identifierTypes) and has no atomic replace: a batch is sent as one request per kind its records hold,
@@ -356,15 +386,19 @@ class OneRequestPerKind(AudiencePlatform):
     def deliver_batch(
         self, operation: str, records: Sequence[Record], inputs: Sequence[Any], transport: Transport
     ) -> BatchOutcome:
-        """Resolve the audience, empty it first in a replace, then one request per identifier kind."""
+        """Resolve the audience, empty it first in a replace, then one request per identifier kind; the
+        records all of whose kinds were sent are handed to the engine as they are (:class:`KindProgress`)."""
         self._resolve_audience(transport)
         if operation == "replace":
             self._clear_once(transport)
         failed: dict[int, RecordResult] = {}
-        for kind, indexes in self._requests(inputs):
+        plan = self._requests(inputs)
+        progress = KindProgress(self, records, plan)
+        for kind, indexes in plan:
             response = transport.send(self._kind_request(operation, kind, [inputs[i][kind] for i in indexes]))
             for i, result in self._kind_rejections(operation, kind, indexes, inputs, records, response).items():
                 failed.setdefault(i, result)
+            progress.answered(indexes, failed)
         return BatchOutcome(
             [failed.get(i) or RecordResult(record.key, "accepted") for i, record in enumerate(records)]
         )

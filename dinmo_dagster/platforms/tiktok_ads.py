@@ -108,6 +108,7 @@ from dinmo_dagster.platforms.audiences import (
     AudiencePlatform,
     AudienceTarget,
     IdentifierTable,
+    KindProgress,
     advertising_id,
     check_audience_activation,
 )
@@ -406,12 +407,16 @@ class TikTokAds(AudiencePlatform):
         if self.settings.service == "events":
             return self._track_outcome(records, transport.send(self._track_request(inputs)))
         failed: dict[int, RecordResult] = {}
-        for calculate_type, indexes in self._files(inputs):
+        files = self._files(inputs)
+        # the records whose every file was applied are handed to the engine as they are
+        progress = KindProgress(self, records, files)
+        for calculate_type, indexes in files:
             refused = self._send_file(operation, calculate_type, [inputs[i][calculate_type] for i in indexes],
                                       transport)  # fmt: skip
             if refused is not None:
                 for i in indexes:
                     failed.setdefault(i, RecordResult(records[i].key, "rejected", refused[0], refused[1]))
+            progress.answered(indexes, failed)
         return BatchOutcome([failed.get(i) or RecordResult(r.key, "accepted") for i, r in enumerate(records)])
 
     def finish_operation(self, operation: str, pending: Sequence[str], transport: Transport) -> BatchOutcome:
