@@ -703,6 +703,28 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+def unix_seconds(value: Any) -> int | None:
+    """Unix seconds of a timestamp (naive ones are UTC), date, number or ISO 8601 text: the event time of the
+    ad platforms' conversion APIs (Meta, Pinterest, TikTok). None for anything else."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, decimal.Decimal)):
+        number = float(value)
+        return int(number) if math.isfinite(number) else None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return int(value.timestamp())
+    if isinstance(value, dt.date):
+        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp())
+    return None
+
+
 def json_size(value: Any) -> int:
     """Bytes of ``value`` as compact UTF-8 JSON (how batches are sized)."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=json_default).encode())

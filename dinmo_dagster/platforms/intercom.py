@@ -107,6 +107,7 @@ from dinmo_dagster.platforms.base import (
     PreparedRequest,
     Record,
     RecordResult,
+    unix_seconds,
 )
 from dinmo_dagster.platforms.identifiers import IdentifierError, IdentifierSpec, normalize_email
 
@@ -547,11 +548,8 @@ def intercom_value(value: Any) -> Any:
         if not value.is_finite():
             return None
         return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dt.datetime):
-        when = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-        return int(when.timestamp())
-    if isinstance(value, dt.date):
-        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp())
+    if isinstance(value, dt.date):  # timestamps (naive ones UTC) and dates
+        return unix_seconds(value)
     if isinstance(value, bytes):
         return value.hex()
     return value

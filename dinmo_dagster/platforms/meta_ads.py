@@ -174,6 +174,7 @@ from dinmo_dagster.platforms.base import (
     RecordResult,
     ResponseKind,
     Signal,
+    unix_seconds,
 )
 from dinmo_dagster.platforms.errors import PlatformRequestError
 from dinmo_dagster.platforms.identifiers import (
@@ -989,7 +990,7 @@ class MetaAds(Platform):
         fields = record.fields
         event: dict[str, Any] = {
             "event_name": fields.get("event_name") or self.settings.event_name,
-            "event_time": _unix_seconds(fields.get("event_time")),
+            "event_time": unix_seconds(fields.get("event_time")),
             "event_id": str(fields.get("event_id") or record.key),
             "action_source": fields.get("action_source") or self.settings.action_source,
             "user_data": {self._meta_key(name): value for name, value in record.identifiers.items()},
@@ -1126,27 +1127,6 @@ class MetaAds(Platform):
                 f"{self.label}: custom audience {target.id} is flagged by Meta (operation_status 471: "
                 f"{self.redact(str(status.get('description') or ''))}); resolve it in Audience Manager"
             )
-
-
-def _unix_seconds(value: Any) -> int | None:
-    """Unix seconds of a timestamp (naive ones are UTC), date, number or ISO 8601 text."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float, decimal.Decimal)):
-        number = float(value)
-        return int(number) if math.isfinite(number) else None
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return int(value.timestamp())
-    if isinstance(value, dt.date):
-        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp())
-    return None
 
 
 def _json_value(value: Any) -> Any:

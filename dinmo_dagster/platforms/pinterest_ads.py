@@ -79,7 +79,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -97,6 +96,7 @@ from dinmo_dagster.platforms.base import (
     PreparedRequest,
     Record,
     RecordResult,
+    unix_seconds,
 )
 from dinmo_dagster.platforms.identifiers import IdentifierSpec, normalize_email, normalize_phone
 from dinmo_dagster.platforms.oauth import OAuthSettings, OAuthToken
@@ -442,7 +442,7 @@ class PinterestAds(OAuthBearer, AudiencePlatform):
         event: dict[str, Any] = {
             "event_name": fields.get("event_name") or self.settings.event_name,
             "action_source": fields.get("action_source") or self.settings.action_source,
-            "event_time": _unix_seconds(fields.get("event_time")),
+            "event_time": unix_seconds(fields.get("event_time")),
             "event_id": str(fields.get("event_id") or record.key),
             "user_data": user_data,
         }
@@ -496,27 +496,6 @@ class PinterestAds(OAuthBearer, AudiencePlatform):
         target = self.settings.audience
         if self.settings.service == "audiences" and target is not None and target.id is not None:
             self._read(transport, self._path("customer_lists", target.id), f"customer list {target.id}")
-
-
-def _unix_seconds(value: Any) -> int | None:
-    """Unix seconds of a timestamp (naive ones are UTC), date, number or ISO 8601 text."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float, decimal.Decimal)):
-        number = float(value)
-        return int(number) if math.isfinite(number) else None
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return int(value.timestamp())
-    if isinstance(value, dt.date):
-        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp())
-    return None
 
 
 def _text(value: Any) -> str:

@@ -122,13 +122,13 @@ from dinmo_dagster.platforms.base import (
     RecordResult,
     ResponseKind,
     Signal,
+    unix_seconds,
 )
 from dinmo_dagster.platforms.identifiers import (
     IdentifierSpec,
     normalize_email,
     normalize_phone,
 )
-from dinmo_dagster.platforms.pinterest_ads import _unix_seconds  # one reading of event times for ad events
 
 if TYPE_CHECKING:
     from dinmo_dagster.platforms.http import Transport
@@ -319,7 +319,7 @@ class TikTokAds(AudiencePlatform):
         fields = record.fields
         event: dict[str, Any] = {
             "event": str(fields.get("event") or self.settings.event or ""),
-            "event_time": _unix_seconds(fields.get("event_time")),
+            "event_time": unix_seconds(fields.get("event_time")),
             "event_id": str(fields.get("event_id") or record.key),
             "user": {name.lower(): value for name, value in record.identifiers.items()},
         }
