@@ -26,8 +26,14 @@ memory of the resolution alone; data generation not included):
 and scores each against the truth: pairwise precision, recall and F1 (pairs of records put in one profile),
 and the share of people fully resolved (all their records in one profile holding no one else's).
 Goals: precision >= 0.99 and recall >= 0.95 with fuzzy rules; 1M records under 60 s.
-The DuckDB source sets ``memory_limit: 2GB``: with ``auto`` the first large statement would run out of
-its 128 MB start and run again (the adapter's headroom retry), which costs a statement's time once.
+The DuckDB source has the product's default settings (``memory_limit: auto``: 128 MB, raised when a statement
+runs out of it); ``--memory-limit 2GB`` sets one instead.
+
+``--changed 0.01`` then changes 1% of the records (a third removed, a third with a new e-mail, a third new
+records of existing people) and resolves the changed data twice: incrementally (the graph's default after
+a run) and from scratch (``mode="full"``, on a copy of the database taken before), reporting both wall times,
+the records the incremental run found changed, and how many records the two graphs put in different
+profiles (0: the incremental run is exact).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ RULES = {
 
 PROJECT = """
 sources:
-  wh: {{type: duckdb, path: {db}, memory_limit: 2GB,
+  wh: {{type: duckdb, path: {db},{memory_limit}
        helper_schemas: {{identity: identity_{mode}, segments: segments_{mode}}}}}
 models:
   crm_contacts: {{source: wh, table: raw.crm, primary_key: id}}
@@ -214,7 +220,7 @@ def load(db: Path, crm: pa.Table, web: pa.Table, truth: pa.Table) -> None:
             con.unregister("src")
 
 
-def resolve(project_dir: str, timings_path: str) -> None:
+def resolve(project_dir: str, timings_path: str, mode: str = "auto") -> None:
     """The child process: what the identity assets run (model views, graph, profiles), timed per step."""
     from dinmo_dagster.compile import refresh_model
     from dinmo_dagster.config import load_project
@@ -229,7 +235,7 @@ def resolve(project_dir: str, timings_path: str) -> None:
         for m in ("crm_contacts", "web_signups"):
             refresh_model(wh, project, m)
         t1 = time.perf_counter()
-        result = build_graph(wh, project, "people")
+        result = build_graph(wh, project, "people", mode=mode)
         t2 = time.perf_counter()
         build_profiles(wh, project, "people")
         t3 = time.perf_counter()
@@ -242,6 +248,8 @@ def resolve(project_dir: str, timings_path: str) -> None:
                 "links": result.links,
                 "profiles": result.profiles,
                 "largest": result.largest_profile,
+                "graph_mode": result.mode,
+                "records_changed": result.records_changed,
             }
         )
     )
@@ -281,8 +289,62 @@ def score(db: Path, mode: str) -> dict[str, float]:
     }
 
 
-def run(sizes: list[int], seed: int) -> list[dict[str, object]]:
+def mutate(db: Path, fraction: float) -> None:
+    """Changes ``fraction`` of the records: a third of it removed (CRM), a third given a new e-mail (sign-ups),
+    a third added (copies of sign-ups of the same people, new ids, a day later). Deterministic (hashes)."""
+    import duckdb
+
+    crm_part, web_part = (int(fraction / 3 / share * 1_000_000) for share in (0.55, 0.45))  # of the records
+    with duckdb.connect(str(db)) as con:
+        con.execute(f"delete from raw.crm where hash(id::varchar || 'rm') % 1000000 < {crm_part}")
+        con.execute(
+            "update raw.web set email = 'moved.' || anon_id || '@mail.example' "
+            f"where hash(anon_id || 'em') % 1000000 < {web_part}"
+        )
+        pick = f"hash(anon_id || 'add') % 1000000 < {web_part}"
+        con.execute(
+            "insert into raw.truth select 'web_signups:n' || w.anon_id, t.person from raw.web w join raw.truth t "
+            f"on t.record_id = 'web_signups:' || w.anon_id where {pick}"
+        )
+        con.execute(
+            "insert into raw.web select 'n' || anon_id, customer_id, email, first_name, last_name, zip, "
+            f"created_at + interval 1 day from raw.web where {pick}"
+        )
+
+
+def _resolve_measured(work: Path, project: Path, name: str, mode: str) -> tuple[dict, dict]:
+    measured, timings = work / f"{name}.json", work / f"{name}_steps.json"
+    subprocess.run(
+        [sys.executable, str(HERE / "measure.py"), str(measured), sys.executable, __file__, "_resolve",
+         str(project), str(timings), mode],
+        check=True,
+    )  # fmt: skip
+    m = json.loads(measured.read_text())
+    if m["rc"] != 0:
+        raise SystemExit(f"resolution failed ({name})")
+    return m, json.loads(timings.read_text())
+
+
+def _graph_differences(a: Path, b: Path, rules: str) -> int:
+    """Records whose profile differs between the graphs of two databases."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.execute(f"attach '{a}' as a (read_only)")
+        con.execute(f"attach '{b}' as b (read_only)")
+        return int(
+            con.execute(
+                f"select count(*) from a.identity_{rules}.people_graph x full join b.identity_{rules}.people_graph "
+                "y on x.record_id = y.record_id where x.profile_id is distinct from y.profile_id"
+            ).fetchone()[0]
+        )
+
+
+def run(
+    sizes: list[int], seed: int, memory_limit: str | None, changed: float | None
+) -> list[dict[str, object]]:
     results: list[dict[str, object]] = []
+    setting = f" memory_limit: {memory_limit}," if memory_limit else ""
     for size in sizes:
         work = Path(tempfile.mkdtemp(prefix="dinmo-identity-bench-"))
         try:
@@ -291,37 +353,44 @@ def run(sizes: list[int], seed: int) -> list[dict[str, object]]:
             crm, web, truth = generate(size, seed)
             load(db, crm, web, truth)
             generated = time.perf_counter() - started
-            for mode in ("exact", "fuzzy"):
-                project = work / mode
-                project.mkdir()
-                (project / "dinmo.yaml").write_text(PROJECT.format(db=db, mode=mode, rules=RULES[mode]))
-                measured, timings = work / f"{mode}.json", work / f"{mode}_steps.json"
-                subprocess.run(
-                    [
-                        sys.executable,
-                        str(HERE / "measure.py"),
-                        str(measured),
-                        sys.executable,
-                        __file__,
-                        "_resolve",
-                        str(project),
-                        str(timings),
-                    ],
-                    check=True,
-                )
-                m = json.loads(measured.read_text())
-                if m["rc"] != 0:
-                    raise SystemExit(f"resolution failed ({mode}, {size} records)")
+            for rules in ("exact", "fuzzy"):
+                for copy, path in (("", db), ("_full", work / "full.duckdb")):
+                    (work / f"{rules}{copy}").mkdir()
+                    (work / f"{rules}{copy}" / "dinmo.yaml").write_text(
+                        PROJECT.format(db=path, mode=rules, rules=RULES[rules], memory_limit=setting)
+                    )
+                m, steps = _resolve_measured(work, work / rules, rules, "auto")
                 row = {
                     "records": size,
-                    "mode": mode,
+                    "mode": rules,
                     "wall_s": round(m["wall_s"], 2),
                     "peak_rss_mb": round(m["maxrss_kb"] / 1024),
-                    **json.loads(timings.read_text()),
-                    **score(db, mode),
+                    **steps,
+                    **score(db, rules),
                     "generate_s": round(generated, 1),
                     "load_avg_1m": round(os.getloadavg()[0], 2),
                 }
+                results.append(row)
+                print(json.dumps(row), flush=True)
+            if not changed:
+                continue
+            mutate(db, changed)
+            shutil.copy(db, work / "full.duckdb")
+            for rules in ("exact", "fuzzy"):
+                row = {"records": size, "mode": rules, "changed_fraction": changed}
+                for run_mode, project, name in (("auto", rules, "inc"), ("full", f"{rules}_full", "full")):
+                    m, steps = _resolve_measured(work, work / project, f"{rules}_{name}", run_mode)
+                    row |= {
+                        f"{name}_wall_s": round(m["wall_s"], 2),
+                        f"{name}_peak_rss_mb": round(m["maxrss_kb"] / 1024),
+                        f"{name}_graph_s": round(steps["graph_s"], 2),
+                        f"{name}_graph_mode": steps["graph_mode"],
+                    }
+                    if name == "inc":
+                        row |= {"records_changed": steps["records_changed"], "inc_links": steps["links"]}
+                row["records_in_other_profiles"] = _graph_differences(db, work / "full.duckdb", rules)
+                row |= {f"inc_{k}": v for k, v in score(db, rules).items() if k != "people"}
+                row["load_avg_1m"] = round(os.getloadavg()[0], 2)
                 results.append(row)
                 print(json.dumps(row), flush=True)
         finally:
@@ -331,14 +400,19 @@ def run(sizes: list[int], seed: int) -> list[dict[str, object]]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_resolve":
-        resolve(sys.argv[2], sys.argv[3])
+        resolve(sys.argv[2], sys.argv[3], *sys.argv[4:5])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--memory-limit", help="the DuckDB source's memory_limit (default: the product's, auto)"
+    )
+    parser.add_argument("--changed", type=float, help="then change this fraction of the records (0.01) and "
+                        "compare an incremental run with a full one")  # fmt: skip
     args = parser.parse_args()
-    results = run(args.sizes, args.seed)
+    results = run(args.sizes, args.seed, args.memory_limit, args.changed)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0

@@ -2,7 +2,8 @@
 
 Small hand-made populations with exact expectations: chains of links, transitive merges, a shared family
 e-mail above its limit, fuzzy names, survivorship ties, stable ids across runs and a recorded merge; the
-validation messages; a segment and a file activation on ``identity.people`` through Dagster.
+validation messages; a segment and a file activation on ``identity.people`` through Dagster; incremental
+runs compared with full runs on the same data (joins, leaves, a split, a merge, a limit crossing).
 """
 
 from __future__ import annotations
@@ -252,6 +253,13 @@ def test_the_snowflake_sql_under_fakesnow(tmp_path: Path, monkeypatch: pytest.Mo
         load_raw(wh, "raw", CRM, WEB)
         resolve(wh, project)
         found, of = groups(wh, "dinmo_identity")
+        # a second run, incremental (its SQL on Snowflake too): a4 leaves, and the rest keeps its profiles
+        load_raw(wh, "raw", CRM, [w for w in WEB if w[0] != "a4"])
+        with wh.session():
+            second = build_graph(wh, project, "people")
+        assert (second.mode, second.records_changed) == ("incremental", 1)
+        again = groups(wh, "dinmo_identity")[1]
+    assert again == {r: p for r, p in of.items() if r != "web_signups:a4"}
     christopher = {"web_signups:a2", "web_signups:a3", "web_signups:a4"}
     expected = [g for g in EXPECTED_GROUPS if not g <= christopher] + [christopher]
     assert found == sorted(expected, key=min)
@@ -478,15 +486,11 @@ def test_validation_messages(tmp_path: Path) -> None:
             sources: [{model: crm_contacts, identifiers: {email: email}, attributes: {first_name: fname}}]
             rules: [[email], {fuzzy: {first_name: 0.9}}]
         """,
-        source="{type: bigquery, project: p, dataset: d}",
+        source="{type: redshift, host: h, database: d, user: u, password: {env: RS_PASSWORD}}",
     ) == [
         (
-            "dinmo.yaml: identity.people.sources: source 'wh' is a bigquery warehouse; identity resolution runs on "
-            "duckdb, postgres, snowflake"
-        ),
-        (
-            "dinmo.yaml: identity.people.rules[1].fuzzy: fuzzy rules are not supported on bigquery (source 'wh'); "
-            "allowed on: duckdb, snowflake, postgres"
+            "dinmo.yaml: identity.people.rules[1].fuzzy: fuzzy rules are not supported on redshift (source 'wh'); "
+            "allowed on: duckdb, snowflake, postgres, bigquery, databricks"
         ),
     ]
 
@@ -542,6 +546,7 @@ def test_segment_and_file_activation_on_identity_people_through_dagster(tmp_path
     assert event is not None and event.asset_materialization is not None
     md = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     assert (md["records"], md["profiles"], md["largest_profile"], md["merges"]) == (15, 8, 5, 0)
+    assert (md["mode"], md["records_changed"], md["full_run_because"]) == ("full", 0, "first run")
     assert md["records_per_source"] == (
         "| source model | records |\n|---|---:|\n| crm_contacts | 9 |\n| web_signups | 6 |"
     )
@@ -580,3 +585,178 @@ def test_segment_and_file_activation_on_identity_people_through_dagster(tmp_path
         )
     ]
     assert len(list((tmp_path / "out").glob("spenders*.csv"))) == 1
+    # that second graph run was incremental: max_profile_size does not change the graph, no record changed
+    event = instance.get_latest_materialization_event(dg.AssetKey(["identity", "people", "graph"]))
+    assert event is not None and event.asset_materialization is not None
+    md = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    assert (md["mode"], md["records_changed"], md["profiles"], "full_run_because" in md) == (
+        "incremental",
+        0,
+        8,
+        False,
+    )
+
+
+# ------------------------------------------------------------------------------ incremental runs
+
+
+def _snapshot(wh: Warehouse) -> dict[str, object]:
+    """Everything a run leaves for users: record -> profile, merges, ids and their creation, golden records."""
+    return {
+        "graph": sorted(
+            wh.query(
+                "select record_id, source_model, record_key, profile_id from dinmo_identity.people_graph"
+            )
+        ),
+        "merges": sorted(
+            wh.query("select merged_at, rule, kept_id, merged_id from dinmo_identity.people_merges")
+        ),
+        "ids": sorted(wh.query("select profile_id, created_at from dinmo_identity.people_ids")),
+        "profiles": sorted(wh.query("select * from dinmo_identity.people_profiles"), key=str),
+    }
+
+
+def _twins(tmp_path: Path) -> tuple[Project, Warehouse, Project, Warehouse]:
+    """Two copies of the project: one resolved incrementally, one from scratch (full runs) each time."""
+    out: list = []
+    for side in ("incremental", "full"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "dinmo.yaml").write_text(
+            project_yaml(f"wh: {{type: duckdb, path: {tmp_path / side / 'wh.duckdb'}}}", "raw")
+        )
+        project = load_project(tmp_path / side)
+        out += [project, warehouse(project)]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _run(wh: Warehouse, project: Project, mode: str, now: datetime):
+    with wh.session():
+        for m in ("crm_contacts", "web_signups"):
+            refresh_model(wh, project, m)
+        result = build_graph(wh, project, "people", now=now, mode=mode)
+        build_profiles(wh, project, "people")
+    return result
+
+
+def _same_as_full_runs(tmp_path: Path, states: list[tuple[list[tuple], list[tuple]]]) -> list:
+    """Loads each state into both copies, resolves one incrementally and the other with full runs, and checks
+    that they leave the same graph, merges, ids and profiles each time; returns the incremental results."""
+    inc, inc_wh, full, full_wh = _twins(tmp_path)
+    results = []
+    for day, (crm, web) in enumerate(states, start=1):
+        now = datetime(2025, 1, day)
+        for wh in (inc_wh, full_wh):
+            load_raw(wh, "raw", crm, web)
+        results.append(_run(inc_wh, inc, "auto", now))
+        _run(full_wh, full, "full", now)
+        assert _snapshot(inc_wh) == _snapshot(full_wh), f"state {day}"
+    return results, inc_wh
+
+
+def _crm(**changes: tuple) -> list[tuple]:
+    """CRM with some records replaced (id -> new row) or removed (id -> ())."""
+    by_id = {r[0]: r for r in CRM}
+    for key, row in changes.items():
+        by_id[int(key.removeprefix("r"))] = row
+    return [r for r in by_id.values() if r]
+
+
+def test_incremental_runs_equal_full_runs(tmp_path: Path) -> None:
+    """Joins, leaves, an identifier change that splits a profile, a merge keeping the older id, a change of an
+    attribute only, and a value crossing its limit: after each, the incremental run leaves exactly what a
+    full run on the same data leaves."""
+    web_join = [*WEB, ("a7", "bob@Y.com", "Bobby", "Ray", None, "2024-07-01"), ("a8", "new@n.com", None, None,
+                                                                                   None, "2024-07-02")]  # fmt: skip
+    no_crm5 = _crm(r5=())
+    web_leave = [w for w in web_join if w[0] != "a4"]
+    ann9_moved = (9, "ann.lee@work.com", "+33699999999", "Ann", "Lee", None, None, "2024-01-10")
+    split = _crm(r5=(), r9=ann9_moved)
+    linker = (10, None, "06 99 99 99 99", "Ann", "Lee", "75001", 7, "2024-08-01")  # fuzzy to crm 1
+    merged = [*split, linker]
+    richer = [*[(*r[:6], 999, r[7]) if r[0] == 1 else r for r in merged]]
+    bob_shared = [*web_leave, ("a9", "bob@y.com", None, None, None, "2024-09-01")]  # 4 holders > limit 3
+    results, wh = _same_as_full_runs(
+        tmp_path,
+        [
+            (CRM, WEB),
+            (CRM, web_join),  # a7 joins Bob through e-mail; a8 is new
+            (no_crm5, web_leave),  # crm 5 and a4 leave
+            (split, web_leave),  # crm 9's phone changes: Ann's profile splits
+            (merged, web_leave),  # crm 10 links Ann's two parts again: a merge
+            (richer, web_leave),  # an attribute only (ltv): no record changed its keys
+            (richer, bob_shared),  # bob@y.com on 4 records: above the limit, it links none
+        ],
+    )
+    assert [(r.mode, r.records_changed) for r in results] == [
+        ("full", 0),
+        ("incremental", 2),
+        ("incremental", 5),  # crm 5 and a4; the family e-mail, now on 3 records, links crm 6, 7 and 8
+        ("incremental", 1),
+        ("incremental", 1),
+        ("incremental", 0),
+        ("incremental", 4),  # a9, and the three holders whose e-mail key is now blank
+    ]
+    assert results[3].merges == [] and results[4].merges == [
+        ("phone+last_name", pid("crm_contacts:1"), "p_" + hashlib.md5(
+            f"crm_contacts:9|split of {pid('crm_contacts:1')}".encode()).hexdigest()[:20])
+    ]  # fmt: skip
+    assert wh.query(
+        f"select ltv from dinmo_identity.people_profiles where profile_id = '{pid('crm_contacts:1')}'"
+    ) == [(999,)]
+
+
+def test_a_profile_that_splits_keeps_its_id_in_the_part_with_most_records(tmp_path: Path) -> None:
+    """Ann's profile is created by crm 9 and a6, then crm 1, 2 and a1 join it; when crm 9's phone changes, the
+    profile falls in two parts: the three records keep its id (though crm 9 gave it), crm 9 and a6 get a new
+    one, derived from their smallest record id and the profile they split from."""
+    ann = [r for r in CRM if r[0] in (1, 2, 9)]
+    first = ([r for r in ann if r[0] == 9], [w for w in WEB if w[0] == "a6"])
+    joined = (ann, [w for w in WEB if w[0] in ("a1", "a6")])
+    moved = (
+        [(9, "ann.lee@work.com", "+33699999999", *ann[2][3:]) if r[0] == 9 else r for r in ann],
+        joined[1],
+    )
+    results, wh = _same_as_full_runs(tmp_path, [first, joined, moved])
+    old = pid("crm_contacts:9")
+    new = "p_" + hashlib.md5(f"crm_contacts:9|split of {old}".encode()).hexdigest()[:20]
+    assert groups(wh, "dinmo_identity")[1] == {
+        "crm_contacts:1": old,
+        "crm_contacts:2": old,
+        "web_signups:a1": old,
+        "crm_contacts:9": new,
+        "web_signups:a6": new,
+    }
+    assert wh.query("select profile_id, created_at from dinmo_identity.people_ids order by created_at") == [
+        (old, datetime(2025, 1, 1)),
+        (new, datetime(2025, 1, 3)),
+    ]
+    assert [(r.mode, r.records_changed, r.new_profiles, r.merges) for r in results] == [
+        ("full", 0, 1, []),
+        ("incremental", 3, 0, []),
+        ("incremental", 1, 1, []),
+    ]
+
+
+def test_full_runs_when_incremental_cannot_be_trusted(
+    duck: tuple[Project, Warehouse], tmp_path: Path
+) -> None:
+    project, wh = duck
+    assert _run(wh, project, "auto", datetime(2025, 1, 1)).reason == "first run"
+    second = _run(wh, project, "auto", datetime(2025, 1, 2))
+    assert (second.mode, second.records_changed, second.links) == ("incremental", 0, 0)
+    # a changed rule: the last graph was built by other rules
+    text = (tmp_path / "dinmo.yaml").read_text().replace("limits: {email: 3}", "limits: {email: 5}")
+    (tmp_path / "dinmo.yaml").write_text(text)
+    changed = load_project(tmp_path)
+    third = _run(wh, changed, "auto", datetime(2025, 1, 3))
+    assert (third.mode, third.reason) == ("full", "the configuration changed")
+    # a run that failed half-way (here: its state row is gone) leaves a full run next
+    wh.execute("delete from dinmo_identity.people_state")
+    assert _run(wh, changed, "auto", datetime(2025, 1, 4)).reason == "the last run did not finish"
+    # a survivorship change does not touch the graph: still incremental
+    text = text.replace("survivorship: {email: most_recent,", "survivorship: {email: first_seen,")
+    (tmp_path / "dinmo.yaml").write_text(text)
+    assert _run(wh, load_project(tmp_path), "auto", datetime(2025, 1, 5)).mode == "incremental"
+    text = text.replace("    phone_country: FR\n", "    phone_country: FR\n    incremental: false\n")
+    (tmp_path / "dinmo.yaml").write_text(text)
+    assert _run(wh, load_project(tmp_path), "auto", datetime(2025, 1, 6)).reason == "incremental: false"

@@ -2,7 +2,9 @@
 
 ``identity/<space>/graph`` reads the views of the space's source models (``models/M``, upstream in the
 lineage) and builds the graph, the stable profile ids and the merges (``identity.engine.build_graph``);
-``identity/<space>/profiles`` writes the golden records. The built-in models ``identity.<space>`` and
+``identity/<space>/profiles`` writes the golden records. The graph's metadata says whether the run was
+``incremental`` (only the profiles of records added, removed or whose rule keys changed) or ``full`` (and
+why), and how many records changed. The built-in models ``identity.<space>`` and
 ``identity.<space>_graph`` are views on those tables, downstream of these assets, so a sync of an activation
 on ``identity.<space>`` refreshes the identity tables first (its job selects everything upstream).
 
@@ -82,6 +84,9 @@ def _space_assets(project: Project, space: str, translator: DinmoTranslator) -> 
                 "largest_profile": dg.MetadataValue.int(result.largest_profile),
                 "links": dg.MetadataValue.int(result.links),
                 "iterations": dg.MetadataValue.int(result.iterations),
+                "mode": result.mode,
+                "records_changed": dg.MetadataValue.int(result.records_changed),
+                **({"full_run_because": result.reason} if result.mode == "full" else {}),
                 "records_per_source": dg.MetadataValue.md(per_source),
                 **({"merges_this_run": dg.MetadataValue.md(merges)} if result.merges else {}),
             }

@@ -25,6 +25,14 @@ each named after the space, e.g. ``people_graph``):
    record id and the earlier profile it split from, when an earlier profile lost records to it).
    ``<space>_ids`` remembers when each id was created; ``<space>_graph`` is replaced.
 
+Incremental runs (``build_graph``'s default once a run has finished with the same matching configuration):
+``<space>_records`` keeps per record ``key_hash``, the MD5 of its match keys; the records added, removed or
+whose hash changed, the records sharing a block with their old or new keys, and every record of those
+records' last profiles form the subgraph (``_incremental_subgraph``). Steps 2-4 run over it only, and its
+profiles' graph rows are replaced; the others keep theirs. The result is the one a full run gives (same ids,
+merges and splits). A run is full on the first run, after a change of the matching configuration (hashed into
+``<space>_state``), after a run that did not finish, or with ``incremental: false``.
+
 ``build_profiles`` then writes ``<space>_profiles``: one row per profile, each column by its survivorship
 strategy over the non-NULL values of the profile's records:
 
@@ -53,10 +61,25 @@ Fuzzy similarity per warehouse (a value in [0, 1] compared with the rule's thres
   (https://docs.snowflake.com/sql-reference/functions/jarowinkler_similarity), so a pair at 0.8956 scores 0.90.
 - PostgreSQL: no Jaro-Winkler; ``1 - levenshtein(a, b) / greater length`` from the fuzzystrmatch extension
   (https://www.postgresql.org/docs/current/fuzzystrmatch.html), a trusted extension the database owner may create.
+- BigQuery: ``1 - EDIT_DISTANCE(a, b) / greater length``
+  (https://cloud.google.com/bigquery/docs/reference/standard-sql/string_functions#edit_distance).
+- Databricks (Spark SQL): ``1 - levenshtein(a, b) / greater length``
+  (https://docs.databricks.com/spark/latest/spark-sql/language-manual/functions/levenshtein.html); no
+  Jaro-Winkler there.
+- Redshift: neither; fuzzy rules are refused when the project loads (``spec.FUZZY_FUNCTIONS``).
+
+Dialect differences handled here: Redshift's ``VARCHAR`` is 256 bytes (texts are cast to ``VARCHAR(65535)``)
+and its ``REGEXP_REPLACE`` replaces every match, like Snowflake's, BigQuery's and Spark's (DuckDB and
+PostgreSQL need the flag ``'g'``, https://docs.aws.amazon.com/redshift/latest/dg/REGEXP_REPLACE.html);
+BigQuery's ``MD5`` returns bytes (sqlglot writes ``TO_HEX(MD5(...))``) and its ``DELETE`` needs a ``WHERE``;
+Spark's ``ROW_NUMBER`` needs an ordered window, and Spark refuses ``IN (subquery)`` and correlated scalar
+subqueries in a SELECT list (joins instead).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -104,10 +127,28 @@ class Tables:
     profiles: exp.Table
     merges: exp.Table
     ids: exp.Table
+    state: exp.Table
+    previous: exp.Table
+    changed: exp.Table
+    seeds: exp.Table
+    touched: exp.Table
+    subgraph: exp.Table
 
     def work(self) -> list[exp.Table]:
         """The tables only a run uses (dropped at its end)."""
-        return [self.edges, self.adjacency, *self.labels, self.components, self.owners, self.ids_next]
+        return [
+            self.edges,
+            self.adjacency,
+            *self.labels,
+            self.components,
+            self.owners,
+            self.ids_next,
+            self.previous,
+            self.changed,
+            self.seeds,
+            self.touched,
+            self.subgraph,
+        ]
 
 
 def tables(wh: Warehouse, project: Project, space: str) -> Tables:
@@ -130,6 +171,12 @@ def tables(wh: Warehouse, project: Project, space: str) -> Tables:
         profiles=t("profiles"),
         merges=t("merges"),
         ids=t("ids"),
+        state=t("state"),
+        previous=t("records_previous"),
+        changed=t("changed"),
+        seeds=t("seeds"),
+        touched=t("touched"),
+        subgraph=t("subgraph"),
     )
 
 
@@ -145,6 +192,9 @@ class GraphResult:
     merges: list[tuple[str, str, str]]  # (rule, kept id, merged id) recorded by this run
     records_per_source: dict[str, int] = field(default_factory=dict)
     new_profiles: int = 0
+    mode: str = "full"  # "incremental" or "full"
+    records_changed: int = 0  # records added, removed or with changed match keys since the last run
+    reason: str = ""  # why the run is full, when it is
 
 
 class _Sql:
@@ -175,20 +225,40 @@ class _Sql:
     def render(self, sql: str) -> str:
         if self.dialect == "duckdb":
             return sql
-        return sqlglot.transpile(sql, read="duckdb", write=self.dialect)[0]
+        if self.dialect != "redshift":
+            return sqlglot.transpile(sql, read="duckdb", write=self.dialect)[0]
+        # Redshift's VARCHAR without a length is VARCHAR(256): texts are cast to its longest, 65535 bytes
+        # (sqlglot would write VARCHAR(MAX), which Redshift reads the same way and PostgreSQL refuses)
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        for node in tree.find_all(exp.DataType):
+            if node.this in (exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT) and not node.expressions:
+                node.replace(exp.DataType.build("VARCHAR(65535)"))
+        return tree.sql(dialect="redshift")
 
     def digits(self, text: str) -> str:
-        if self.dialect == "snowflake":  # Snowflake replaces every match; its 4th argument is a position
-            return f"REGEXP_REPLACE({text}, '[^0-9]', '')"
-        return f"REGEXP_REPLACE({text}, '[^0-9]', '', 'g')"
+        if self.dialect in ("duckdb", "postgres"):  # these replace the first match only, without 'g'
+            return f"REGEXP_REPLACE({text}, '[^0-9]', '', 'g')"
+        # Snowflake, BigQuery, Redshift and Spark replace every match (a 4th argument is a position)
+        return f"REGEXP_REPLACE({text}, '[^0-9]', '')"
 
     def similarity(self, a: str, b: str) -> str:
-        """A similarity in [0, 1] of two texts (Jaro-Winkler; normalized Levenshtein on PostgreSQL)."""
+        """A similarity in [0, 1] of two texts: Jaro-Winkler on DuckDB and Snowflake; elsewhere
+        1 - Levenshtein distance / the longer length (PostgreSQL's ``levenshtein``, BigQuery's
+        ``EDIT_DISTANCE``, Spark's and Databricks' ``levenshtein``)."""
         if self.dialect == "snowflake":
             return f"(JAROWINKLER_SIMILARITY({a}, {b}) / 100.0)"
-        if self.dialect == "postgres":
+        if self.dialect in ("postgres", "bigquery", "databricks"):
             return f"(1.0 - LEVENSHTEIN({a}, {b}) / CAST(GREATEST(LENGTH({a}), LENGTH({b}), 1) AS DOUBLE))"
-        return f"JARO_WINKLER_SIMILARITY({a}, {b})"
+        if self.dialect == "duckdb":
+            return f"JARO_WINKLER_SIMILARITY({a}, {b})"
+        raise IdentityError(f"fuzzy rules do not run on {self.dialect}")
+
+    def numbered(self) -> str:
+        """``ROW_NUMBER() OVER (...)`` numbering records: any order on DuckDB (no sort); Spark and others
+        require an ordered window, by record id."""
+        return (
+            "ROW_NUMBER() OVER ()" if self.dialect == "duckdb" else "ROW_NUMBER() OVER (ORDER BY record_id)"
+        )
 
     def timestamp(self, when: datetime) -> str:
         return f"CAST({self.lit(when.strftime('%Y-%m-%d %H:%M:%S.%f'))} AS TIMESTAMP)"
@@ -325,21 +395,27 @@ def _records_sql(wh: Warehouse, project: Project, name: str, space: IdentitySpac
             limited.append(f"CASE WHEN o{i}.v IS NULL THEN k.{key} END AS {key}")
         else:
             limited.append(f"k.{key}")
-    # n: a record's number for the links and labels (any unique number: ids come from record ids)
+    # n: a record's number for the links and labels (any unique number: ids come from record ids).
+    # key_hash: the MD5 of the record's match keys (limits applied), each written as its length, ':' and
+    # its value, or '-' when NULL (unambiguous): an incremental run compares it with the last run's.
+    hashed = " || ".join(
+        f"COALESCE(CAST(LENGTH(x.{s.name(f'k__{k}')}) AS VARCHAR) || ':' || x.{s.name(f'k__{k}')}, '-') || '|'"
+        for k in rule_keys
+    )
     return s.render(
-        f"CREATE TABLE {s.table(t.records)} AS WITH u AS ({' UNION ALL '.join(branches)}), "
+        f"CREATE TABLE {s.table(t.records)} AS SELECT x.*, MD5({hashed}) AS key_hash FROM ("
+        f"WITH u AS ({' UNION ALL '.join(branches)}), "
         f"d AS (SELECT u.*, ROW_NUMBER() OVER (PARTITION BY record_id ORDER BY updated_at DESC NULLS LAST, "
         f"source_rank) AS dup FROM u), "
         f"k AS (SELECT {', '.join(plain)}{''.join(', ' + x for x in keyed)} FROM d WHERE dup = 1)"
         f"{''.join(', ' + x for x in over)} "
-        f"SELECT ROW_NUMBER() OVER () AS n, {', '.join('k.' + c for c in plain)}"
-        f"{''.join(', ' + x for x in limited)} FROM k {' '.join(joins)}"
+        f"SELECT {s.numbered()} AS n, {', '.join('k.' + c for c in plain)}"
+        f"{''.join(', ' + x for x in limited)} FROM k {' '.join(joins)}) AS x"
     )
 
 
-def _rule_edges(s: _Sql, t: Tables, rule: Rule) -> list[str]:
-    """SELECTs of ``(a, b, rule_no)`` links of one rule."""
-    recs = s.table(t.records)
+def _rule_edges(s: _Sql, recs: str, rule: Rule) -> list[str]:
+    """SELECTs of ``(a, b, rule_no)`` links of one rule between the records of ``recs``."""
     k = {key: s.name(f"k__{key}") for key in rule.keys}
     if not rule.fuzzy:
         keys = ", ".join(k[e] for e in rule.exact)
@@ -402,10 +478,12 @@ def _replace_sql(wh: Warehouse, table: exp.Table, columns: Sequence[str], select
     if existing is not None and [c.lower() for c in existing] == [c.lower() for c in columns]:
         names = ", ".join(s.name(c) for c in columns)
         return [
-            s.render(f"DELETE FROM {s.table(table)}"),
+            s.render(f"DELETE FROM {s.table(table)} WHERE TRUE"),  # BigQuery's DELETE needs a WHERE
             s.render(f"INSERT INTO {s.table(table)} ({names}) {select}"),
         ]
-    drop = delta.drop_table_sql(table, wh.dialect) + (" CASCADE" if wh.dialect == "postgres" else "")
+    drop = delta.drop_table_sql(table, wh.dialect) + (
+        " CASCADE" if wh.dialect in ("postgres", "redshift") else ""
+    )
     return [drop, s.render(f"CREATE TABLE {s.table(table)} AS {select}")]
 
 
@@ -423,11 +501,111 @@ def _state_tables(s: _Sql, t: Tables) -> list[str]:
             f"CREATE TABLE IF NOT EXISTS {s.table(t.merges)} ({s.name('merged_at')} TIMESTAMP, "
             f"{s.name('rule')} VARCHAR, {s.name('kept_id')} VARCHAR, {s.name('merged_id')} VARCHAR)"
         ),
+        s.render(
+            f"CREATE TABLE IF NOT EXISTS {s.table(t.state)} ({s.name('config_hash')} VARCHAR, "
+            f"{s.name('finished_at')} TIMESTAMP)"
+        ),
     ]
 
 
-def build_graph(wh: Warehouse, project: Project, name: str, now: datetime | None = None) -> GraphResult:
-    """Steps 1-4: records, links, components, stable ids and merges; replaces ``<space>_graph``."""
+ENGINE_VERSION = "2"
+"""Changes when the records table or the graph's meaning changes: the next run is then a full one."""
+
+
+def config_hash(space: IdentitySpace) -> str:
+    """The hash of a space's matching configuration (sources, rules, limits, phone country) and of the
+    engine's version: an incremental run needs the last run to have used the same."""
+    # what the graph depends on: not survivorship (profiles only), max_profile_size or max_iterations
+    matching = space.model_dump(mode="json", include={"sources", "rules", "limits", "phone_country"})
+    text = json.dumps([ENGINE_VERSION, matching], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _mode(wh: Warehouse, space: IdentitySpace, t: Tables, wanted: str) -> tuple[str, str]:
+    """``("incremental" | "full", why full)``: incremental when asked and the last run left records with key
+    hashes, a state row with the same configuration hash, and a graph."""
+    if not space.incremental:
+        return "full", "incremental: false"
+    s = _Sql(wh)
+    columns = _exists(wh, t.records)
+    if columns is None or "key_hash" not in [c.lower() for c in columns] or _exists(wh, t.state) is None:
+        return "full", "first run"
+    rows = wh.query(s.render(f"SELECT config_hash FROM {s.table(t.state)}"))
+    if not rows:
+        return "full", "the last run did not finish"
+    if rows[0][0] != wanted:
+        return "full", "the configuration changed"
+    return "incremental", ""
+
+
+def _incremental_subgraph(wh: Warehouse, s: _Sql, t: Tables, rules: Sequence[Rule]) -> int:
+    """Builds ``<space>_subgraph``: the records whose profiles an incremental run recomputes; returns the
+    number of changed records.
+
+    Changed records: added, removed, or whose key hash differs from the last run's. Touched blocks: the
+    values (old and new) of each rule's blocking keys held by a changed record; seeds: the changed records
+    and every record of a touched block. Touched profiles: the last run's profiles of the seeds. The
+    subgraph: the seeds and every record of a touched profile. No link of the new graph joins a record of
+    the subgraph to one outside it (an unchanged pair was linked last run too, so both were in one profile),
+    so its components are those a full run finds, and the profiles outside it are unchanged.
+    """
+    recs, prev, changed = s.table(t.records), s.table(t.previous), s.table(t.changed)
+    side = ", ".join(f"{{0}}.{s.name(f'k__{k}')}" for k in dict.fromkeys(k for r in rules for k in r.keys))
+    # the changed records with their new keys and (when they had some) their old ones: one small table
+    wh.execute(
+        s.render(
+            f"CREATE TABLE {changed} AS SELECT r.record_id, {side.format('r')} FROM {recs} AS r LEFT JOIN "
+            f"{prev} AS p ON p.record_id = r.record_id WHERE p.record_id IS NULL OR p.key_hash <> r.key_hash "
+            f"UNION ALL SELECT p.record_id, {side.format('p')} FROM {prev} AS p LEFT JOIN {recs} AS r ON "
+            f"r.record_id = p.record_id WHERE r.record_id IS NULL OR p.key_hash <> r.key_hash"
+        )
+    )
+    count = int(wh.query(s.render(f"SELECT COUNT(DISTINCT record_id) FROM {changed}"))[0][0])
+    blocks = []  # the blocking keys of each exact rule and each fuzzy pass: expressions of a table alias
+    for rule in rules:
+        exact = [lambda a, e=e: f"{a}.{s.name('k__' + e)}" for e in rule.exact]
+        if not rule.fuzzy:
+            blocks.append(exact)
+        for blocking, _ in rule.fuzzy:
+            blocks.append([*exact, lambda a, f=blocking: f"LEFT({a}.{s.name('k__' + f)}, 1)"])
+    seeds = [f"SELECT record_id FROM {changed}"]
+    for keys in blocks:
+        cols = ", ".join(f"{e('c')} AS b{j}" for j, e in enumerate(keys))
+        present = " AND ".join(f"{e('c')} IS NOT NULL" for e in keys)
+        on = " AND ".join(f"tb.b{j} = {e('r')}" for j, e in enumerate(keys))
+        seeds.append(
+            f"SELECT r.record_id FROM {recs} AS r JOIN (SELECT DISTINCT {cols} FROM {changed} AS c WHERE "
+            f"{present}) AS tb ON {on}"
+        )
+    graph, seeds_t, touched_t = s.table(t.graph), s.table(t.seeds), s.table(t.touched)
+    wh.execute(
+        [
+            s.render(
+                f"CREATE TABLE {seeds_t} AS SELECT DISTINCT record_id FROM ({' UNION ALL '.join(seeds)}) AS x"
+            ),
+            s.render(
+                f"CREATE TABLE {touched_t} AS SELECT DISTINCT g.profile_id FROM {graph} AS g JOIN {seeds_t} AS x "
+                f"ON x.record_id = g.record_id"
+            ),
+            s.render(
+                f"CREATE TABLE {s.table(t.subgraph)} AS SELECT r.* FROM {recs} AS r JOIN (SELECT DISTINCT "
+                f"record_id FROM (SELECT record_id FROM {seeds_t} UNION ALL SELECT g.record_id FROM {graph} AS g "
+                f"JOIN {touched_t} AS tp ON tp.profile_id = g.profile_id) AS y) AS i ON i.record_id = r.record_id"
+            ),
+        ]
+    )
+    return count
+
+
+def build_graph(
+    wh: Warehouse, project: Project, name: str, now: datetime | None = None, mode: str = "auto"
+) -> GraphResult:
+    """Steps 1-4: records, links, components, stable ids and merges; updates ``<space>_graph``.
+
+    ``mode``: ``auto`` (incremental when the last run allows it, see ``_mode``), or ``full``. An incremental
+    run recomputes the links, components and ids of the subgraph of changed records only
+    (``_incremental_subgraph``) and replaces the graph rows of its profiles; the others keep their rows.
+    """
     space = project.identity[name]
     s = _Sql(wh)
     t = tables(wh, project, name)
@@ -436,11 +614,37 @@ def build_graph(wh: Warehouse, project: Project, name: str, now: datetime | None
     source = space_source(project, space)
     wh.ensure_schema(project.sources[source or ""].helper_schemas.identity)
     _ensure_fuzzy(wh, name, space)
-    wh.execute([*_state_tables(s, t), *_drop(s, [t.records, *t.work()])])
+    wanted = config_hash(space)
+    run_mode, reason = ("full", "asked") if mode == "full" else _mode(wh, space, t, wanted)
+    wh.execute(
+        [
+            *_state_tables(s, t),
+            *_drop(s, t.work()),
+            s.render(f"DELETE FROM {s.table(t.state)} WHERE TRUE"),  # a run that fails leaves a full one next
+        ]
+    )
+    if run_mode == "incremental":
+        wh.execute(
+            [
+                s.render(
+                    f"CREATE TABLE {s.table(t.previous)} AS SELECT record_id, key_hash, "
+                    + ", ".join(s.name(f"k__{k}") for k in space.rule_keys())
+                    + f" FROM {s.table(t.records)}"
+                ),
+                *_drop(s, [t.records]),
+            ]
+        )
+    else:
+        wh.execute(_drop(s, [t.records]))
     wh.execute(_records_sql(wh, project, name, space, t))
-
     rules = space.parsed_rules()
-    links = " UNION ALL ".join(q for r in rules for q in _rule_edges(s, t, r))
+    changed = 0
+    recs = s.table(t.records)
+    if run_mode == "incremental":
+        changed = _incremental_subgraph(wh, s, t, rules)
+        recs = s.table(t.subgraph)
+
+    links = " UNION ALL ".join(q for r in rules for q in _rule_edges(s, recs, r))
     wh.execute(
         s.render(
             f"CREATE TABLE {s.table(t.edges)} AS SELECT LEAST(a, b) AS a, GREATEST(a, b) AS b, MIN(rule_no) AS rule_no "
@@ -461,7 +665,7 @@ def build_graph(wh: Warehouse, project: Project, name: str, now: datetime | None
     )
     iterations = _propagate(wh, s, t, name, space.max_iterations)
     final = t.labels[iterations % 2]
-    recs, graph = s.table(t.records), s.table(t.graph)
+    graph = s.table(t.graph)
     wh.execute(
         s.render(
             f"CREATE TABLE {s.table(t.components)} AS SELECT r.n, r.record_id, r.source_model, r.record_key, "
@@ -495,13 +699,30 @@ def build_graph(wh: Warehouse, project: Project, name: str, now: datetime | None
             f"c.record_id GROUP BY c.comp), cand AS (SELECT f.comp, f.min_rid, k.profile_id AS kept, "
             f"{new_id(split_seed)} AS fresh "
             f"FROM firsts AS f LEFT JOIN kept AS k ON k.comp = f.comp LEFT JOIN prev AS p ON p.comp = f.comp) "
-            f"SELECT comp, COALESCE(kept, CASE WHEN fresh IN (SELECT profile_id FROM {s.table(t.ids)}) THEN "
-            f"{new_id('min_rid || ' + s.lit('|' + now.isoformat()))} ELSE fresh END) AS profile_id, "
-            f"kept IS NULL AS is_new FROM cand"
+            f"SELECT cand.comp, COALESCE(cand.kept, CASE WHEN used.profile_id IS NOT NULL THEN "
+            f"{new_id('cand.min_rid || ' + s.lit('|' + now.isoformat()))} ELSE cand.fresh END) AS profile_id, "
+            f"cand.kept IS NULL AS is_new FROM cand LEFT JOIN (SELECT DISTINCT profile_id FROM {s.table(t.ids)}) "
+            f"AS used ON used.profile_id = cand.fresh"
         )
     )
-    rule_case = "CASE rule_no " + " ".join(f"WHEN {r.number} THEN {s.lit(r.label)}" for r in rules) + " END"
+    rule_case = (
+        "CASE why.rule_no " + " ".join(f"WHEN {r.number} THEN {s.lit(r.label)}" for r in rules) + " END"
+    )
     edges = s.table(t.edges)
+    new_rows = (
+        f"SELECT c.record_id, c.source_model, c.record_key, p.profile_id FROM {comps} AS c "
+        f"JOIN {s.table(t.ids_next)} AS p ON p.comp = c.comp"
+    )
+    if run_mode == "incremental":
+        names = ", ".join(s.name(c) for c in GRAPH_COLUMNS)
+        update_graph = [
+            s.render(
+                f"DELETE FROM {graph} WHERE profile_id IN (SELECT profile_id FROM {s.table(t.touched)})"
+            ),
+            s.render(f"INSERT INTO {graph} ({names}) {new_rows}"),
+        ]
+    else:
+        update_graph = _replace_sql(wh, t.graph, GRAPH_COLUMNS, new_rows)
     wh.execute(
         [
             s.render(
@@ -512,21 +733,15 @@ def build_graph(wh: Warehouse, project: Project, name: str, now: datetime | None
                 f"ob.profile_id <> oa.profile_id UNION ALL SELECT ob.profile_id AS pid, e.rule_no FROM {edges} AS e "
                 f"JOIN o AS ob ON ob.n = e.b LEFT JOIN o AS oa ON oa.n = e.a WHERE oa.profile_id IS NULL OR "
                 f"oa.profile_id <> ob.profile_id), why AS (SELECT pid, MIN(rule_no) AS rule_no FROM touching "
-                f"GROUP BY pid) SELECT {stamp}, (SELECT {rule_case} FROM why WHERE why.pid = m.profile_id), "
-                f"k.profile_id, m.profile_id FROM {owners} AS m JOIN {owners} AS k ON k.comp = m.comp AND k.rk = 1 "
+                f"GROUP BY pid) SELECT {stamp}, {rule_case}, k.profile_id, m.profile_id FROM {owners} AS m "
+                f"JOIN {owners} AS k ON k.comp = m.comp AND k.rk = 1 LEFT JOIN why ON why.pid = m.profile_id "
                 f"WHERE m.rk > 1"
             ),
             s.render(
                 f"INSERT INTO {s.table(t.ids)} ({s.name('profile_id')}, {s.name('created_at')}) SELECT DISTINCT "
                 f"profile_id, {stamp} FROM {s.table(t.ids_next)} WHERE is_new"
             ),
-            *_replace_sql(
-                wh,
-                t.graph,
-                GRAPH_COLUMNS,
-                f"SELECT c.record_id, c.source_model, c.record_key, p.profile_id FROM {comps} AS c "
-                f"JOIN {s.table(t.ids_next)} AS p ON p.comp = c.comp",
-            ),
+            *update_graph,
         ]
     )
     new_profiles = int(wh.query(s.render(f"SELECT COUNT(*) FROM {s.table(t.ids_next)} WHERE is_new"))[0][0])
@@ -540,7 +755,15 @@ def build_graph(wh: Warehouse, project: Project, name: str, now: datetime | None
         )
     ]
     link_count = int(wh.query(delta.count_sql(t.edges, wh.dialect))[0][0])
-    wh.execute(_drop(s, t.work()))
+    wh.execute(
+        [
+            *_drop(s, t.work()),
+            s.render(
+                f"INSERT INTO {s.table(t.state)} ({s.name('config_hash')}, {s.name('finished_at')}) "
+                f"VALUES ({s.lit(wanted)}, {stamp})"
+            ),
+        ]
+    )
     sizes = profile_sizes(wh, project, name)
     per_source = {
         str(m): int(c)
@@ -559,6 +782,9 @@ def build_graph(wh: Warehouse, project: Project, name: str, now: datetime | None
         merges=merges,
         records_per_source=per_source,
         new_profiles=new_profiles,
+        mode=run_mode,
+        records_changed=changed,
+        reason=reason,
     )
 
 
@@ -649,6 +875,45 @@ def _survivor(s: _Sql, column: str, strategy: str) -> str:
     return f"SELECT profile_id, {strategy.upper()}({c}) AS v FROM r GROUP BY profile_id"
 
 
+def _survivors_duckdb(s: _Sql, space: IdentitySpace, columns: Sequence[str], records: str) -> str:
+    """The profiles by one hash aggregate on DuckDB: ``arg_min(value, rank)`` per column over the non-NULL
+    values, instead of a window sort per column. ``rank``: each record's place in the order of the strategy
+    (``_survivor``'s orders), numbered once by one sort of all records; an integer keeps the aggregate's
+    states small (a row of the order's parts as the key made 1M records spill under a 1 GB memory limit).
+    ``most_frequent`` counts values per profile first."""
+    orders = {
+        "most_recent": "updated_at DESC NULLS LAST, source_rank, record_id",
+        "first_seen": "updated_at ASC NULLS LAST, source_rank, record_id",
+        "source_priority": "source_rank, updated_at DESC NULLS LAST, record_id",
+    }
+    used = [k for k in orders if any(space.strategy(c) == k for c in columns)]
+    ranks = "".join(f", ROW_NUMBER() OVER (ORDER BY {orders[k]}) AS rk_{k}" for k in used)
+    ctes = [f"{records.removesuffix(')')}), rr AS (SELECT *{ranks} FROM r)"]
+    picks, joins = [], []
+    for i, c in enumerate(columns):
+        strategy, col = space.strategy(c), s.name(c)
+        if strategy in orders:
+            picks.append(f"ARG_MIN({col}, rk_{strategy}) FILTER (WHERE {col} IS NOT NULL) AS {col}")
+        elif strategy == "most_frequent":
+            ctes.append(
+                f"f{i} AS (SELECT profile_id, ARG_MIN(v, ROW(-cnt, last IS NULL, -COALESCE(EPOCH_US(last), 0), v)) "
+                f"AS v FROM (SELECT profile_id, {col} AS v, COUNT(*) AS cnt, MAX(updated_at) AS last FROM r WHERE "
+                f"{col} IS NOT NULL GROUP BY profile_id, {col}) AS y GROUP BY profile_id)"
+            )
+            joins.append(f"LEFT JOIN f{i} ON f{i}.profile_id = a.profile_id")
+            picks.append(f"NULL AS {col}")
+        else:
+            picks.append(f"{strategy.upper()}({col}) AS {col}")
+    outer = [
+        f"f{i}.v AS {s.name(c)}" if space.strategy(c) == "most_frequent" else f"a.{s.name(c)}"
+        for i, c in enumerate(columns)
+    ]
+    return (
+        f"WITH {', '.join(ctes)}, a AS (SELECT profile_id, {', '.join(picks)} FROM rr GROUP BY profile_id) "
+        f"SELECT a.profile_id, {', '.join(outer)} FROM a {' '.join(joins)}"
+    )
+
+
 def build_profiles(wh: Warehouse, project: Project, name: str) -> int:
     """Writes ``<space>_profiles`` by survivorship over the graph; returns the number of profiles."""
     space = project.identity[name]
@@ -666,6 +931,10 @@ def build_profiles(wh: Warehouse, project: Project, name: str) -> int:
         ),
         "p AS (SELECT DISTINCT profile_id FROM r)",
     ]
+    if wh.dialect == "duckdb":
+        select = _survivors_duckdb(s, space, columns, ctes[0])
+        wh.execute(_replace_sql(wh, t.profiles, ["profile_id", *columns], select))
+        return int(wh.query(delta.count_sql(t.profiles, wh.dialect))[0][0])
     joins, picks = [], []
     for i, c in enumerate(columns):
         ctes.append(f"s{i} AS ({_survivor(s, c, space.strategy(c))})")

@@ -61,12 +61,14 @@ MODEL_PREFIX = "identity."
 # Columns of the profiles and graph tables that a kind or attribute name cannot take.
 RESERVED = ("profile_id", "record_id", "record_key", "source_model", "source_rank", "updated_at", "n")
 # Warehouses whose SQL the identity resolution is written and tested for.
-SUPPORTED_WAREHOUSES = ("duckdb", "postgres", "snowflake")
-# Where fuzzy rules run, and with which similarity.
+SUPPORTED_WAREHOUSES = ("duckdb", "postgres", "snowflake", "bigquery", "redshift", "databricks")
+# Where fuzzy rules run, and with which similarity (Redshift has neither Levenshtein nor Jaro-Winkler).
 FUZZY_FUNCTIONS = {
     "duckdb": "jaro_winkler_similarity",
     "snowflake": "JAROWINKLER_SIMILARITY (0-100, divided by 100)",
     "postgres": "1 - levenshtein(a, b) / greatest(length(a), length(b)) (extension fuzzystrmatch)",
+    "bigquery": "1 - EDIT_DISTANCE(a, b) / greatest(length(a), length(b))",
+    "databricks": "1 - levenshtein(a, b) / greatest(length(a), length(b))",
 }
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -113,6 +115,9 @@ class IdentitySpace(_Strict):
     """the check ``profile_size`` fails (and blocks downstream syncs) above this many records per profile."""
     max_iterations: Annotated[int, Field(ge=1, le=10_000)] = 100
     """label propagation stops with an error after this many iterations without converging."""
+    incremental: bool = True
+    """a run recomputes only the profiles of records added, removed or whose rule keys changed since the last
+    run (a full run when there is no last run, or the configuration changed); ``false``: always a full run."""
 
     # -- derived views of the configuration ---------------------------------------------------------
 
