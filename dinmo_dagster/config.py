@@ -180,6 +180,10 @@ PLATFORM_KEYS = ("match", "identifiers", "audience", "null_values", "max_rejecte
 # sync_mode of a platform activation per service (the first is the default).
 PLATFORM_SYNC_MODES = {"attributes": ("upsert", "update", "insert", "mirror"), "audiences": ("mirror",),
                        "events": ("insert",), "subscriptions": ("upsert", "mirror")}
+# The platform operations a sync of each mode may send, of those its destination offers (platform_sync:
+# mirror upserts and deletes the records that left, or adds, removes or replaces audience members).
+MODE_OPERATIONS = {"upsert": ("upsert",), "update": ("update",), "insert": ("insert", "track"),
+                   "mirror": ("upsert", "delete", "add", "remove", "replace")}
 
 
 class Activation(_Strict):
@@ -884,13 +888,25 @@ def _platform_activation_problems(k: str, a: Activation, dest: PlatformDestinati
             out.append(f"{k}.{shown}: a file option; {kind}; remove it (allowed: segment, destination, match, "
                        "identifiers, audience, mapping, sync_mode, null_values, max_rejected_pct, "
                        "retry_rejected_days, default_country, run_type, schedule, trigger)")
-    operations = dest.operations()
+    extra = platform_extra(a, dest)
+    # The adapter as the settings make it: some narrow their service's operations (Intercom companies).
+    platform = dest.checked_platform(extra)
+    operations = tuple(platform.operations) if platform is not None else dest.operations(extra)
     modes = [m for m in PLATFORM_SYNC_MODES.get(service, ())
              if (m == "mirror" and ("delete" in operations or "remove" in operations)) or m in operations
              or (m == "insert" and "track" in operations)]
-    if "sync_mode" in a.model_fields_set and a.sync_mode not in modes:
-        out.append(f"{k}.sync_mode: found {a.sync_mode!r}; allowed for {dest.type} {service}: "
+    written = "sync_mode" in a.model_fields_set
+    if written and a.sync_mode not in modes:
+        narrowed = platform is not None and operations != tuple(type(platform).services.get(service, ()))
+        target = f" ({platform.target_label()})" if platform is not None and narrowed else ""
+        out.append(f"{k}.sync_mode: found {a.sync_mode!r}; allowed for {dest.type} {service}{target}: "
                    + (", ".join(modes) or "none"))
+    elif platform is not None:  # rules of the adapter on the operations the mode sends (and the match)
+        mode = a.platform_mode
+        shown = repr(mode) if written else f"{mode!r} (the default for {dest.type} {service})"
+        asked = [o for o in MODE_OPERATIONS.get(mode, ()) if o in operations]
+        out.extend(f"{k}.sync_mode: found {shown}; {problem}"
+                   for problem in platform.operation_problems(asked, a.platform_match))
     if service == "attributes" and a.identifiers:
         out.append(f"{k}.identifiers: found identifiers; {dest.type} attributes match records with match; "
                    "allowed: match")
@@ -902,7 +918,6 @@ def _platform_activation_problems(k: str, a: Activation, dest: PlatformDestinati
                    "allowed: audience only with service audiences of " + ", ".join(audience_platforms()))
     if a.run_type == "full_only":
         out.append(f"{k}.run_type: found 'full_only'; {kind}, synced by its changes; allowed: full_then_delta")
-    extra = platform_extra(a, dest)
     for problem in dest.activation_problems(a.platform_match, a.mapping or {}, extra):
         key, _, text = problem.partition(": ")
         if key == "match" and service != "attributes":

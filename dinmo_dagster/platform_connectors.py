@@ -63,23 +63,32 @@ class PlatformDestination(ConnectorConfig):
             return [line for line in str(exc).splitlines() if not line.split(":")[0] in self.secret_keys]
         return []
 
-    def activation_problems(self, match: Mapping[str, str], mapping: Mapping[str, str],
-                            extra: Mapping[str, Any] | None = None) -> list[str]:
-        """What the platform refuses in an activation's ``match`` / ``identifiers`` and ``mapping``, checked
-        without connecting (``key: message`` lines); none when the settings themselves are invalid."""
+    def checked_platform(self, extra: Mapping[str, Any] | None = None) -> Platform | None:
+        """The adapter as these settings make it, built without reading a secret (a placeholder stands in),
+        for the checks made without connecting; None when the settings are invalid (problems() says why)."""
         try:
-            platform = platforms.build_platform(self.platform, self._raw(False, extra))
+            return platforms.build_platform(self.platform, self._raw(False, extra))
         except PlatformConfigError:
             # An optional secret the YAML sets may be needed by the settings (an OAuth refresh_token):
             # stand in for it; settings that are really invalid are reported by problems().
             try:
-                platform = platforms.build_platform(self.platform, self._raw(False, extra, optional_secrets=True))
+                return platforms.build_platform(self.platform, self._raw(False, extra, optional_secrets=True))
             except PlatformConfigError:
-                return []
-        return platform.validate_activation(match, mapping)
+                return None
 
-    def operations(self) -> tuple[str, ...]:
-        """The operations the platform offers for this destination's service."""
+    def activation_problems(self, match: Mapping[str, str], mapping: Mapping[str, str],
+                            extra: Mapping[str, Any] | None = None) -> list[str]:
+        """What the platform refuses in an activation's ``match`` / ``identifiers`` and ``mapping``, checked
+        without connecting (``key: message`` lines); none when the settings themselves are invalid."""
+        platform = self.checked_platform(extra)
+        return platform.validate_activation(match, mapping) if platform is not None else []
+
+    def operations(self, extra: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The operations this destination offers: its adapter's as the settings narrow them (an Intercom
+        ``object: companies`` offers upsert and delete only), else those of its service."""
+        platform = self.checked_platform(extra)
+        if platform is not None:
+            return tuple(platform.operations)
         adapter = platforms.get_platform(self.platform).adapter
         return tuple(adapter.services.get(getattr(self, "service", ""), ()))
 

@@ -547,6 +547,17 @@ class Platform(ABC):
                 problems.append(f"match.{name}: {self.name} has no identifier {name!r}")
         return problems
 
+    def operation_problems(self, operations: Collection[str], match: Mapping[str, str]) -> list[str]:
+        """Why this destination, as its settings make it, cannot run ``operations`` (those an activation's
+        ``sync_mode`` sends, all offered by :attr:`operations`) for records named by ``match`` (no network).
+
+        ``dinmo validate`` reports each problem under the activation's ``sync_mode`` (after ``found
+        'mirror';``), so that a rule an adapter would otherwise meet only when it sends (Zendesk deletes users
+        by external id only) fails the project before any sync. Each says what stands in the way and what is
+        allowed. Default: none.
+        """
+        return []
+
     # -- requests -------------------------------------------------------------------------------------
 
     def auth_headers(self) -> dict[str, str]:

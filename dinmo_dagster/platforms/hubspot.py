@@ -75,7 +75,7 @@ import decimal
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
@@ -207,6 +207,19 @@ class HubSpot(Platform):
                     "(lower-case letters, digits, _)"
                 )
         return problems
+
+    def operation_problems(self, operations: Collection[str], match: Mapping[str, str]) -> list[str]:
+        """``upsert`` (and mirror, which upserts) cannot match by ``hs_object_id``: HubSpot's batch upsert
+        creates the records it does not hold from a unique property's value, and a record id creates nothing
+        (:meth:`record_input` refuses it when the sync sends)."""
+        if "upsert" in operations and RECORD_ID in match:
+            return [
+                (
+                    "upsert needs a unique property HubSpot can create records with (such as email) in "
+                    f"match, not {RECORD_ID}; allowed with match {RECORD_ID}: update, insert"
+                )
+            ]
+        return []
 
     @staticmethod
     def _match(record: Record) -> tuple[str, str]:

@@ -88,7 +88,7 @@ import decimal
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pydantic
@@ -298,6 +298,19 @@ class Zendesk(Platform):
                     f"mapping.{column}: found {target!r}; allowed: a field key (lower-case letters, digits, _)"
                 )
         return problems
+
+    def operation_problems(self, operations: Collection[str], match: Mapping[str, str]) -> list[str]:
+        """``delete`` (mirror) of users needs ``external_id`` in match: Zendesk's bulk delete takes ids or
+        external ids, not e-mails (:meth:`record_input` refuses it when the sync sends)."""
+        if "delete" in operations and self.users and "external_id" not in match:
+            return [
+                (
+                    "mirror deletes the Zendesk users that left the segment by external id (Zendesk's bulk "
+                    "delete takes ids or external ids, not e-mails) and match has "
+                    f"{', '.join(match) or 'nothing'}; allowed: upsert, or mirror with external_id in match"
+                )
+            ]
+        return []
 
     def validate_fields(
         self, match: Mapping[str, str], mapping: Mapping[str, str], fields: Mapping[str, FieldInfo]
