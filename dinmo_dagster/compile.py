@@ -22,7 +22,7 @@ from sqlglot import exp
 
 from dinmo_dagster import delta, filters, naming
 from dinmo_dagster.config import Model, Project, referenced_segments
-from dinmo_dagster.predictions.tables import ensure_score_tables
+from dinmo_dagster.predictions.tables import declared_select, ensure_score_tables
 from dinmo_dagster.warehouses import Warehouse
 
 __all__ = [
@@ -154,7 +154,9 @@ def _declared_columns(wh: Warehouse, project: Project, name: str) -> list[str]:
     """A model's columns before its view exists: its table's or SQL's, plus its calculated fields."""
     m = project.models[name]
     try:
-        cols = wh.query_columns(delta.render(_base_select(project, name, wh.dialect), wh.dialect))
+        # a prediction model before its first training: the columns its score table will have
+        base = declared_select(wh, project, name) or _base_select(project, name, wh.dialect)
+        cols = wh.query_columns(delta.render(base, wh.dialect))
     except Exception:  # noqa: BLE001 - another source, or a broken table: the compiler reports what is used
         return []
     return [*cols, *(f.name for f in m.calculated_fields), *(c.name for c in m.custom_attributes)]

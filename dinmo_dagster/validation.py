@@ -25,6 +25,7 @@ from dinmo_dagster.compile import (
     segment_select,
 )
 from dinmo_dagster.config import Project, platform_extra
+from dinmo_dagster.predictions.tables import declared_select
 from dinmo_dagster.resources import build_resources, destination_of, platform_of, warehouse_of
 
 
@@ -205,14 +206,20 @@ class _Inliner:
         self.wh, self.project = wh, project
         self.infos = filters_model_infos(wh, project)
         self.views: dict[str, tuple[str, str]] = {}
+        self.untrained: dict[str, exp.Select] = {}  # prediction models whose score table is not made yet
         for name, m in project.models.items():
             if getattr(wh, "source_name", None) in (None, "", m.source):
                 self.views[model_relation(wh, project, name).sql(dialect=wh.dialect)] = ("model", name)
+                empty = declared_select(wh, project, name)
+                if empty is not None:
+                    self.untrained[name] = empty
         for name, seg in project.segments.items():
             if getattr(wh, "source_name", None) in (None, "", project.models[seg.model].source):
                 self.views[segment_relation(wh, project, name).sql(dialect=wh.dialect)] = ("segment", name)
 
     def select(self, kind: str, name: str, depth: int = 0) -> exp.Expression:
+        if kind == "model" and name in self.untrained:
+            return self.untrained[name].copy()
         build = model_select if kind == "model" else segment_select
         return self._inline(build(self.wh, self.project, name, self.infos), depth)
 

@@ -117,6 +117,7 @@ def test_features_as_of_a_cutoff_are_computed_in_the_warehouse(tmp_path: Path) -
         for r in table.to_dict("records")
     ]
     base = {"orders_prev_90d": 0.0, "amount_prev_90d": 0.0}
+    no_gaps = {"max_gap_days": None, "gap_cv": None, "recency_to_max_gap": None}
     assert rows == [
         {
             "customer_key": 1,
@@ -135,6 +136,9 @@ def test_features_as_of_a_cutoff_are_computed_in_the_warehouse(tmp_path: Path) -
             "amount_365d": 180.0,
             "orders_per_day": 3 / 173,
             "recency_to_interpurchase": 11 / 81,
+            "max_gap_days": 112.0,  # 2024-01-10 to 2024-05-01, then 50 days to 2024-06-20
+            "gap_cv": math.sqrt((112 - 81) ** 2 + (50 - 81) ** 2) / 81,
+            "recency_to_max_gap": 11 / 112,
             "category_share_0": 2 / 3,
             "category_share_1": 1 / 3,
         },
@@ -154,6 +158,7 @@ def test_features_as_of_a_cutoff_are_computed_in_the_warehouse(tmp_path: Path) -
             "amount_365d": 20.0,
             "orders_per_day": 1.0,
             "recency_to_interpurchase": None,
+            **no_gaps,
             "category_share_0": 1.0,
             "category_share_1": 0.0,
         },
@@ -173,6 +178,7 @@ def test_features_as_of_a_cutoff_are_computed_in_the_warehouse(tmp_path: Path) -
             "amount_365d": 0.0,
             "orders_per_day": 0.0,
             "recency_to_interpurchase": None,
+            **no_gaps,
             "category_share_0": None,
             "category_share_1": None,
         },
@@ -421,3 +427,89 @@ def test_filter_on_an_unknown_prediction_attribute_names_the_model(tmp_path: Pat
         "relationship 'predictions.value'); valid: churn_probability, customer_id, ltv_3m, model_version, "
         "scored_at"
     )
+
+
+def test_validate_connect_on_a_new_project_before_the_first_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dinmo_dagster.cli import main
+
+    extra = """
+        segments:
+          churn_risk: {model: predictions.value, filter: {attribute: churn_probability, op: gt, value: 0.7}}
+          customers_at_risk:
+            model: customers
+            filter: {attribute: predictions.value.churn_probability, op: gt, value: 0.7}
+          recommended_p42:
+            model: customers
+            filter: {relation: predictions.value_recommendations, exists: true,
+                     where: {attribute: item, op: eq, value: p42}}
+        destinations:
+          out: {type: local, path: out}
+        activations:
+          churn_file:
+            segment: churn_risk
+            destination: out
+            file_name: churn
+            mapping: {customer_id: customer_id, churn_probability: churn, ltv_3m: ltv_3m}
+        """
+    write_project(tmp_path, extra)
+    load_rows(tmp_path, [(1, "ann")], HAND_ORDERS[:1])
+    monkeypatch.chdir(tmp_path)
+    # the score models read tables no training made yet: validation knows their columns from the configuration
+    assert main(["--project", str(tmp_path), "validate", "--connect"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{tmp_path}: 1 source(s), 4 model(s), 3 segment(s), 1 destination(s), 1 activation(s) "
+        "(connections and entities checked): valid"
+    )
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:  # and it created nothing
+        assert con.execute(
+            "select distinct schema_name from information_schema.schemata order by 1"
+        ).fetchall() == [
+            ("information_schema",),
+            ("main",),
+            ("pg_catalog",),
+            ("raw",),
+        ]
+    # a column the scores will not have is still found
+    text = (tmp_path / "dinmo.yaml").read_text().replace("ltv_3m: ltv_3m}", "ltv_6m: ltv_6m}")
+    (tmp_path / "dinmo.yaml").write_text(text)
+    assert main(["--project", str(tmp_path), "validate", "--connect"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"1 problem(s) in {tmp_path} (checked with --connect):",
+        (
+            "  activations.churn_file: mapping: column 'ltv_6m' is not in segment 'churn_risk'; available: "
+            "customer_id, ltv_3m, churn_probability, model_version, scored_at"
+        ),
+    ]
+
+
+def test_bgnbd_recovers_the_dropout_of_the_process_and_says_who_is_alive() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from dinmo_dagster.predictions import learn
+
+    # frequency, recency and tenure as of the end of 20,000 generated customers' history
+    sim = simulate(20000, seed=7, rate_shape=0.7, mean_orders_per_year=24)
+    ids = sim.orders.column("customer_id").to_numpy() - 1
+    days = (sim.orders.column("ordered_at").to_numpy() - np.datetime64(sim.end)) / np.timedelta64(1, "D")
+    first, last = np.full(20000, np.inf), np.full(20000, -np.inf)
+    np.minimum.at(first, ids, np.floor(days))
+    np.maximum.at(last, ids, np.floor(days))
+    x = pd.DataFrame({"frequency": np.bincount(ids, minlength=20000).astype(float), "tenure_days": -first,
+                      "recency_days": -last})  # fmt: skip
+    fitted = learn.BgNbd.fit(x[x["frequency"] > 0])
+    assert fitted is not None
+    # the dropout's beta(0.79, 2.43) and the rates' gamma(0.7, 0.7 * 365 / 24) of the process
+    # (the process also has regular gaps, seasons and rate changes, which BG/NBD does not model)
+    assert fitted.a == pytest.approx(0.79, abs=0.1) and fitted.b == pytest.approx(2.43, abs=0.3)
+    assert fitted.r == pytest.approx(0.7, abs=0.1) and fitted.alpha == pytest.approx(0.7 * 365 / 24, rel=0.15)
+    hand = pd.DataFrame({"frequency": [3.0, 1.0, 0.0], "recency_days": [11.0, 1.0, None],
+                         "tenure_days": [173.0, 1.0, None]})  # fmt: skip
+    got = learn.BgNbd(r=0.7, alpha=10.0, a=0.8, b=2.4).features(hand)
+    # 2 repeat orders, the last 162 days after the first, 173 days of tenure: 1 / (1 + a / (b + x - 1) * ...)
+    alive = 1 / (1 + 0.8 / (2.4 + 1) * ((10 + 173) / (10 + 162)) ** (0.7 + 2))
+    assert got["p_alive"].tolist()[:2] == [pytest.approx(alive), 1.0]  # one order: no repeat to leave after
+    assert got["bgnbd_rate"].tolist()[:2] == [pytest.approx(2.7 / 183), pytest.approx(0.7 / 11)]
+    assert got.iloc[2].isna().all()

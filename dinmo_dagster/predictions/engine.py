@@ -139,15 +139,20 @@ class _Reader:
     def __init__(self, wh: Warehouse, c: F.Columns, categories: list[str]) -> None:
         self.wh, self.c, self.categories = wh, c, categories
         self._features: dict[dt.datetime, pd.DataFrame] = {}
-        self.columns = [*F.FEATURES, *(f"category_share_{i}" for i in range(len(categories)))]
+        self.sql_columns = [*F.FEATURES, *(f"category_share_{i}" for i in range(len(categories)))]
+        self.columns = [*self.sql_columns, *learn.BGNBD_FEATURES]
 
     def features(self, cutoff: dt.datetime) -> pd.DataFrame:
         if cutoff not in self._features:
             df = _frame(self.wh, F.features_sql(self.c, cutoff, self.wh.dialect, self.categories))
             df.columns = [str(c).lower() for c in df.columns]
-            for column in self.columns:
+            for column in self.sql_columns:
                 df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
             df["k"] = df[F.KEY].map(_key_text)
+            # BG/NBD's probability to be alive and rate, fitted on this cutoff's features alone
+            fitted = learn.BgNbd.fit(df)
+            bgnbd = list(learn.BGNBD_FEATURES)
+            df[bgnbd] = fitted.features(df) if fitted else pd.DataFrame(np.nan, index=df.index, columns=bgnbd)
             self._features[cutoff] = df
         return self._features[cutoff]
 
@@ -611,7 +616,8 @@ def publish(wh: Warehouse, project: Any, name: str) -> PublishResult:
 
 
 def feature_table(wh: Warehouse, project: Any, name: str, cutoff: dt.datetime) -> pd.DataFrame:
-    """The feature table of set ``name`` as of ``cutoff`` (what ``train`` reads), one row per customer."""
+    """The feature table of set ``name`` as of ``cutoff`` as the warehouse computes it, one row per customer
+    (``train`` adds the BG/NBD features, ``learn.BGNBD_FEATURES``, fitted in Python on it)."""
     c = _columns(wh, project, name)
     categories = [str(r[0]) for r in wh.query(F.categories_sql(c, cutoff, wh.dialect))] if c.category else []
-    return _Reader(wh, c, categories).features(cutoff).drop(columns=["k"])
+    return _Reader(wh, c, categories).features(cutoff).drop(columns=["k", *learn.BGNBD_FEATURES])

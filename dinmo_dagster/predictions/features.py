@@ -15,6 +15,12 @@ Features of a customer as of a cutoff ``c`` (orders strictly before ``c``):
 - ``orders_per_day``: ``frequency / tenure_days`` (tenure at least 1 day);
 - ``recency_to_interpurchase``: ``recency_days / interpurchase_days``, how many usual gaps the customer is
   late by;
+- ``max_gap_days``: the longest gap between two consecutive orders (NULL below two orders);
+- ``gap_cv``: the gaps' coefficient of variation (sample standard deviation / mean; NULL below three orders
+  or when every gap is 0 days): how regular the customer is. A regular buyer who is late is more likely gone
+  than an irregular one who is equally late;
+- ``recency_to_max_gap``: ``recency_days / max(max_gap_days, 1)``: above 1, the silence is longer than any
+  the customer had before;
 - ``category_share_<i>``: share of the orders in the i-th most frequent category (with ``item_category``).
 
 Days are calendar days (``DATEDIFF(day, ...)`` of the two dates). The customer key is compared as text, so a
@@ -50,6 +56,9 @@ FEATURES = (
     "amount_365d",
     "orders_per_day",
     "recency_to_interpurchase",
+    "max_gap_days",
+    "gap_cv",
+    "recency_to_max_gap",
 )
 KEY = "customer_key"
 MAX_CATEGORIES = 8
@@ -164,7 +173,20 @@ def features_sql(c: Columns, cutoff: dt.datetime, dialect: str, categories: Sequ
             for i, cat in enumerate(categories)
         ),
     ]
-    agg = exp.select(*aggregates).from_(_events(c, None, cutoff).subquery("e")).group_by(exp.column("k"))
+    events = _events(c, None, cutoff)
+    previous = exp.Window(
+        this=exp.Anonymous(this="LAG", expressions=[exp.column("t")]),
+        partition_by=[exp.column("k")],
+        order=exp.Order(expressions=[exp.Ordered(this=exp.column("t"))]),
+    )
+    gaps = exp.select(exp.Star(), _days(exp.column("t"), previous).as_("gap")).from_(events.subquery("e0"))
+    gap = exp.cast(exp.column("gap"), exp.DataType.build("double"))
+    aggregates += [
+        exp.Max(this=gap.copy()).as_("max_gap"),
+        exp.StddevSamp(this=gap.copy()).as_("sd_gap"),
+        exp.Avg(this=gap.copy()).as_("mean_gap"),
+    ]
+    agg = exp.select(*aggregates).from_(gaps.subquery("e")).group_by(exp.column("k"))
 
     def g(name: str) -> exp.Column:
         return exp.column(name, table="g")
@@ -212,6 +234,18 @@ def features_sql(c: Columns, cutoff: dt.datetime, dialect: str, categories: Sequ
                 ),
             ),
         ).as_("recency_to_interpurchase", quoted=True),
+        g("max_gap").as_("max_gap_days", quoted=True),
+        _when(
+            exp.GT(this=g("mean_gap"), expression=exp.Literal.number(0)),
+            exp.Div(this=g("sd_gap"), expression=g("mean_gap")),
+        ).as_("gap_cv", quoted=True),
+        _when(
+            exp.GT(this=n.copy(), expression=exp.Literal.number(1)),
+            exp.Div(
+                this=exp.cast(_days(_ts(cutoff), g("last_t")), double),
+                expression=exp.Greatest(this=g("max_gap"), expressions=[exp.Literal.number(1)]),
+            ),
+        ).as_("recency_to_max_gap", quoted=True),
         *(
             exp.Div(this=exp.cast(g(f"cat_{i}"), double), expression=n.copy()).as_(
                 f"category_share_{i}", quoted=True

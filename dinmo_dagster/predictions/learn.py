@@ -3,7 +3,9 @@
 - **Lifetime value** per horizon: LightGBM gradient-boosted trees (squared error, predictions clipped at 0).
   Baseline: the historical average, each customer's spend per day so far (``monetary_total / tenure_days``)
   times the horizon's days. Metrics: MAE and Spearman's rank correlation.
-- **Churn** (no order within ``churn_window_days``, among customers with at least one order): LightGBM
+- **BG/NBD features** (``BgNbd``): the probability that a customer is still there and their rate if so,
+  fitted on each cutoff's features (frequency, recency, tenure), given to both learners as features.
+- **Churn** (no order within ``churn_window_days``, among customers with at least one order): small LightGBM
   trees calibrated with isotonic regression (scikit-learn's ``CalibratedClassifierCV``, 3 folds), so a 0.7 is
   a 70% risk. Baseline: the recency rule, ranking by days since the last order (ROC AUC) and predicting churn
   when that exceeds the window (Brier score of the 0/1 rule). Metrics: ROC AUC and Brier score.
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "BgNbd",
     "Evaluation",
     "ItemCF",
     "Recommended",
@@ -103,6 +106,80 @@ def importance(model: Any, columns: list[str]) -> dict[str, float]:
     return {c: round(float(g), 2) for c, g in pairs}
 
 
+# ------------------------------------------------------------------------------------------------- BG/NBD
+
+BGNBD_FEATURES = ("p_alive", "bgnbd_rate")
+
+
+@dataclass(frozen=True)
+class BgNbd:
+    """The BG/NBD model of Fader, Hardie & Lee (2005, "Counting your customers the easy way"), fitted by
+    maximum likelihood to the customers' frequency, recency and tenure: order rates gamma(r, alpha) across
+    customers, a dropout after each repeat order with a probability beta(a, b) across customers.
+
+    Why a feature: the trees see recency and frequency but not how they combine into the probability that a
+    customer is still there. A frequent buyer who has been silent for two months has probably left; a rare
+    one has not: ``p_alive`` says so in one number, ``bgnbd_rate`` is the expected orders per day if alive.
+    Fitted at each cutoff on that cutoff's features only (no outcome), so it leaks nothing."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+
+    @staticmethod
+    def _data(x: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(repeat orders, days from the first to the last order, days from the first order to the cutoff)."""
+        n = x["frequency"].to_numpy(dtype=float)
+        tenure = x["tenure_days"].to_numpy(dtype=float)
+        recency = x["recency_days"].to_numpy(dtype=float)
+        return np.maximum(n - 1, 0), np.maximum(tenure - recency, 0), np.maximum(tenure, 1.0)
+
+    @classmethod
+    def fit(cls, x: pd.DataFrame, seed: int = 0, max_rows: int = 200_000) -> BgNbd | None:
+        """The maximum-likelihood parameters over the customers with an order (a seeded sample of at most
+        ``max_rows``); None when there are too few customers or the fit fails."""
+        from scipy.optimize import minimize
+        from scipy.special import betaln, gammaln
+
+        bought = x[x["frequency"] > 0]
+        if len(bought) < 20:
+            return None
+        if len(bought) > max_rows:
+            bought = bought.sample(max_rows, random_state=seed)
+        f, tx, t = cls._data(bought)
+
+        def nll(theta: np.ndarray) -> float:
+            r, alpha, a, b = np.exp(theta)
+            common = gammaln(r + f) - gammaln(r) + r * np.log(alpha) - betaln(a, b)
+            gone = betaln(a, b + f) - (r + f) * np.log(alpha + t)
+            left = np.where(
+                f > 0, betaln(a + 1, np.maximum(b + f - 1, 1e-9)) - (r + f) * np.log(alpha + tx), -np.inf
+            )
+            return float(-np.sum(common + np.logaddexp(gone, left)))
+
+        start = np.log([1.0, float(np.mean(t)) or 1.0, 1.0, 1.0])
+        found = minimize(nll, start, method="L-BFGS-B", bounds=[(-10.0, 12.0)] * 4)
+        if not np.all(np.isfinite(found.x)):
+            return None
+        return cls(*(float(v) for v in np.exp(found.x)))
+
+    def features(self, x: pd.DataFrame) -> pd.DataFrame:
+        """``p_alive`` and ``bgnbd_rate`` (expected orders per day if alive) per row; NaN without orders."""
+        f, tx, t = self._data(x)
+        late = np.where(
+            f > 0,
+            self.a
+            / np.maximum(self.b + f - 1, 1e-9)
+            * np.exp((self.r + f) * np.log((self.alpha + t) / (self.alpha + tx))),
+            0.0,
+        )
+        none = x["frequency"].to_numpy(dtype=float) <= 0
+        p_alive = np.where(none, np.nan, 1.0 / (1.0 + late))
+        rate = np.where(none, np.nan, (self.r + f) / (self.alpha + t))
+        return pd.DataFrame({"p_alive": p_alive, "bgnbd_rate": rate}, index=x.index)
+
+
 # ------------------------------------------------------------------------------------------- lifetime value
 
 
@@ -145,10 +222,17 @@ def evaluate_ltv(y: np.ndarray, predicted: np.ndarray, baseline: np.ndarray, wha
 
 
 def fit_churn(x: pd.DataFrame, y: np.ndarray, seed: int) -> Any:
-    """Trees calibrated by isotonic regression on 3 unshuffled folds."""
+    """Trees calibrated by isotonic regression on 3 unshuffled folds.
+
+    Smaller trees than the lifetime value's (7 leaves, 50 customers a leaf at least): each fold learns from
+    two thirds of the customers, and on a few thousand customers deeper trees learn the noise of who happened
+    to order, which the back-test then punishes (measured on generated customers: at 3,000 customers the AUC
+    over the recency rule went from +0.011 to +0.020, at 20,000 from +0.029 to +0.031)."""
     from sklearn.calibration import CalibratedClassifierCV
 
-    model = CalibratedClassifierCV(_lgbm("classifier", seed), method="isotonic", cv=3)
+    trees = _lgbm("classifier", seed)
+    trees.set_params(num_leaves=7, min_child_samples=50)
+    model = CalibratedClassifierCV(trees, method="isotonic", cv=3)
     model.fit(x, y)
     return model
 

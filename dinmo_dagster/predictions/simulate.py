@@ -1,13 +1,37 @@
 """Customers and orders drawn from a known process, so predictions can be judged against the truth.
 
-Each customer has a segment, a signup day, an order rate (orders per day, gamma-distributed), a mean order
-value (log-normal) and a churn hazard (per day): they stop ordering at an exponential time after signup.
-While alive, orders come as a Poisson process; each order's value is log-normal around the customer's mean,
-and its product is drawn from the segment's preferred items (80%) or from all items (20%). Orders are
-simulated up to ``end + future_days``: those before ``end`` are the history a warehouse holds, those after
-are the truth a prediction made at ``end`` is judged on (``Simulation.truth``).
+The process follows the standard models of non-contractual customer behaviour, each element for a reason a
+real customer base shows:
 
-Used by ``benchmarks/predictions.py`` and the tests; numpy only, seeded.
+- **Heterogeneous order rates, gamma-distributed** across customers (the NBD part of Pareto/NBD,
+  Schmittlein, Morrison & Colombo 1987, and of BG/NBD, Fader, Hardie & Lee 2005): a few customers order
+  far more often than most.
+- **Regularity of the gaps between orders** (Pareto/GGG, Platzer & Reutterer 2016): the gaps are
+  gamma-distributed with a shape ``k`` of each customer's own (``k = 1`` is the memoryless Poisson case;
+  most retail customers are more regular than that, ``k > 1``, and some less). Real inter-purchase times
+  are not exponential: people restock, pay day comes monthly.
+- **Dropout as a latent event after a purchase** (the beta-geometric of BG/NBD): after each repeat order
+  the customer leaves for good with a probability ``p`` of their own, beta-distributed across customers
+  (default ``a, b``: the CDNow estimates of Fader, Hardie & Lee 2005, 0.79 and 2.43). Nobody records the
+  dropout: a customer who has not ordered for a while may be gone or merely slow, which is why recency
+  alone is not the whole story.
+- **Seasonality**: every rate follows the calendar, with a peak in late December (retail's fourth quarter)
+  and a trough in the summer, ``1 + seasonality * cos(2 pi (day of year - 355) / 365)``.
+- **Rates that change**: at an exponential time after signup (mean ``change_after_days``) a customer's rate
+  is multiplied by a log-normal factor (moving house, a new job, a competitor): the stationary models assume
+  it away, real customers do not.
+- **Customers who never order**: a share of the accounts (``never_order``) signs up without buying.
+- **Order values**: a mean value per customer (log-normal, higher in some segments), each order's value
+  log-normal around it, independent of the timing (the gamma-gamma assumption of Fader, Hardie & Lee's
+  "RFM and CLV", 2005). Products: the segment's preferred items (80%) or any (20%).
+
+A customer's first order is their signup (customers are acquired by a purchase). Orders are simulated up to
+``end + future_days``: those before ``end`` are the history a warehouse holds, those after are the truth a
+prediction made at ``end`` is judged on (``Simulation.truth``). ``Simulation.oracle`` draws many futures from
+each customer's true state at ``end`` (rate, regularity, dropout probability, whether they already dropped
+out, days since their last order): the best any prediction can do, knowing what no warehouse knows.
+
+Used by ``benchmarks/predictions.py`` and the tests; numpy and scipy, seeded.
 """
 
 from __future__ import annotations
@@ -22,16 +46,28 @@ import pyarrow.compute as pc
 __all__ = ["Simulation", "simulate"]
 
 
+def _season(t: np.ndarray, start: dt.datetime, amplitude: float) -> np.ndarray:
+    """The cumulative seasonal clock: days of "average-season time" elapsed from day 0 to day ``t``."""
+    phase0 = 2 * np.pi * (start.timetuple().tm_yday - 355) / 365.0
+    w = 2 * np.pi / 365.0
+    return t + amplitude / w * (np.sin(w * t + phase0) - np.sin(phase0))
+
+
 @dataclass
 class Simulation:
     customers: pa.Table  # customer_id, segment, signup_at
     orders: pa.Table  # order_id, customer_id, ordered_at, amount, product_id, category (before end)
     future: pa.Table  # the same columns, at or after end
     end: dt.datetime
-    rate: np.ndarray  # true orders per day, per customer
+    days: int  # days of history before end
+    rate: np.ndarray  # orders per (average-season) day at end, per customer
+    regularity: np.ndarray  # the gamma shape k of each customer's gaps
+    dropout: np.ndarray  # probability to leave after each repeat order
     value: np.ndarray  # true mean order value
-    hazard: np.ndarray  # true churn hazard per day
-    alive_until: np.ndarray  # days after the start when the customer stops ordering
+    alive: np.ndarray  # not yet dropped out at end
+    last_order: np.ndarray  # days (from the start) of the last order before end, NaN without one
+    seasonality: float
+    start: dt.datetime
 
     def truth(self, days: int) -> tuple[np.ndarray, np.ndarray]:
         """Per customer (in customer_id order): the spend and the number of orders in [end, end + days)."""
@@ -43,6 +79,45 @@ class Simulation:
         spend = np.bincount(ids - 1, weights=amounts, minlength=n)
         count = np.bincount(ids - 1, minlength=n)
         return spend, count
+
+    def oracle(self, days: int, draws: int = 200, seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
+        """Per customer: (expected orders in [end, end + days), probability of no order in it), from
+        ``draws`` futures of each customer's true state at ``end`` (no rate change inside the window)."""
+        from scipy.stats import gamma
+
+        rng = np.random.default_rng(seed)
+        n = len(self.rate)
+        expected = np.zeros(n)
+        none = np.zeros(n)
+        bought = ~np.isnan(self.last_order)
+        who = np.flatnonzero(self.alive & bought)
+        none[~(self.alive & bought)] = 1.0
+        if len(who) == 0:
+            return expected, none
+        k, lam, p = self.regularity[who], self.rate[who], self.dropout[who]
+        u_end = _season(np.array([float(self.days)]), self.start, self.seasonality)[0]
+        u_last = _season(self.last_order[who], self.start, self.seasonality)
+        u_stop = _season(np.array([float(self.days + days)]), self.start, self.seasonality)[0]
+        age = u_end - u_last  # seasonal time since the last order
+        scale = 1.0 / (k * lam)
+        for _ in range(draws):
+            # the first gap is at least the age already elapsed (the renewal's residual life)
+            low = gamma.cdf(age, k, scale=scale)
+            u = low + rng.uniform(size=len(who)) * (1 - low)
+            gap = gamma.ppf(np.minimum(u, 1 - 1e-12), k, scale=scale)
+            at = u_last + gap
+            alive = np.ones(len(who), dtype=bool)
+            count = np.zeros(len(who))
+            while True:
+                inside = alive & (at < u_stop)
+                if not inside.any():
+                    break
+                count += inside
+                alive &= inside & (rng.uniform(size=len(who)) >= p)
+                at = at + rng.gamma(k, scale)
+            expected[who] += count / draws
+            none[who] += (count == 0) / draws
+        return expected, np.clip(none, 0.0, 1.0)
 
 
 def simulate(
@@ -56,26 +131,73 @@ def simulate(
     end: dt.datetime = dt.datetime(2025, 1, 1),
     mean_orders_per_year: float = 4.0,
     rate_shape: float = 1.5,
-    mean_lifetime_days: float = 500.0,
+    regularity_shape: float = 4.0,
+    regularity_mean: float = 1.6,
+    dropout_a: float = 0.79,
+    dropout_b: float = 2.43,
+    seasonality: float = 0.3,
+    change_after_days: float = 730.0,
+    change_sigma: float = 0.6,
+    never_order: float = 0.1,
 ) -> Simulation:
     """``customers`` customers over ``days`` days of history before ``end`` (and ``future_days`` after).
 
     ``rate_shape``: the gamma shape of the order rates (smaller: more unequal customers);
-    ``mean_lifetime_days``: the mean time from signup to churn."""
+    ``regularity_shape`` / ``regularity_mean``: the gamma distribution of each customer's gap shape ``k``;
+    ``dropout_a`` / ``dropout_b``: the beta distribution of the dropout probability after a repeat order;
+    ``seasonality``: the amplitude of the yearly cycle; ``change_after_days`` / ``change_sigma``: when a
+    customer's rate changes and by how much (log-normal sigma); ``never_order``: the share who never buy."""
     rng = np.random.default_rng(seed)
     n = customers
     start = end - dt.timedelta(days=days)
+    horizon = float(days + future_days)
     segment = rng.integers(0, segments, n)
     signup = rng.uniform(0, days - 30, n)
-    rate = rng.gamma(rate_shape, mean_orders_per_year / 365 / rate_shape, n)
+    rate0 = rng.gamma(rate_shape, mean_orders_per_year / 365 / rate_shape, n)
+    k = np.maximum(rng.gamma(regularity_shape, regularity_mean / regularity_shape, n), 0.3)
+    p = rng.beta(dropout_a, dropout_b, n)
+    change_at = signup + rng.exponential(change_after_days, n)
+    rate1 = rate0 * np.exp(rng.normal(-(change_sigma**2) / 2, change_sigma, n))
     value = np.exp(rng.normal(3.8, 0.6, n) + 0.15 * segment)
-    hazard = rng.gamma(1.2, 1 / mean_lifetime_days / 1.2, n)
-    alive_until = signup + rng.exponential(1 / hazard)
-    horizon = days + future_days
-    span = np.clip(np.minimum(alive_until, horizon) - signup, 0, None)
-    counts = rng.poisson(rate * span)
-    owner = np.repeat(np.arange(n), counts)
-    when = signup[owner] + rng.uniform(0, 1, owner.size) * span[owner]
+    buyer = rng.uniform(size=n) >= never_order
+
+    # orders in seasonal time u (the rate is constant in it), then mapped back to calendar days
+    grid = np.arange(0.0, horizon + 2.0, 0.25)
+    clock = _season(grid, start, seasonality)
+    u_signup = np.interp(signup, grid, clock)
+    u_change = np.interp(np.minimum(change_at, horizon + 1), grid, clock)
+    u_horizon = clock[-1]
+    owners: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    who = np.flatnonzero(buyer)
+    at = u_signup[who]
+    alive = np.ones(n, dtype=bool)
+    first = True
+    while len(who):
+        owners.append(who)
+        times.append(at)
+        if not first:  # the beta-geometric dropout, after each repeat order
+            stays = rng.uniform(size=len(who)) >= p[who]
+            alive[who[~stays]] = False
+            who, at = who[stays], at[stays]
+        first = False
+        lam = np.where(at < u_change[who], rate0[who], rate1[who])
+        at = at + rng.gamma(k[who], 1.0 / (k[who] * lam))
+        keep = at < u_horizon
+        who, at = who[keep], at[keep]
+    owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
+    when = np.interp(np.concatenate(times), clock, grid) if times else np.zeros(0)
+    # alive at end unless the order after which they left came before end
+    order_dropped = np.zeros(n, dtype=bool)
+    last_before = np.full(n, np.nan)
+    past = when < days
+    np.fmax.at(last_before, owner[past], when[past])
+    left = ~alive  # they left right after their final order
+    final = np.full(n, -np.inf)
+    np.maximum.at(final, owner, when)
+    order_dropped[left] = final[left] < days
+    alive_at_end = buyer & ~order_dropped
+
     amount = np.round(value[owner] * np.exp(rng.normal(-0.045, 0.3, owner.size)), 2)
     # items: each segment prefers its own slice of the catalogue (and, inside it, a few items more)
     per = items // segments
@@ -103,8 +225,7 @@ def simulate(
             "category": pa.array([f"c{i:02d}" for i in range(10)]).take(pa.array(category)),
         }
     )
-    past = when < days
-    mask = pa.array(past)
+    mask = pa.array(when < days)
     signup_ts = np.datetime64(start, "s") + (signup * 86400).astype("int64").astype("timedelta64[s]")
     cust = pa.table(
         {
@@ -113,6 +234,19 @@ def simulate(
             "signup_at": pa.array(signup_ts, pa.timestamp("s")),
         }
     )
+    rate_at_end = np.where(np.interp(float(days), grid, clock) < u_change, rate0, rate1)
     return Simulation(
-        cust, table.filter(mask), table.filter(pc.invert(mask)), end, rate, value, hazard, alive_until
+        customers=cust,
+        orders=table.filter(mask),
+        future=table.filter(pc.invert(mask)),
+        end=end,
+        days=days,
+        rate=rate_at_end,
+        regularity=k,
+        dropout=p,
+        value=value,
+        alive=alive_at_end,
+        last_order=last_before,
+        seasonality=seasonality,
+        start=start,
     )

@@ -5,7 +5,8 @@
 ``<set>__candidate_recommendations``
 the scores of the latest training; ``<set>__runs`` one row per training (version, cutoff, promoted models,
 reasons, metrics). No Dagster, no import of the compiler: ``compile.refresh_model`` creates the empty score
-tables through ``ensure_score_tables`` before the first training.
+tables through ``ensure_score_tables`` before the first training, and validation reads the columns they will
+have from ``declared_select``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dinmo_dagster import delta
 from dinmo_dagster.predictions.spec import PredictionSet, prediction_model
 from dinmo_dagster.warehouses import Warehouse
 
-__all__ = ["CHURN", "Tables", "ensure_score_tables", "existing_columns", "score_tables"]
+__all__ = ["CHURN", "Tables", "declared_select", "ensure_score_tables", "existing_columns", "score_tables"]
 
 CHURN = "churn_probability"
 
@@ -59,16 +60,25 @@ def existing_columns(wh: Warehouse, table: exp.Table) -> list[str] | None:
         return None
 
 
-def ensure_score_tables(wh: Warehouse, project: Any, model: str) -> None:
-    """Create the (empty) score table a built-in prediction model reads, when no run has published yet, so its
-    view, and the customer model's segments related to it, can be built before the first training."""
+def declared_select(wh: Warehouse, project: Any, model: str) -> exp.Select | None:
+    """The zero-row SELECT of a built-in prediction model's columns, with their types, when its score table
+    does not exist yet (else None): what the model will read once trained, known from the configuration alone.
+
+    ``ensure_score_tables`` creates the table from it; ``dinmo validate --connect`` and the filter compiler
+    read the model's columns from it before the first training, without creating anything."""
     found = prediction_model(project, model)
     if found is None:
-        return
+        return None
     name, what = found
     p: PredictionSet = project.predictions[name]
-    customers = project.models[p.model]
     t = score_tables(wh, project, name)
+    if existing_columns(wh, t.scores if what == "scores" else t.recommendations) is not None:
+        return None
+    return _empty_select(wh, project, p, what)
+
+
+def _empty_select(wh: Warehouse, project: Any, p: PredictionSet, what: str) -> exp.Select:
+    customers = project.models[p.model]
     d = wh.dialect
     if customers.table is not None:
         base: exp.Expression = exp.to_table(customers.table, dialect=d)
@@ -78,7 +88,6 @@ def ensure_score_tables(wh: Warehouse, project: Any, model: str) -> None:
     ts = exp.DataType.build("timestamp")
     pk = delta.col(customers.primary_key)
     if what == "scores":
-        table = t.scores
         cols = [
             pk,
             *(exp.cast(exp.null(), double).as_(c, quoted=True) for c in [*p.ltv_columns(), CHURN]),
@@ -86,7 +95,6 @@ def ensure_score_tables(wh: Warehouse, project: Any, model: str) -> None:
             exp.cast(exp.null(), ts).as_("scored_at", quoted=True),
         ]
     else:
-        table = t.recommendations
         cols = [
             exp.cast(exp.null(), text).as_("recommendation_id", quoted=True),
             pk,
@@ -96,8 +104,19 @@ def ensure_score_tables(wh: Warehouse, project: Any, model: str) -> None:
             exp.cast(exp.null(), text).as_("model_version", quoted=True),
             exp.cast(exp.null(), ts).as_("scored_at", quoted=True),
         ]
-    if existing_columns(wh, table) is not None:
+    return exp.select(*cols).from_(base).where(exp.false())
+
+
+def ensure_score_tables(wh: Warehouse, project: Any, model: str) -> None:
+    """Create the (empty) score table a built-in prediction model reads, when no run has published yet, so its
+    view, and the customer model's segments related to it, can be built before the first training."""
+    select = declared_select(wh, project, model)
+    if select is None:
         return
-    wh.ensure_schema(project.sources[customers.source].helper_schemas.predictions)
-    select = exp.select(*cols).from_(base).where(exp.false())
-    wh.execute(delta.render(exp.Create(this=table.copy(), kind="TABLE", exists=True, expression=select), d))
+    name, what = prediction_model(project, model) or ("", "")
+    p: PredictionSet = project.predictions[name]
+    t = score_tables(wh, project, name)
+    table = t.scores if what == "scores" else t.recommendations
+    wh.ensure_schema(project.sources[project.models[p.model].source].helper_schemas.predictions)
+    create = exp.Create(this=table.copy(), kind="TABLE", exists=True, expression=select)
+    wh.execute(delta.render(create, wh.dialect))
