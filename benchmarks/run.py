@@ -234,6 +234,8 @@ def _sql_kind(sql: str) -> str:
         return "sql: snapshot: rows delivered (values) + keys/hashes"
     if target.startswith("SNAP__") and " AS " in s:
         return "sql: snapshot: keys + row hashes"
+    if "RENAME TO" in s or ("SNAP__" in s and s.startswith(("DELETE", "INSERT"))):
+        return "sql: promotion: baseline snapshot updated in place (changed keys)"
     if target.startswith("VALS__") or ("VALS__" in s and s.startswith(("DELETE", "INSERT"))):
         return "sql: promotion: delivered values (difference)"
     if target.startswith("CHG__") and " AS " in s:
@@ -337,6 +339,17 @@ def install_phase_timers() -> None:
 
     if orig_copy_to is not None:
         duck.copy_to, duck.column_types = copy_to, column_types
+
+    # A DuckDB delta applied in place: one transaction builds the changes (hash, join with the baseline,
+    # changed keys only) and counts them.
+    orig_execute_then_query = getattr(duck, "execute_then_query", None)
+
+    def execute_then_query(self, statements, sql):
+        with PHASES.phase("sql: snapshot: changed keys only (hash + join with the baseline) + counts"):
+            return orig_execute_then_query(self, statements, sql)
+
+    if orig_execute_then_query is not None:
+        duck.execute_then_query = execute_then_query
 
     orig_write_parts = writers.write_parts
 

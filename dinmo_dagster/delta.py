@@ -297,6 +297,63 @@ def delta_stats_sql(snapshot: exp.Table, baseline: exp.Expression, rows: exp.Tab
     return render(q, dialect)
 
 
+CHANGES_STATS_COLUMNS = (*STATS_COLUMNS, "n_null_keys")
+"""What ``changes_stats_sql`` returns: ``STATS_COLUMNS`` (``n_rows``: the segment's rows with a key),
+then the segment's rows without a key."""
+
+
+def changes_stats_sql(segment: exp.Expression, baseline: exp.Expression, rows: exp.Table, pk: str,
+                      dialect: str) -> str:
+    """``CHANGES_STATS_COLUMNS`` of a delta whose only new table is its rows table (the changes, see
+    ``apply_changes_sql``): the changes are counted from it, the segment's rows with and without a key
+    from one scan of its key column (no hashing), the baseline's rows from the baseline.
+
+    As in ``snapshot_stats_sql``, the distinct keys are ``n_base - n_removed + n_new_keys``; they equal
+    ``n_rows`` only when no key repeats in the segment (a repeated key that matches the baseline is
+    counted twice in ``n_rows`` and once in the baseline), so the uniqueness check needs no snapshot.
+    Run it in the transaction that built ``rows``, so both read the same state of the segment.
+    """
+    kind = col(CHANGE_COL)
+    added = exp.EQ(this=kind.copy(), expression=exp.Literal.string(ADDED))
+    changes = exp.select(
+        exp.Count(this=exp.Distinct(expressions=[exp.Case(ifs=[exp.If(this=added.copy(), true=col(pk))])]))
+        .as_("n_new_keys"),
+        _count_if(added).as_("n_added"),
+        _count_if(exp.EQ(this=kind.copy(), expression=exp.Literal.string(UPDATED))).as_("n_updated"),
+        _count_if(exp.EQ(this=kind.copy(), expression=exp.Literal.string(REMOVED))).as_("n_removed"),
+    ).from_(rows.copy()).subquery("r")
+    seg = exp.select(exp.Count(this=col(pk)).as_("n_keyed"), exp.Count(this=exp.Star()).as_("n_total")).from_(
+        relation(segment, "s0")).subquery("s")
+    q = exp.select(
+        col("n_keyed", "s").as_("n_rows"), _count_rows(baseline).as_("n_base"),
+        *[col(c, "r").as_(c) for c in ("n_new_keys", "n_added", "n_updated", "n_removed")],
+        exp.Sub(this=col("n_total", "s"), expression=col("n_keyed", "s")).as_("n_null_keys"),
+    ).from_(changes).join(seg, join_type="CROSS")
+    return render(q, dialect)
+
+
+def apply_changes_sql(baseline: exp.Table, rows: exp.Table, target: exp.Table, pk: str, narrow: Sequence[str],
+                      dialect: str) -> list[str]:
+    """Turn the baseline's snapshot table into the next one, in place: a delta's promotion.
+
+    Its changed keys (added, updated, removed: every key of the rows table) are deleted, the rows the
+    sync sent (added and updated, with their new hashes) inserted, and the table renamed ``target`` (the
+    new baseline's snapshot name; a leftover of that name is dropped first). Only the changes are
+    written, never a copy of the whole snapshot. Run in the promotion's transaction, which also moves
+    the baseline: applied once, atomically; a crash before the commit leaves the old baseline whole.
+    """
+    keys = exp.select(col(pk)).from_(rows.copy())
+    where = exp.Where(this=exp.In(this=col(pk), query=keys.subquery()))
+    delete = exp.Delete(this=baseline.copy(), where=where)
+    stored = [*narrow, HASH_COL]
+    insert = exp.Insert(this=exp.Schema(this=baseline.copy(), expressions=[ident(c) for c in stored]),
+                        expression=sent_rows_select(rows, stored))
+    rename = exp.Alter(this=baseline.copy(), kind="TABLE",
+                       actions=[exp.AlterRename(this=exp.Table(this=target.this.copy()))])
+    return [render(delete, dialect), render(insert, dialect), drop_table_sql(target, dialect),
+            render(rename, dialect)]
+
+
 def derive_snapshot_select(base: exp.Select, rows: exp.Table, pk: str, narrow: Sequence[str]) -> exp.Select:
     """The new snapshot of a delta sync: the baseline with this sync's changes applied.
 

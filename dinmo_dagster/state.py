@@ -87,6 +87,14 @@ class RowsKind(StrEnum):
     FULL = "full"  # every row of the segment, with values (a full sync)
     DELTA = "delta"  # the changes against the baseline, with values (a delta sync)
     NONE = "none"  # no rows table: a ``full_only`` sync reads the segment when it writes
+    # The changes against the baseline, with values, and no snapshot table yet: the promotion applies
+    # them to the baseline's snapshot table in place and renames it (a DuckDB delta, ``sync._promote``).
+    CHANGES = "changes"
+
+    @property
+    def is_delta(self) -> bool:
+        """The rows table holds changes against one baseline (``base_partition``), not every row."""
+        return self in (RowsKind.DELTA, RowsKind.CHANGES)
 
 
 BASELINES = delta.StateTable("dinmo_baselines", (

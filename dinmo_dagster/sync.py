@@ -253,8 +253,28 @@ def _promote(t: SyncTarget, partition_key: str) -> list[str]:
     info = t.store.snapshot_info(partition_key)
     rows_count, rows_kind = (info.row_count, info.rows_kind) if info else (0, RowsKind.NONE)
     statements, values_table = _values_sql(t, partition_key, rows_kind)
+    if info is not None and rows_kind is RowsKind.CHANGES:
+        statements += _apply_changes_sql(t, partition_key, info.base_partition)
     return statements + t.store.promote_sql(partition_key, t.snapshot_table(partition_key).name, rows_count,
                                             values_table)
+
+
+def _apply_changes_sql(t: SyncTarget, partition_key: str, base_partition: str | None) -> list[str]:
+    """Statements that make the baseline's snapshot table this sync's (``RowsKind.CHANGES``): its changes
+    applied in place, the table renamed (``delta.apply_changes_sql``), in the promotion's transaction.
+
+    The changes hold against the baseline they were taken against only: the delivery takes them again
+    when the baseline moved (``plan``), so a promotion over another baseline is refused, never applied.
+    """
+    base = t.store.baseline()
+    if base is None or base.partition_key != base_partition:
+        raise SyncError(f"activation '{t.name}': the changes of sync {partition_key} were taken against the "
+                        f"baseline {base_partition}, but the baseline is now "
+                        f"{base.partition_key if base else 'gone'}; nothing was promoted. Run a new sync")
+    rows = t.rows_table(partition_key)
+    pk = delta.resolve_column(t.model.primary_key, t.warehouse.relation_columns(rows))
+    baseline, target = t.snapshot_table(base.partition_key), t.snapshot_table(partition_key)
+    return delta.apply_changes_sql(baseline, rows, target, pk, [pk], t.dialect)
 
 
 def _values_sql(t: SyncTarget, partition_key: str, rows_kind: RowsKind) -> tuple[list[str], str | None]:
@@ -459,6 +479,9 @@ def _take_snapshot(t: SyncTarget, partition_key: str, full: bool) -> SnapshotRes
     # The stored columns in file order: the exported ones, then the key and the event time if not exported.
     columns = exported + [c for c in narrow if c not in exported]
     target, rows = t.snapshot_table(partition_key), t.rows_table(partition_key)
+    if base is not None and not full and changes_in_place(t):
+        return _snapshot_changes(t, partition_key, base, seg, pk, columns, exported, narrow, order_by,
+                                 timings)
     if t.activation.platform_service is None and (t.activation.effective_run_type == "full_only" or (
             dialect == "duckdb" and base is not None and not full)):
         return _snapshot_in_one_pass(t, partition_key, base, seg, pk, columns, exported, narrow, order_by, window,
@@ -556,6 +579,65 @@ def _snapshot_in_one_pass(
     return SnapshotResult(table=target.sql(dialect=dialect), rows=distinct, null_keys=null_keys,
                           duplicates_dropped=keyed - distinct, columns=exported, window_start=window_start,
                           timings=timings)
+
+
+def changes_in_place(t: SyncTarget) -> bool:
+    """Whether this activation's delta syncs keep no snapshot of their own: the snapshot step writes only
+    the changes (``RowsKind.CHANGES``), and the promotion applies them to the baseline's snapshot table
+    in place (``_promote``).
+
+    A DuckDB source (one transaction reads one state of the database, and DDL is transactional), a file
+    destination, a ``full_then_delta`` activation of a dimension (an event sync's snapshot is its time
+    window, not the baseline plus changes), and ``keep_snapshots: 1``: the previous snapshot is not
+    kept anyway, whereas keeping more needs each one whole, so the others keep a snapshot per sync.
+    (A ``full_only`` sync keeps its one-pass snapshot: measured on 5M rows, applying its changed keys
+    in place instead took as long, 0.48-0.86 s against 0.59-0.92 s for the snapshot and its join.)
+    """
+    a = t.activation
+    return (t.dialect == "duckdb" and hasattr(t.warehouse, "execute_then_query")
+            and a.platform_service is None and a.effective_run_type == "full_then_delta"
+            and not incremental_events(t) and a.keep_snapshots == 1)
+
+
+def _snapshot_changes(
+    t: SyncTarget, partition_key: str, base: Baseline, seg: exp.Expression, pk: str, columns: list[str],
+    exported: list[str], narrow: list[str], order_by: str | None, timings: dict[str, float],
+) -> SnapshotResult:
+    """The snapshot of a delta whose changes are applied in place (``changes_in_place``): one statement
+    hashes the segment, joins the hashes with the baseline's and writes the changed keys only (added and
+    updated with their values and new hashes, removed with their key), the rows table; no snapshot of
+    every key is written. In the same transaction (one state of the database), one query counts the
+    changes, the baseline's rows and the segment's keys (``delta.changes_stats_sql``): the uniqueness
+    check and the NULL keys need no other pass. When keys repeat, the changes are taken again keeping
+    one row per key (``delta.source_rows``).
+
+    The baseline's table is left as it is: ``_promote`` applies these changes to it once every file
+    landed, in the transaction that moves the baseline.
+    """
+    wh, dialect = t.warehouse, t.dialect
+    target, rows = t.snapshot_table(partition_key), t.rows_table(partition_key)
+    base_rows = delta.narrow_select(t.snapshot_table(base.partition_key), narrow)
+    stats = delta.changes_stats_sql(seg, base_rows, rows, pk, dialect)
+    dedupe = False
+    while True:
+        src = delta.source_rows(seg, pk, columns, exported, dialect, dedupe=dedupe, order_by=order_by)
+        # The registry row goes with the old tables (see ``_snapshot_in_one_pass``); a snapshot table of this
+        # partition left by an earlier attempt would be stale.
+        statements = [t.store.forget_snapshot_sql(partition_key), delta.drop_table_sql(target, dialect),
+                      *delta.create_table_sql(rows, delta.delta_rows_select(src, base_rows, pk, columns),
+                                              dialect)]
+        with _step(timings, "snapshot"):
+            found = wh.execute_then_query(statements, stats)[0]  # type: ignore[attr-defined]
+        keyed, n_base, new_keys, _, _, removed, null_keys = (int(v) for v in found)
+        distinct = n_base - removed + new_keys
+        if dedupe or distinct == keyed:
+            break
+        dedupe = True
+    with _step(timings, "register"):
+        wh.execute(t.store.register_snapshot_sql(partition_key, target.name, distinct, RowsKind.CHANGES,
+                                                 dedupe, base.partition_key))
+    return SnapshotResult(table=target.sql(dialect=dialect), rows=distinct, null_keys=null_keys,
+                          duplicates_dropped=keyed - distinct, columns=exported, timings=timings)
 
 
 EARLIER_ATTEMPT = "_earlier"
@@ -676,7 +758,7 @@ def plan(t: SyncTarget, partition_key: str, force_full: bool = False) -> _Plan:
                         f"materialize snapshots/{t.name} for this partition first")
     base = t.store.baseline()
     full = force_full or base is None or a.effective_run_type == "full_only" or info.rows_kind is RowsKind.FULL
-    if info.rows_kind is RowsKind.DELTA and (full or base is None or base.partition_key != info.base_partition):
+    if info.rows_kind.is_delta and (full or base is None or base.partition_key != info.base_partition):
         # The snapshot holds changes against a baseline that has moved since (recovery completed a sync
         # that had died after its files landed), or a full refresh was asked of the delivery only: take
         # it again, now, against the current baseline.

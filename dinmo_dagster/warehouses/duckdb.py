@@ -205,6 +205,27 @@ class DuckDBWarehouse(Warehouse):
     def query(self, sql: str) -> list[tuple]:
         return self._with_headroom(lambda: super(DuckDBWarehouse, self).query(sql))
 
+    def execute_then_query(self, statements: Sequence[str], sql: str) -> list[tuple]:
+        """Run ``statements`` then ``sql`` in one transaction, and return every row of ``sql``.
+
+        A DuckDB transaction reads one state of the database: ``sql`` sees what ``statements`` wrote and
+        the very rows of the other tables they read, even while another connection writes (a delta
+        sync builds its changes, then counts them and the segment's keys for its uniqueness check)."""
+        def run() -> list[tuple]:
+            with self._connection() as conn, self._wrap("statement failed"):
+                conn.begin()
+                try:
+                    for statement in statements:
+                        conn.execute(statement)
+                    rows = [tuple(r) for r in conn.execute(sql).fetchall()]
+                    conn.commit()
+                except BaseException:
+                    quietly(conn.rollback)
+                    raise
+                return rows
+
+        return self._with_headroom(run)
+
     def _run_statements(self, conn: Any, statements: list[str]) -> None:
         conn.begin()
         try:
