@@ -33,6 +33,14 @@ what really happened next:
 - churn (no order in the next 90 days, customers with an order before the cutoff): ROC AUC and Brier of the
   model, of the recency rule and of the oracle's probability. The oracle knows whether the customer already
   left, which no warehouse records: it bounds what any model can reach from above, it is not reachable;
+- both next to the parameter oracle (``Simulation.parameter_oracle``): it knows each customer's true
+  parameters (rate, regularity, dropout probability, rate change, season) but not whether they already
+  left, which it infers from the silence since the last order (exactly, for churn). Any predictor that sees
+  only the orders does at most as well as it (up to sampling noise), so the gap between it and the recency
+  rule is the most a churn model can gain on this data;
+- for churn also the Bayes posterior from the orders alone (``Simulation.posterior_churn``): the probability
+  of no order given each customer's orders and the population's distributions, the parameters integrated
+  out. It is about the best any predictor from the data can do (a grid, and without the rate change);
 - recommendations: precision@10 and recall@10 of the published lists and of popularity on the new items each
   customer bought in the next 90 days.
 
@@ -63,12 +71,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from dinmo_dagster.predictions import learn
-from dinmo_dagster.predictions.simulate import simulate
+from dinmo_dagster.predictions.simulate import Simulation, simulate
 
 HORIZONS = (3, 12)
 WINDOW = 90
 TOP_K = 10
 ORACLE_DRAWS = 100  # futures drawn per customer for the oracle
+# the arrays the parameter oracle adds to truth.npz (a --reuse of an older workdir computes them)
+PARAMETER_KEYS = ("param_oracle_churn", "posterior_churn", *(f"param_oracle_{m}m" for m in HORIZONS))
 
 
 def add_months(when: dt.datetime, months: int) -> dt.datetime:
@@ -103,12 +113,29 @@ def project_yaml(db: Path) -> str:
         """)
 
 
+def simulated(customers: int, orders_per_year: float, seed: int) -> Simulation:
+    return simulate(
+        customers, seed=seed, rate_shape=0.7, mean_orders_per_year=orders_per_year, future_days=400
+    )
+
+
+def parameter_bound(sim: Simulation) -> dict[str, np.ndarray]:
+    """The parameter oracle's churn probability and expected spend per horizon, and the Bayes posterior's
+    churn probability (see the module docstring)."""
+    out = {
+        "param_oracle_churn": sim.parameter_oracle(WINDOW, draws=ORACLE_DRAWS)[1],
+        "posterior_churn": sim.posterior_churn(WINDOW),
+    }
+    for months in HORIZONS:
+        horizon = (add_months(sim.end, months) - sim.end).days
+        out[f"param_oracle_{months}m"] = sim.parameter_oracle(horizon, draws=ORACLE_DRAWS)[0] * sim.value
+    return out
+
+
 def build(workdir: Path, customers: int, orders_per_year: float, seed: int, with_truth: bool = True) -> dict:
     """Simulate, load the history into DuckDB, save the truth (``with_truth``); returns the sizes."""
     started = time.perf_counter()
-    sim = simulate(
-        customers, seed=seed, rate_shape=0.7, mean_orders_per_year=orders_per_year, future_days=400
-    )
+    sim = simulated(customers, orders_per_year, seed)
     db = workdir / "wh.duckdb"
     con = duckdb.connect(str(db))
     con.execute("create schema raw")
@@ -139,6 +166,7 @@ def build(workdir: Path, customers: int, orders_per_year: float, seed: int, with
     _, count = sim.truth(WINDOW)
     truth["orders_next"] = count
     truth["oracle_churn"] = oracle(WINDOW)[1]
+    truth.update(parameter_bound(sim))
     # new items bought in the window after the cutoff, per customer
     fut = sim.future
     t = fut.column("ordered_at").to_numpy().astype("datetime64[s]")
@@ -247,9 +275,15 @@ def judge(workdir: Path) -> dict:
         horizon_days = {3: 90, 12: 365}[m]
         baseline = features["total"].astype(float) / tenure * horizon_days
         oracle = truth[f"oracle_{m}m"]
+        bound = truth[f"param_oracle_{m}m"]
         out[f"ltv_{m}m"] = {
             name: {"spearman": spearman(actual, p), "mae": round(float(np.mean(np.abs(actual - p))), 2)}
-            for name, p in (("model", model), ("baseline", baseline), ("oracle", oracle))
+            for name, p in (
+                ("model", model),
+                ("baseline", baseline),
+                ("oracle", oracle),
+                ("parameter_oracle", bound),
+            )
         }
     active = features["n"] > 0
     churned = (truth["orders_next"][active] == 0).astype(int)
@@ -267,6 +301,14 @@ def judge(workdir: Path) -> dict:
         "oracle": {
             "roc_auc": round(float(roc_auc_score(churned, truth["oracle_churn"][active])), 4),
             "brier": round(float(brier_score_loss(churned, truth["oracle_churn"][active])), 4),
+        },
+        "parameter_oracle": {
+            "roc_auc": round(float(roc_auc_score(churned, truth["param_oracle_churn"][active])), 4),
+            "brier": round(float(brier_score_loss(churned, truth["param_oracle_churn"][active])), 4),
+        },
+        "posterior": {
+            "roc_auc": round(float(roc_auc_score(churned, truth["posterior_churn"][active])), 4),
+            "brier": round(float(brier_score_loss(churned, truth["posterior_churn"][active])), 4),
         },
         "customers": int(active.sum()),
         "churn_rate": round(float(churned.mean()), 4),
@@ -300,6 +342,12 @@ def run_size(
     saved = workdir / "sizes.json"
     if reuse and saved.exists():  # the same warehouse and truth as a previous run with --workdir
         sizes = json.loads(saved.read_text())
+        truth_file = workdir / "truth.npz"
+        if with_truth and truth_file.exists():
+            truth = dict(np.load(truth_file))
+            if not all(k in truth for k in PARAMETER_KEYS):  # a workdir from before the parameter oracle
+                truth.update(parameter_bound(simulated(customers, orders_per_year, seed)))
+                np.savez(truth_file, **truth)
     else:
         sizes = build(workdir, customers, orders_per_year, seed, with_truth)
         saved.write_text(json.dumps(sizes))
@@ -353,7 +401,11 @@ def report(r: dict) -> None:
         return
     print("published scores against the next months (truth):")
     for k, e in r["against_truth"].items():
-        shown = {n: v for n, v in e.items() if n in ("model", "baseline", "oracle")}
+        shown = {
+            n: v
+            for n, v in e.items()
+            if n in ("model", "baseline", "oracle", "parameter_oracle", "posterior")
+        }
         print(f"  {k:18} " + "  ".join(f"{n} {v}" for n, v in shown.items()))
     t = r["against_truth"]
     goals = {
@@ -362,6 +414,14 @@ def report(r: dict) -> None:
         "ltv_12m spearman gain (goal +0.1)": t["ltv_12m"]["model"]["spearman"]
         - t["ltv_12m"]["baseline"]["spearman"],
         "churn AUC gain (goal +0.05)": t["churn_probability"]["model"]["roc_auc"]
+        - t["churn_probability"]["baseline"]["roc_auc"],
+        "churn AUC gain reachable from the data, at most (parameter oracle)": t["churn_probability"][
+            "parameter_oracle"
+        ]["roc_auc"]
+        - t["churn_probability"]["baseline"]["roc_auc"],
+        "churn AUC gain of the Bayes posterior from the orders": t["churn_probability"]["posterior"][
+            "roc_auc"
+        ]
         - t["churn_probability"]["baseline"]["roc_auc"],
         "precision@10 ratio (goal x1.5)": t["recommendations"]["model"]["precision_at_k"]
         / max(t["recommendations"]["baseline"]["precision_at_k"], 1e-9),
