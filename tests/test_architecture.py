@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -97,3 +98,25 @@ def test_a_project_imports_only_the_connectors_it_names(tmp_path) -> None:
     assert (listed.returncode, listed.stdout.splitlines()[1].strip()) == (
         1, "dinmo.yaml: destinations.out.type: found 'ftp'; allowed: gcs, local, " + ", ".join(platform_names()))
     assert {"braze", "hubspot", "google_ads", "x_ads"} <= set(platform_names())
+
+
+def test_a_sync_imports_neither_pandas_nor_the_learners(tmp_path) -> None:
+    """Every `dinmo sync` builds the definitions, prediction assets included; the prediction engine (pandas,
+    the learners) loads only when a training runs. Measured: pandas alone was 0.17 s and 30 MB of each sync."""
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        con.execute("create schema raw; create table raw.customers as select 1 as customer_id, 'a@x.io' as email")
+    (tmp_path / "dinmo.yaml").write_text(
+        "sources:\n  wh: {type: duckdb, path: wh.duckdb}\n"
+        "models:\n  customers: {source: wh, table: raw.customers, primary_key: customer_id}\n"
+        "segments:\n  everyone: {model: customers, sql: 'select * from {{ model }}'}\n"
+        "destinations:\n  out: {type: local, path: out}\n"
+        "activations:\n  full: {segment: everyone, destination: out, file_name: customers}\n")
+    loaded = _modules_after(
+        f"import os\nos.environ['DAGSTER_HOME'] = {str(tmp_path / 'dh')!r}\nos.makedirs(os.environ['DAGSTER_HOME'])\n"
+        f"from dinmo_dagster.cli import main\nassert main(['--project', {str(tmp_path)!r}, 'sync', 'full']) == 0\n")
+    assert "dinmo_dagster.assets.predictions" in loaded and "dagster" in loaded  # the sync ran through Dagster
+    assert {"pandas", "lightgbm", "sklearn", "scipy", "dinmo_dagster.predictions.engine"}.intersection(loaded) == set()
+    with open(tmp_path / "out" / "customers.csv", newline="") as f:
+        assert list(csv.reader(f)) == [["customer_id", "email"], ["1", "a@x.io"]]
