@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,16 @@ from dinmo_dagster.emulator import free_port
 
 # The Firestore emulator's fixtures (one emulator per session, shared by every test module).
 pytest_plugins = ["fakes.firestore_emulator"]
+
+@pytest.fixture(scope="session", autouse=True)
+def _fakesnow_bucket_removed():
+    """fakesnow makes a temporary "stage bucket" directory when it is imported and never removes it
+    (``fakesnow.transforms.stage.LOCAL_BUCKET_PATH``): remove it when the session ends."""
+    yield
+    stage = sys.modules.get("fakesnow.transforms.stage")
+    if stage is not None:
+        shutil.rmtree(stage.LOCAL_BUCKET_PATH, ignore_errors=True)
+
 
 _PG_MISSING = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: "
