@@ -160,11 +160,6 @@ def test_a_sync_through_the_team_instance_is_stored_in_postgresql(
         assert record.dagster_run.tags[ACTIVATION_TAG] == "big_diff"
 
 
-# The steps of each run in the run's own process: the queue is under test here, and a process per step
-# costs seconds each on a small machine.
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
-
-
 def _wait_for_runs(run_ids: list[str], deadline: float) -> list[Any]:
     with dg.DagsterInstance.get() as instance:
         while True:
@@ -193,8 +188,7 @@ def test_the_daemon_runs_one_queued_sync_per_activation_at_a_time(
     # queues them. (Both at once: each command loads the code location, which takes a while.)
     launches = [subprocess.Popen(
         [str(BIN / "dagster"), "job", "launch", "-w", str(DEPLOY / "workspace.yaml"), "-j", "sync_big_diff",
-         "--run-id", run_id, "--tags", json.dumps({"dagster/partition": key}),
-         "--config-json", json.dumps(IN_PROCESS)],
+         "--run-id", run_id, "--tags", json.dumps({"dagster/partition": key})],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         for run_id, key in zip(run_ids, keys)]
     errors = [launch.communicate(timeout=300)[1] for launch in launches]
@@ -232,6 +226,13 @@ def test_the_daemon_runs_one_queued_sync_per_activation_at_a_time(
     full, delta = (r.dagster_run.tags["dagster/partition"][:15] for r in (first, second))
     assert len(read_csv(project / "out" / f"{full}_big_added.csv")) == 1 + 5
     assert read_csv(project / "out" / f"{delta}_big_added.csv") == [["customer_id", "email", "ltv"]]
+    # Launched without run config, each sync ran its steps in its run's own process (no process per step).
+    with dg.DagsterInstance.get() as instance:
+        for record in records:
+            engine = [e.message for e in instance.all_logs(record.dagster_run.run_id)
+                      if e.dagster_event and e.dagster_event.event_type_value == "ENGINE_EVENT"]
+            assert any(m.startswith("Executing steps in process") for m in engine), engine
+            assert not any("subprocess" in m for m in engine), engine
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -57,11 +57,15 @@ ORDERS_TABLE = "create table raw.orders (order_id integer, email varchar, ordere
 
 class SlowHubSpot(FakeHubSpot):
     """The HubSpot fake, answering each request ``latency`` seconds after it arrived; ``answered``
-    counts the answers given, ``in_flight`` the requests being answered."""
+    counts the answers given, ``in_flight`` the requests being answered. With ``hold_after`` set, the
+    requests that arrive once that many were answered wait until :meth:`release` (a platform that
+    stopped answering), so a test can let the client journal what was answered before it kills it."""
 
-    def __init__(self, token: str, latency: float) -> None:
+    def __init__(self, token: str, latency: float, hold_after: int | None = None) -> None:
         super().__init__(token, rate_limit=100_000)  # the client paces itself; the fake never throttles
         self.latency = latency
+        self.hold_after = hold_after
+        self._released = threading.Event()
         self.answered = 0
         self.in_flight = 0
         self.archives = 0
@@ -72,7 +76,10 @@ class SlowHubSpot(FakeHubSpot):
         """Wait, then answer as HubSpot does (a 401 once the token is revoked)."""
         with self._count:
             self.in_flight += 1
+            held = self.hold_after is not None and self.answered + self.in_flight > self.hold_after
         try:
+            if held:
+                self._released.wait(timeout=60)
             time.sleep(self.latency)
             if self.revoke_after_archives is not None and self.archives >= self.revoke_after_archives:
                 return FakeResponse(401, {"status": "error", "category": "INVALID_AUTHENTICATION", "message":
@@ -86,6 +93,10 @@ class SlowHubSpot(FakeHubSpot):
             with self._count:
                 self.in_flight -= 1
                 self.answered += 1
+
+    def release(self) -> None:
+        """Answer the held requests (see ``hold_after``)."""
+        self._released.set()
 
     def upserted(self, start: int = 0, end: int | None = None, action: str = "upsert") -> list[list[str]]:
         """The e-mails of every batch ``action`` (``upsert``; ``read``, the first request of a delete)
@@ -166,8 +177,10 @@ def cli(tmp_path: Path, warehouse: Warehouse) -> SimpleNamespace:
                            argv=[DINMO, "--project", str(project), "sync"])
 
 
-def sync_killed_after(cli: SimpleNamespace, activation: str, answered: Any, at_least: int) -> None:
-    """Start `dinmo sync activation` and SIGKILL it once ``answered()`` reaches ``at_least``."""
+def sync_killed_after(cli: SimpleNamespace, activation: str, answered: Any, at_least: int,
+                      settle: float = 0.0) -> None:
+    """Start `dinmo sync activation` and SIGKILL it ``settle`` seconds after ``answered()`` reaches
+    ``at_least``."""
     proc = subprocess.Popen([*cli.argv, activation], env=cli.env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -179,6 +192,7 @@ def sync_killed_after(cli: SimpleNamespace, activation: str, answered: Any, at_l
             if time.monotonic() > deadline:
                 pytest.fail(f"the fake answered {answered()} requests in 90 s, expected {at_least}")
             time.sleep(0.005)
+        time.sleep(settle)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)  # reaped: a zombie would still answer kill(pid, 0)
@@ -279,10 +293,13 @@ def test_a_hubspot_upsert_killed_mid_delivery_resumes_without_resending_what_was
         "insert into raw.customers select i, 'c' || i || '@example.com', 'N' || i, 100 + i "
         f"from generate_series(1, {CUSTOMERS}) t(i)",
         ORDERS_TABLE)
-    with SlowHubSpot(HUBSPOT_TOKEN, latency=0.1) as hubspot, MetaAdsFake(META_TOKEN) as meta:
+    with SlowHubSpot(HUBSPOT_TOKEN, latency=0.1, hold_after=10) as hubspot, MetaAdsFake(META_TOKEN) as meta:
         write_project(cli, wh, hubspot.url, meta.url)
-        # 1. The first sync (3,000 contacts, 30 batches of 100, 2 in flight) is killed after 10 answers.
-        sync_killed_after(cli, "to_crm", lambda: hubspot.answered, 10)
+        # 1. The first sync (3,000 contacts, 30 batches of 100, 2 in flight) is killed after 10 answers,
+        #    once it had 2 s to journal them (HubSpot holds the next requests: on a loaded machine the
+        #    journal's first write can take longer than the 0.5 s the next 10 answers would take).
+        sync_killed_after(cli, "to_crm", lambda: hubspot.answered, 10, settle=2.0)
+        hubspot.release()
         wait_idle(hubspot)
         killed_at = len(hubspot.requests)
         sent_before = {e for batch in hubspot.upserted(0, killed_at) for e in batch}

@@ -146,17 +146,16 @@ def _source(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
     elif kind == "postgres":
         server = request.getfixturevalue("postgres_server")
         request.getfixturevalue("monkeypatch").setenv("PG_PASSWORD", server.password)
+        # The server is shared by the session's tests (other files' included): start from no schema of
+        # ours and leave none behind.
+        _drop_schemas(server)
         try:
             yield (
                 f"{{type: postgres, host: {server.host}, port: {server.port}, database: {server.database}, "
                 "user: dinmo, password: {env: PG_PASSWORD}}"
             )
-        finally:  # the server is shared by the session's tests: leave nothing behind
-            import psycopg
-
-            with psycopg.connect(server.dsn, autocommit=True) as con:
-                for schema in ("raw", "dinmo_segments", "dinmo_predictions", "dinmo_stats"):
-                    con.execute(f"drop schema if exists {schema} cascade")
+        finally:
+            _drop_schemas(server)
     else:
         import fakesnow
 
@@ -169,6 +168,14 @@ def _source(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
                     "{type: snowflake, account: acct, user: dinmo, password: {env: SF_PASSWORD}, "
                     "database: CRM, warehouse: WH, role: DINMO}"
                 )
+
+
+def _drop_schemas(server: object) -> None:
+    import psycopg
+
+    with psycopg.connect(server.dsn, autocommit=True) as con:
+        for schema in ("raw", "dinmo_segments", "dinmo_predictions", "dinmo_stats", "dinmo_delta_storage"):
+            con.execute(f"drop schema if exists {schema} cascade")
 
 
 @contextlib.contextmanager

@@ -272,6 +272,10 @@ def sync_job(project: Project, name: str, translator: DinmoTranslator | None = N
         - dg.AssetSelection.tag("dinmo/own_schedule", "predictions"),
         description=f"Sync activation '{name}': refresh {a.reads}, snapshot it, deliver the changes",
         tags={ACTIVATION_TAG: name},
+        # Its steps depend on one another (model, check, segment, check, snapshot, delivery) and do their
+        # work in the warehouse: a process per step would only add an import of Dagster and the project
+        # to each (about 4 s of CPU apiece; a 10-row chain took 47 s instead of 8 s).
+        executor_def=dg.in_process_executor,
     )
 
 

@@ -198,6 +198,7 @@ def defs(project: Project, translator: DinmoTranslator | None = None) -> dg.Defi
         checks.append(c)
     jobs = [dg.define_asset_job(names.refresh_job_name(name), description=f"Refresh the materialized model '{name}'",
                                 selection=dg.AssetSelection.assets(
-                                    translator.get_asset_key(DinmoEntity.model(project, name))))
+                                    translator.get_asset_key(DinmoEntity.model(project, name))),
+                                executor_def=dg.in_process_executor)  # see the sync job
             for name, m in project.models.items() if m.materialized]
     return dg.Definitions(assets=[*source_table_specs(project, translator), *assets], asset_checks=checks, jobs=jobs)

@@ -150,6 +150,7 @@ def _set_assets(project: Project, name: str, translator: DinmoTranslator) -> tup
         job_name(name),
         selection=dg.AssetSelection.assets(scores_spec.key).upstream().materializable(),
         description=f"Train predictions '{name}' (back-tested against baselines); publish promoted scores",
+        executor_def=dg.in_process_executor,  # steps in a row: see the sync job
     )
     schedules = []
     if p.schedule is not None:
