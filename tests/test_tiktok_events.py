@@ -286,7 +286,15 @@ def test_events_killed_mid_sync_are_counted_once_after_the_next_sync(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
-        time.sleep(1.0)  # the request in flight at the kill is answered
+        # The request in flight at the kill is answered (its events recorded) before what TikTok received is
+        # read: wait until no event came in for a second, well over the fake's latency (a fixed second after
+        # the kill was too short on a loaded machine).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            seen = len(fake.events)
+            time.sleep(1.0)
+            if len(fake.events) == seen:
+                break
         received_before = len(fake.events)
         assert 0 < received_before < 4000
         with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:  # what the dead sync journalled

@@ -532,6 +532,9 @@ class Firestore(Platform):
         self._lock = threading.Lock()
         self._api: Any = None
         self._metadata: tuple[tuple[str, str], ...] = ()
+        # The refusal of the credentials, once the token endpoint refused them: the calls of other
+        # batches that waited for the same connection get it too, without asking again.
+        self._refused: Exception | None = None
         # State of each delivery running on this destination (one transport each).
         self._deliveries: weakref.WeakKeyDictionary[Transport, _DeliveryState] = weakref.WeakKeyDictionary()
         self._field_paths: dict[str, tuple[str, ...]] = {}
@@ -806,9 +809,17 @@ class Firestore(Platform):
         return HttpResponse(200, {"grpc-status": "OK"}, json.dumps(body).encode("utf-8"))
 
     def _client(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
+        from google.auth import exceptions as auth_exceptions
+
         with self._lock:
+            if self._refused is not None:
+                raise self._refused
             if self._api is None:
-                self._api, self._metadata = self._connect()
+                try:
+                    self._api, self._metadata = self._connect()
+                except (auth_exceptions.RefreshError, auth_exceptions.DefaultCredentialsError, _KeyProblem) as exc:
+                    self._refused = exc  # not TransportError: an endpoint that did not answer may answer later
+                    raise
             return self._api, self._metadata
 
     def _connect(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
@@ -853,6 +864,7 @@ class Firestore(Platform):
         """Close the client's channel (a new one opens on the next call)."""
         with self._lock:
             api, self._api = self._api, None
+            self._refused = None  # the next delivery may run with a key that was fixed meanwhile
         if api is not None:
             api.transport.close()
 
