@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from prediction_scenarios import HAND_FEATURES, HAND_ORDERS
 
 from dinmo_dagster import names, sync
 from dinmo_dagster.compile import CompileError, refresh_model, refresh_segment
@@ -95,14 +96,6 @@ def views(wh: Warehouse, project: object) -> None:
 
 
 T = dt.datetime
-HAND_ORDERS = [  # order_id, customer_id, ordered_at, amount, product_id, category
-    (1, 1, T(2024, 1, 10, 10), 100.0, "p1", "A"),
-    (2, 1, T(2024, 5, 1), 50.0, "p2", "B"),
-    (3, 1, T(2024, 6, 20, 12), 30.0, "p1", "A"),
-    (4, 2, T(2024, 6, 30, 23), 20.0, "p3", "A"),
-    (5, 2, T(2024, 7, 1), 999.0, "p3", "B"),  # at the cutoff: after it
-    (6, 1, T(2024, 8, 1), 10.0, "p2", "B"),  # after it
-]
 
 
 def test_features_as_of_a_cutoff_are_computed_in_the_warehouse(tmp_path: Path) -> None:
@@ -116,73 +109,7 @@ def test_features_as_of_a_cutoff_are_computed_in_the_warehouse(tmp_path: Path) -
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
         for r in table.to_dict("records")
     ]
-    base = {"orders_prev_90d": 0.0, "amount_prev_90d": 0.0}
-    no_gaps = {"max_gap_days": None, "gap_cv": None, "recency_to_max_gap": None}
-    assert rows == [
-        {
-            "customer_key": 1,
-            "frequency": 3.0,
-            "monetary_total": 180.0,
-            "monetary_avg": 60.0,
-            "recency_days": 11.0,
-            "tenure_days": 173.0,
-            "interpurchase_days": 81.0,
-            "orders_30d": 1.0,
-            "orders_90d": 2.0,
-            "orders_365d": 3.0,
-            "orders_prev_90d": 1.0,
-            "amount_90d": 80.0,
-            "amount_prev_90d": 100.0,
-            "amount_365d": 180.0,
-            "orders_per_day": 3 / 173,
-            "recency_to_interpurchase": 11 / 81,
-            "max_gap_days": 112.0,  # 2024-01-10 to 2024-05-01, then 50 days to 2024-06-20
-            "gap_cv": math.sqrt((112 - 81) ** 2 + (50 - 81) ** 2) / 81,
-            "recency_to_max_gap": 11 / 112,
-            "category_share_0": 2 / 3,
-            "category_share_1": 1 / 3,
-        },
-        {
-            "customer_key": 2,
-            "frequency": 1.0,
-            "monetary_total": 20.0,
-            "monetary_avg": 20.0,
-            "recency_days": 1.0,
-            "tenure_days": 1.0,
-            "interpurchase_days": None,
-            "orders_30d": 1.0,
-            "orders_90d": 1.0,
-            "orders_365d": 1.0,
-            **base,
-            "amount_90d": 20.0,
-            "amount_365d": 20.0,
-            "orders_per_day": 1.0,
-            "recency_to_interpurchase": None,
-            **no_gaps,
-            "category_share_0": 1.0,
-            "category_share_1": 0.0,
-        },
-        {
-            "customer_key": 3,
-            "frequency": 0.0,
-            "monetary_total": 0.0,
-            "monetary_avg": None,
-            "recency_days": None,
-            "tenure_days": None,
-            "interpurchase_days": None,
-            "orders_30d": 0.0,
-            "orders_90d": 0.0,
-            "orders_365d": 0.0,
-            **base,
-            "amount_90d": 0.0,
-            "amount_365d": 0.0,
-            "orders_per_day": 0.0,
-            "recency_to_interpurchase": None,
-            **no_gaps,
-            "category_share_0": None,
-            "category_share_1": None,
-        },
-    ]
+    assert rows == HAND_FEATURES
 
 
 def test_time_split_and_the_history_it_needs(tmp_path: Path) -> None:

@@ -212,29 +212,17 @@ class DuckDBWarehouse(Warehouse):
         the very rows of the other tables they read, even while another connection writes (a delta
         sync builds its changes, then counts them and the segment's keys for its uniqueness check)."""
         def run() -> list[tuple]:
-            with self._connection() as conn, self._wrap("statement failed"):
-                conn.begin()
-                try:
-                    for statement in statements:
-                        conn.execute(statement)
-                    rows = [tuple(r) for r in conn.execute(sql).fetchall()]
-                    conn.commit()
-                except BaseException:
-                    quietly(conn.rollback)
-                    raise
-                return rows
+            with self._connection() as conn, self._wrap("statement failed"), _transaction(conn):
+                for statement in statements:
+                    conn.execute(statement)
+                return [tuple(r) for r in conn.execute(sql).fetchall()]
 
         return self._with_headroom(run)
 
     def _run_statements(self, conn: Any, statements: list[str]) -> None:
-        conn.begin()
-        try:
+        with _transaction(conn):
             for statement in statements:
                 conn.execute(statement)
-            conn.commit()
-        except BaseException:
-            quietly(conn.rollback)
-            raise
 
     def insert_rows(
         self, table: exp.Table, rows: pa.Table, *, before: Sequence[str] = (), after: Sequence[str] = ()
@@ -247,19 +235,15 @@ class DuckDBWarehouse(Warehouse):
 
     def _insert_rows(self, insert: str, rows: pa.Table, before: Sequence[str], after: Sequence[str]) -> None:
         with self._connection() as conn, self._wrap("statement failed"):
-            conn.begin()
             try:
-                for statement in before:
-                    conn.execute(statement)
-                if rows.num_rows:
-                    conn.register(_ROWS_VIEW, rows)
-                    conn.execute(insert)
-                for statement in after:
-                    conn.execute(statement)
-                conn.commit()
-            except BaseException:
-                quietly(conn.rollback)
-                raise
+                with _transaction(conn):
+                    for statement in before:
+                        conn.execute(statement)
+                    if rows.num_rows:
+                        conn.register(_ROWS_VIEW, rows)
+                        conn.execute(insert)
+                    for statement in after:
+                        conn.execute(statement)
             finally:
                 # after the rollback: an aborted transaction refuses it, and its error would hide the cause
                 quietly(lambda: conn.unregister(_ROWS_VIEW))
@@ -300,6 +284,19 @@ class DuckDBWarehouse(Warehouse):
                 return int(con.execute(statement).fetchall()[0][0])
 
         return self._with_headroom(copy)
+
+
+@contextmanager
+def _transaction(conn: Any) -> Iterator[None]:
+    """One transaction on ``conn``: committed when the block ends, rolled back (quietly, so the cause is
+    what propagates) when it raises."""
+    conn.begin()
+    try:
+        yield
+        conn.commit()
+    except BaseException:
+        quietly(conn.rollback)
+        raise
 
 
 def _remove_stale_spill_files(con: Any) -> None:
